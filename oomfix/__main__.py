@@ -1,0 +1,3 @@
+from oomfix.cli import main
+
+main()

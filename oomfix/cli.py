@@ -1,0 +1,86 @@
+"""The command line: parse, call the library, render, exit. Nothing else lives here."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from oomfix import __version__
+from oomfix.errors import EXIT_ERROR, EXIT_INTERRUPTED, OomfixError, UsageError, exit_code_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"oomfix: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handled(fn: F) -> F:
+    """The one place where errors become one line on stderr and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OomfixError as e:
+            _fail(str(e), exit_code_for(e))
+        except KeyboardInterrupt:
+            click.echo("oomfix: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            sys.exit(EXIT_ERROR)
+        except MemoryError:
+            _fail("out of memory while reading the input", EXIT_ERROR)
+        except RecursionError:
+            _fail("input is nested too deeply to process", EXIT_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="oomfix")
+def main() -> None:
+    """Say what really killed a distributed training run, and fix its configs surgically.
+
+    \b
+    oomfix diagnose train.log        what killed the run, and what to do
+    oomfix apply --all-configs       the fix, as a diff, for the config and its siblings
+    oomfix check                     pre-relaunch gate for CI / pre-commit
+    oomfix demo                      a guided run on a bundled example
+    """
+
+
+@main.command()
+@click.argument("logs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--config", "config", type=str, default=None, help="The config the run used (shown with the run).")
+@click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@handled
+def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str | None) -> None:
+    """Say what killed a run. LOGS: log files of one job (one per node), '-' for stdin, .gz accepted.
+
+    \b
+    Example:
+      oomfix diagnose train.log
+      oomfix diagnose --format json node0.log node1.log.gz
+    """
+    from oomfix.diagnose import diagnose_logs
+    from oomfix.report import Style, render_diagnosis_text, render_json
+
+    d = diagnose_logs(list(logs), config=config, rules_dir=rules_dir)
+    if fmt == "json":
+        click.echo(render_json(d.to_json()), nl=False)
+    else:
+        click.echo(render_diagnosis_text(d, Style()), nl=False)
+
+
+def run() -> None:
+    main()
+
+
+if __name__ == "__main__":
+    run()

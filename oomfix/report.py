@@ -1,0 +1,139 @@
+"""Rendering results for people (text) and machines (JSON, GitHub annotations)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from oomfix.classify import describe
+from oomfix.model import Diagnosis
+
+
+class Style:
+    """ANSI colour, only on a terminal and never with NO_COLOR (https://no-color.org)."""
+
+    def __init__(self, stream: IO[str] | None = None, color: bool | None = None) -> None:
+        stream = stream or sys.stdout
+        if color is None:
+            color = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        self.color = color
+
+    def _wrap(self, code: str, s: str) -> str:
+        return f"\x1b[{code}m{s}\x1b[0m" if self.color else s
+
+    def bold(self, s: str) -> str:
+        return self._wrap("1", s)
+
+    def red(self, s: str) -> str:
+        return self._wrap("31", s)
+
+    def yellow(self, s: str) -> str:
+        return self._wrap("33", s)
+
+    def green(self, s: str) -> str:
+        return self._wrap("32", s)
+
+    def dim(self, s: str) -> str:
+        return self._wrap("2", s)
+
+
+def _ranks(ranks: Sequence[int | None]) -> str:
+    known = sorted({r for r in ranks if r is not None})
+    if not known:
+        return ""
+    return ("rank " if len(known) == 1 else "ranks ") + ", ".join(map(str, known))
+
+
+def headline(d: Diagnosis) -> str:
+    if d.cls == "none":
+        return f"No failure found ({d.reason})."
+    rc = d.root_cause
+    what = describe(d.cls)
+    if d.cls == "python_exception" and rc.exception:
+        what = f"{rc.exception.rsplit('.', 1)[-1]}: {(rc.message or '')[:120]}"
+    parts = [f"Root cause: {what}"]
+    who = None
+    if rc.rank is not None:
+        who = f"rank {rc.rank}"
+    elif rc.local_rank is not None:
+        who = f"local rank {rc.local_rank}"
+    if who:
+        parts.append(f" on {who}")
+        if rc.host:
+            parts.append(f" ({rc.host})")
+    if rc.phase:
+        phase = rc.phase
+        parts.append(f" at {phase}" if phase.startswith(("step", "training step")) else f" during {phase}")
+        if phase.startswith("training step"):
+            parts[-1] = f" at step {phase.split()[-1]}"
+    n = len(d.cascade)
+    if n:
+        named = _ranks([c.rank for c in d.cascade])
+        sigs = sorted({c.signal for c in d.cascade if c.signal})
+        by = f" ({'/'.join(sigs)})" if sigs else ""
+        if d.cls in ("sighup", "sigterm"):
+            parts.append(f"; torchrun stopped {n} worker{'s' if n != 1 else ''}{by}")
+        else:
+            who = named if named and len([c for c in d.cascade if c.rank is not None]) == n else \
+                f"{n} other worker{'s' if n != 1 else ''}"
+            parts.append(f"; {who} {'was' if n == 1 else 'were'} stopped by torchrun as a consequence{by}")
+    return "".join(parts)
+
+
+def render_diagnosis_text(d: Diagnosis, style: Style | None = None) -> str:
+    s = style or Style()
+    out = [s.bold(headline(d)), f"class: {d.cls}   confidence: {d.confidence}"
+           + (f" ({d.reason})" if d.reason and d.confidence != "high" else "")]
+    rc = d.root_cause
+    if rc.exception or rc.exitcode is not None or rc.signal:
+        bits = []
+        if rc.exception:
+            bits.append(f"exception {rc.exception}")
+        if rc.exitcode is not None:
+            bits.append(f"exit code {rc.exitcode}")
+        if rc.signal:
+            bits.append(f"signal {rc.signal}")
+        if rc.pid is not None:
+            bits.append(f"pid {rc.pid}")
+        if rc.raised_at:
+            bits.append(f"raised at {rc.raised_at}")
+        out.append("root: " + ", ".join(bits))
+    if d.memory is not None:
+        m = d.memory
+        nums = []
+        for label, v in (("requested", m.requested_gib), ("total", m.total_gib), ("free", m.free_gib),
+                         ("allocated by PyTorch", m.allocated_gib),
+                         ("reserved but unallocated", m.reserved_unallocated_gib)):
+            if v is not None:
+                nums.append(f"{label} {v:g} GiB")
+        if nums:
+            out.append("memory: " + ", ".join(nums) + (f" (GPU {m.gpu})" if m.gpu is not None else ""))
+        if m.foreign_process:
+            out.append(s.yellow("another process holds memory on this GPU: "
+                                + ", ".join(f"pid {p} ({g:g} GiB)" for p, g in m.other_processes)))
+    if d.evidence:
+        out.append("")
+        out.append(s.bold("Evidence"))
+        for e in d.evidence:
+            out.append(f"  {s.dim(f'{e.file}:{e.line}:')} {e.text[:200]}")
+    r = d.run
+    params = [(k, v) for k, v in (("config", r.config), ("master port", r.master_port), ("world size", r.world_size),
+                                  ("per-device batch", r.per_device_train_batch_size),
+                                  ("grad accumulation", r.gradient_accumulation_steps),
+                                  ("global batch", r.global_batch_size)) if v is not None]
+    if params:
+        out.append("")
+        out.append(s.bold("Run (as the log shows it)"))
+        out.append("  " + ", ".join(f"{k} {v}" for k, v in params))
+    if d.advice:
+        out.append("")
+        out.append(s.bold("What to do"))
+        for a in d.advice:
+            out.append(f"  - {a}")
+    return "\n".join(out) + "\n"
+
+
+def render_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
