@@ -78,6 +78,75 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
         click.echo(render_diagnosis_text(d, Style()), nl=False)
 
 
+@main.command()
+@click.argument("log", required=False)
+@click.option("--config", "config", type=str, default=None, help="The config the run used (else: from the log).")
+@click.option("--all-configs", is_flag=True, help="Also fix every sibling config (same model/stage, or same launcher).")
+@click.option("--write", is_flag=True, help="Write the edits (default: dry run, a diff).")
+@click.option("--allow-semantic-changes", is_flag=True, help="Allow rungs that change what is trained (sequence "
+              "length, precision).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@handled
+def apply(log: str | None, config: str | None, all_configs: bool, write: bool, allow_semantic_changes: bool,
+          fmt: str, rules_dir: str | None) -> None:
+    """Turn a diagnosis into the next fix, for the config and (with --all-configs) its siblings.
+
+    \b
+    Example:
+      oomfix apply train.log --all-configs          # dry run: the diff
+      oomfix apply train.log --all-configs --write  # write it (atomic, journalled)
+    """
+    from oomfix.apply import plan_apply, write_plan
+    from oomfix.report import Style, plan_json, render_json, render_plan_text
+
+    plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
+    tx = write_plan(plan) if write else None
+    if fmt == "json":
+        click.echo(render_json(plan_json(plan, tx is not None, tx)), nl=False)
+    else:
+        click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+    sys.exit(plan.exit_code)
+
+
+@main.command()
+@handled
+def undo() -> None:
+    """Restore the files of the last apply --write, byte for byte."""
+    from oomfix.journal import Journal
+
+    journal = Journal(".")
+    with journal.lock():
+        tx, restored = journal.undo()
+    if restored:
+        click.echo(f"undid {tx}: restored " + ", ".join(restored))
+    else:
+        click.echo(f"undid {tx}: nothing had been written")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@handled
+def explain(name: str, rules_dir: str | None) -> None:
+    """What a failure class means and its remediation ladder, or what one rule does (NAME: class or rule id)."""
+    from oomfix.rules import load_rules
+    from oomfix.report import render_explain
+
+    click.echo(render_explain(load_rules(rules_dir), name), nl=False)
+
+
+@main.command("rules")
+@click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@handled
+def rules_cmd(rules_dir: str | None) -> None:
+    """List the failure classes and the rules of their ladders."""
+    from oomfix.rules import load_rules
+    from oomfix.report import render_rules
+
+    click.echo(render_rules(load_rules(rules_dir)), nl=False)
+
+
 def run() -> None:
     main()
 

@@ -137,3 +137,119 @@ def render_diagnosis_text(d: Diagnosis, style: Style | None = None) -> str:
 
 def render_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def unified_diff(path: str, before: str, after: str) -> str:
+    import difflib
+
+    a = before.splitlines(keepends=True)
+    b = after.splitlines(keepends=True)
+    out = []
+    for line in difflib.unified_diff(a, b, fromfile=f"a/{path}", tofile=f"b/{path}"):
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> str:
+    s = style or Style()
+    d = plan.diagnosis
+    out = []
+    if plan.log_picked:
+        out.append(s.dim(f"(no LOG given: using the newest log, {plan.log})"))
+    out.append(s.bold(headline(d)))
+    if plan.status in ("nothing", "advice", "already"):
+        out.append(plan.message or "nothing to change")
+        return "\n".join(out) + "\n"
+    if plan.status == "no_rung":
+        out.append(s.red(plan.message or "no applicable rung"))
+        return "\n".join(out) + "\n"
+    out.append(f"rule: {plan.rule}" + (" (changes training semantics)" if plan.semantic else ""))
+    if plan.why:
+        out.append(f"why: {plan.why}")
+    out.append("")
+    for e in plan.edits:
+        diff = unified_diff(e.path, e.before, e.after)
+        if s.color:
+            diff = "".join(s.green(l) if l.startswith("+") and not l.startswith("+++") else
+                           s.red(l) if l.startswith("-") and not l.startswith("---") else l
+                           for l in diff.splitlines(keepends=True))
+        out.append(diff.rstrip("\n"))
+    out.append("")
+    out.append(s.bold("Summary"))
+    for e in plan.edits:
+        bits = ", ".join(f"{k}: {o} -> {n}" if o is not None else f"{k}: add {n}" for k, o, n in e.changes)
+        gb = ""
+        if e.global_before is not None:
+            gb = f"; global batch {e.global_before} -> {e.global_after} (world size {e.world_size})"
+        out.append(f"  {e.path}: {bits}{gb}")
+    for note in plan.skipped:
+        out.append(s.dim(f"  note: {note}"))
+    out.append("")
+    if written:
+        out.append(s.green(f"written {len(plan.edits)} file(s); `oomfix undo` restores them"))
+    else:
+        out.append(s.yellow("dry run: nothing written; add --write to apply"))
+    return "\n".join(out) + "\n"
+
+
+def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
+    return {
+        "log": plan.log,
+        "status": plan.status,
+        "written": written,
+        "transaction": tx,
+        "rule": plan.rule,
+        "why": plan.why,
+        "message": plan.message,
+        "class": plan.diagnosis.cls,
+        "diagnosis": plan.diagnosis.to_json(),
+        "edits": [{"file": e.path, "kind": e.kind, "changes": [{"key": k, "old": o, "new": n} for k, o, n in e.changes],
+                   "world_size": e.world_size, "global_batch_before": e.global_before,
+                   "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}
+                  for e in plan.edits],
+        "notes": list(plan.skipped),
+    }
+
+
+def _rung_lines(r: Any) -> list[str]:
+    flags = []
+    if r.keeps:
+        flags.append(f"keeps {r.keeps}")
+    if r.semantic:
+        flags.append("opt-in: --allow-semantic-changes")
+    when = ", ".join(f"{k} {v}" for k, v in r.when.items()) or "always"
+    edits = "; ".join(f"{op} {args}" for e in r.edit for op, args in e.items()) or "advice only"
+    return [f"  {r.index + 1}. {r.id}" + (f" ({', '.join(flags)})" if flags else ""),
+            f"     when: {when}", f"     edit: {edits}", f"     why:  {r.why}"]
+
+
+def render_explain(rules: Any, name: str) -> str:
+    from oomfix.errors import UsageError
+
+    fc = rules.classes.get(name)
+    if fc is not None:
+        out = [f"{fc.cls}: {fc.title}", "", fc.meaning, ""]
+        if fc.advice:
+            out.append("What to do:")
+            out += [f"  - {a}" for a in fc.advice]
+        if fc.ladder:
+            out += ["", "Ladder (one rung per apply, the first that applies):"]
+            for r in fc.ladder:
+                out += _rung_lines(r)
+        elif not fc.config_edits:
+            out += ["", "No config edit for this class" + (f"; launcher fix: {fc.launcher_fix}" if fc.launcher_fix
+                                                          else ".")]
+        return "\n".join(out) + "\n"
+    r = rules.rung(name)
+    if r is None:
+        raise UsageError(f"unknown class or rule '{name}' (see `oomfix rules`)")
+    return "\n".join([f"{r.id} (class {r.cls}, {r.source})"] + _rung_lines(r)) + "\n"
+
+
+def render_rules(rules: Any) -> str:
+    out = []
+    for fc in rules.classes.values():
+        out.append(f"{fc.cls:18s} {fc.title}")
+        for r in fc.ladder:
+            out.append(f"  {r.id}" + ("  [opt-in]" if r.semantic else ""))
+    return "\n".join(out) + "\n"

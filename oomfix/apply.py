@@ -1,0 +1,483 @@
+"""The `apply` use case: from a diagnosis to the next rung of its ladder, planned for every sibling config."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oomfix.configs import (Config, job_config_path, job_for_config, launchers_in, load_config, resolve_ref,
+                            same_file, siblings)
+from oomfix.diagnose import diagnose_logs, diagnosis_facts
+from oomfix.dialects import DEEPSPEED, is_explicit
+from oomfix.editor import ValueEdit, edit_text, parse_config_text
+from oomfix.errors import ConfigError, RuleError, UsageError
+from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
+from oomfix.launcher import Job, Launcher, concurrent
+from oomfix.model import MEMORY_CLASSES, Diagnosis
+from oomfix.rules import FailureClass, Rung, compute_changes, holds, load_rules
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    path: str
+    before: str
+    after: str
+    changes: tuple[tuple[str, Any, Any], ...]  # (key as written, old, new)
+    world_size: int | None = None
+    global_before: int | None = None
+    global_after: int | None = None
+    kind: str = "config"  # config | deepspeed | launcher
+
+
+@dataclass(frozen=True)
+class Plan:
+    log: str
+    log_picked: bool
+    diagnosis: Diagnosis
+    status: str  # edits | nothing | advice | no_rung | already
+    rule: str | None = None
+    why: str | None = None
+    message: str | None = None
+    edits: tuple[FileEdit, ...] = ()
+    skipped: tuple[str, ...] = ()  # notes about files that got no edit, rungs that need an opt-in
+    semantic: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == "no_rung" else 0
+
+
+def newest_log(root: str = ".") -> str:
+    best = None
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
+        for f in filenames:
+            if f.endswith(".log"):
+                p = os.path.join(dirpath, f)
+                try:
+                    m = os.stat(p).st_mtime
+                except OSError:
+                    continue
+                if best is None or m > best[0]:
+                    best = (m, p)
+    if best is None:
+        raise UsageError("no LOG given and no *.log under the current directory")
+    return os.path.relpath(best[1])
+
+
+def _launchers_for_log(log: str, launchers: Sequence[Launcher]) -> list[tuple[Launcher, Job]]:
+    out = []
+    for lau in launchers:
+        for j in lau.jobs:
+            if j.log and (os.path.basename(j.log) == os.path.basename(log)):
+                cand = Path(lau.path).resolve().parent / j.log
+                if not cand.exists() or same_file(str(cand), log) or Path(j.log).name == Path(log).name:
+                    out.append((lau, j))
+    return out
+
+
+def find_config(diag: Diagnosis, log: str, explicit: str | None, launchers: Sequence[Launcher]) -> str:
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"{explicit}: config not found")
+        return explicit
+    ref = diag.run.config
+    if ref:
+        if os.path.isfile(ref):
+            return ref
+        for parent in Path(log).resolve().parents:
+            c = parent / ref
+            if c.is_file():
+                return str(c)
+    for lau, j in _launchers_for_log(log, launchers):
+        if j.config:
+            p = job_config_path(j.config, lau.path)
+            if p:
+                return p
+    hint = f" (the log names {ref!r}, which does not exist here)" if ref else ""
+    raise ConfigError(f"cannot find the config the run used{hint}; pass --config PATH")
+
+
+# --- facts for rule preconditions --------------------------------------------------------------------------
+
+def config_facts(diag_facts: Mapping[str, Any], cfg: Config, launchers: Sequence[Launcher]) -> dict[str, Any]:
+    found = job_for_config(cfg.path, launchers)
+    launcher: dict[str, Any] = {"found": found is not None, "llamafactory_cli": False, "env": {}}
+    if found:
+        lau, job = found
+        env = dict(job.env)
+        launcher.update(found=True, llamafactory_cli=job.kind == "llamafactory-cli", env=env, path=lau.path)
+    zero = {"stage": cfg.zero.stage, "offload": cfg.zero.offload} if cfg.zero else {}
+    return {**diag_facts, "config": {**cfg.values, "dialect": cfg.dialect.name}, "launcher": launcher, "zero": zero}
+
+
+# --- turning a rung into edits for one config ----------------------------------------------------------------
+
+def _switch_target(rung: Rung, cfg: Config) -> str | None:
+    """The `deepspeed:` value pointing at an existing config that satisfies the rung's requirement."""
+    spec = next((e["switch_file"] for e in rung.edit if "switch_file" in e), None)
+    if spec is None or cfg.zero is None or cfg.zero.path is None:
+        return None
+    cur = Path(cfg.zero.path)
+    req = spec.get("require") or {}
+    names = list(spec.get("candidates") or [])
+    names += sorted(p.name for p in cur.parent.glob("*.json") if p.name not in names)
+    for name in names:
+        cand = cur.parent / name
+        if not cand.is_file() or cand.resolve() == cur.resolve():
+            continue
+        try:
+            data = parse_config_text(cand.read_text(encoding="utf-8"), str(cand))
+        except Exception:  # noqa: BLE001 - an unreadable candidate is simply not a candidate
+            continue
+        z = data.get("zero_optimization", {}) if isinstance(data, dict) else {}
+        stage = z.get("stage") if isinstance(z, dict) else None
+        off = (z.get("offload_optimizer") or {}).get("device") if isinstance(z, dict) else None
+        offload = off not in (None, "none")
+        if "stage" in req and stage != req["stage"]:
+            continue
+        if "offload" in req and offload != bool(req["offload"]):
+            continue
+        ref = cfg.zero.ref
+        return ref[: len(ref) - len(cur.name)] + name if ref.endswith(cur.name) else ref.rsplit("/", 1)[0] + "/" + name
+    return None
+
+
+def _neighbours(cfg: Config, canonical: str) -> tuple[str, ...]:
+    d = cfg.dialect
+    order = ("grad_accum", "micro_batch", "eval_batch", "fp16", "bf16")
+    out = []
+    for c in order:
+        if c != canonical and d.path(c):
+            out.append(d.path(c)[-1])  # type: ignore[index]
+    return tuple(out)
+
+
+def _value_edits(cfg: Config, changes: Sequence[Any]) -> list[tuple[ValueEdit, Any, Any]]:
+    out = []
+    d = cfg.dialect
+    for ch in changes:
+        path = d.path(ch.key)
+        if path is None:
+            raise ConfigError(f"{cfg.path}: the {d.name} dialect has no key for '{ch.key}'")
+        new = ch.new
+        old = ch.old
+        if ch.key in d.inverted and isinstance(new, bool):
+            new, old = (not new), (None if old is None else not old)
+        if d.name == "axolotl" and ch.key == "grad_accum" and not is_explicit(cfg.data, d, "grad_accum") \
+                and is_explicit(cfg.data, d, "global_batch"):
+            continue  # axolotl derives accumulation from batch_size // micro_batch_size: the micro edit is enough
+        out.append((ValueEdit(path, new, _neighbours(cfg, ch.key)), old, new))
+    return out
+
+
+def _global(values: Mapping[str, Any], world: int | None) -> int | None:
+    m, a = values.get("micro_batch"), values.get("grad_accum")
+    if not isinstance(m, int) or not isinstance(a, int) or world is None:
+        return None
+    return world * m * a
+
+
+def _memory_never_rises(cls: str, changes: Sequence[Any], rung: Rung) -> None:
+    # enforced in code, whatever a (user) rule file says: an OOM fix never raises per-device memory
+    if cls not in MEMORY_CLASSES:
+        return
+    for ch in changes:
+        rises = (
+            (ch.key in ("micro_batch", "eval_batch", "seq_len", "preprocessing_workers", "dataloader_workers")
+             and isinstance(ch.old, int) and isinstance(ch.new, int) and ch.new > ch.old)
+            or (ch.key == "grad_checkpointing" and ch.old is True and ch.new is False)
+        )
+        if rises:
+            raise RuleError(f"{rung.source}: rule '{rung.id}' would raise {ch.key} from {ch.old} to {ch.new} after a "
+                            f"memory failure; refusing")
+
+
+def _world_for(cfg: Config, primary: Config, diag: Diagnosis, launchers: Sequence[Launcher]) -> int | None:
+    found = job_for_config(cfg.path, launchers)
+    if found and found[1].world_size:
+        return found[1].world_size
+    if same_file(cfg.path, primary.path):
+        return diag.run.world_size
+    return None
+
+
+def _launcher_env_edit(lau_path: str, name: str, value: str) -> FileEdit | None:
+    text = Path(lau_path).read_text(encoding="utf-8")
+    if re.search(rf"^\s*(?:export\s+)?{re.escape(name)}=", text, re.M):
+        return None
+    lines = text.splitlines(keepends=True)
+    nl = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    i = 0
+    while i < len(lines) and (lines[i].startswith("#") or not lines[i].strip()):
+        i += 1
+    if i and not lines[i - 1].strip():
+        i -= 1
+    new_line = f"export {name}={value}  # oomfix: allocator fragmentation{nl}"
+    after = "".join(lines[:i]) + new_line + "".join(lines[i:])
+    return FileEdit(lau_path, text, after, ((name, None, value),), kind="launcher")
+
+
+def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, config: str | None,
+                 all_configs: bool, allow_semantic: bool, launchers: Sequence[Launcher]) -> Plan:
+    primary = load_config(find_config(diag, log, config, launchers))
+    if primary.dialect is DEEPSPEED:
+        raise ConfigError(f"{primary.path}: a DeepSpeed JSON; pass the training config that references it")
+    dfacts = diagnosis_facts(diag)
+    pfacts = config_facts(dfacts, primary, launchers)
+    skipped: list[str] = []
+    rung = None
+    for r in fc.ladder:
+        if not holds(r.when, pfacts):
+            continue
+        if r.semantic and not allow_semantic:
+            skipped.append(f"{r.id} (changes training semantics: needs --allow-semantic-changes)")
+            continue
+        if any("switch_file" in e for e in r.edit) and _switch_target(r, primary) is None:
+            skipped.append(f"{r.id} (no suitable DeepSpeed config next to {primary.zero.ref if primary.zero else '?'})")
+            continue
+        if any("launcher_env" in e for e in r.edit) and not pfacts["launcher"].get("found"):
+            continue
+        if compute_changes(r, primary.values) is None:
+            continue
+        rung = r
+        break
+    if rung is None:
+        left = "; ".join(skipped) if skipped else "every rung of the ladder is already in place"
+        return Plan(log, log_picked, diag, "no_rung", message=f"no applicable rung for {primary.path}: {left}",
+                    skipped=tuple(skipped))
+    if not rung.edit:
+        return Plan(log, log_picked, diag, "advice", rule=rung.id, why=rung.why,
+                    message="no config change: " + rung.why)
+    targets = siblings(primary, launchers) if all_configs else [primary]
+    edits: list[FileEdit] = []
+    notes: list[str] = []
+    planned_values: dict[str, dict[str, Any]] = {}
+    for cfg in targets:
+        facts = config_facts(dfacts, cfg, launchers)
+        if not holds(rung.when, facts):
+            notes.append(f"{cfg.path}: rule precondition does not hold; left as it is")
+            continue
+        changes = compute_changes(rung, cfg.values)
+        if changes is None:
+            notes.append(f"{cfg.path}: the rung cannot keep the global batch here; left as it is")
+            continue
+        _memory_never_rises(fc.cls, changes, rung)
+        planned_values[cfg.path] = {**cfg.values, **{c.key: c.new for c in changes}}
+    _converge(targets, planned_values)
+    for cfg in targets:
+        if cfg.path not in planned_values:
+            continue
+        new_values = planned_values[cfg.path]
+        changes = [_Change(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
+                   and k not in ("zero_stage", "offload")]
+        _memory_never_rises(fc.cls, changes, rung)
+        vedits = _value_edits(cfg, changes)
+        for e in rung.edit:
+            if "switch_file" in e:
+                ref = _switch_target(rung, cfg)
+                if ref is None:
+                    notes.append(f"{cfg.path}: no suitable DeepSpeed config next to its current one")
+                    continue
+                path = cfg.dialect.path("zero_config")
+                assert path is not None
+                vedits.append((ValueEdit(path, ref), cfg.values.get("zero_config"), ref))
+            if "launcher_env" in e:
+                found = job_for_config(cfg.path, launchers)
+                if found:
+                    fe = _launcher_env_edit(found[0].path, e["launcher_env"]["name"], e["launcher_env"]["value"])
+                    if fe and all(not same_file(x.path, fe.path) for x in edits):
+                        edits.append(fe)
+        world = _world_for(cfg, primary, diag, launchers)
+        if vedits:
+            after = edit_text(cfg.text, cfg.path, [v for v, _, _ in vedits])
+            if after != cfg.text:
+                edits.append(FileEdit(cfg.path, cfg.text, after,
+                                      tuple((".".join(v.path), o, n) for v, o, n in vedits), world,
+                                      _global(cfg.values, world), _global(new_values, world)))
+        edits.extend(_deepspeed_edits(cfg, changes, edits))
+    if not edits:
+        return Plan(log, log_picked, diag, "no_rung", rule=rung.id,
+                    message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes))
+    return Plan(log, log_picked, diag, "edits", rule=rung.id, why=rung.why, edits=tuple(edits),
+                skipped=tuple(notes + skipped), semantic=rung.semantic)
+
+
+@dataclass(frozen=True)
+class _Change:
+    key: str
+    old: Any
+    new: Any
+
+
+def _converge(targets: Sequence[Config], planned: dict[str, dict[str, Any]]) -> None:
+    """Siblings end on the same split: where two planned configs keep the same micro x accumulation product,
+    both take the smaller micro batch (the lower-memory split), so none of them is raised."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for cfg in targets:
+        v = planned.get(cfg.path)
+        if not v or not isinstance(v.get("micro_batch"), int) or not isinstance(v.get("grad_accum"), int):
+            continue
+        groups.setdefault((v["micro_batch"] * v["grad_accum"],), []).append(cfg.path)
+    for paths in groups.values():
+        low = min(planned[p]["micro_batch"] for p in paths)
+        for p in paths:
+            v = planned[p]
+            if v["micro_batch"] != low and v["micro_batch"] % low == 0:
+                factor = v["micro_batch"] // low
+                v["micro_batch"], v["grad_accum"] = low, v["grad_accum"] * factor
+
+
+def _deepspeed_edits(cfg: Config, changes: Sequence[Any], done: Sequence[FileEdit]) -> list[FileEdit]:
+    """Explicit batch numbers in the referenced DeepSpeed JSON must follow the YAML (HF raises on a mismatch)."""
+    if cfg.zero is None or cfg.zero.path is None or not cfg.zero.batch:
+        return []
+    if any(same_file(e.path, cfg.zero.path) for e in done):
+        return []
+    mapping = {"micro_batch": "train_micro_batch_size_per_gpu", "grad_accum": "gradient_accumulation_steps"}
+    vedits = [ValueEdit((mapping[c.key],), c.new) for c in changes
+              if c.key in mapping and mapping[c.key] in cfg.zero.batch]
+    if not vedits:
+        return []
+    text = Path(cfg.zero.path).read_text(encoding="utf-8")
+    after = edit_text(text, cfg.zero.path, vedits)
+    return [FileEdit(cfg.zero.path, text, after, tuple((".".join(v.path), cfg.zero.batch.get(v.path[0]), v.value)
+                                                       for v in vedits), kind="deepspeed")]
+
+
+# --- launcher fixes for non-memory classes -----------------------------------------------------------------------
+
+_PROG = re.compile(r"(?<![\w./-])(nohup|torchrun|llamafactory-cli|accelerate|deepspeed|python[\d.]*)(?=\s)")
+
+
+def _setsid_edit(lau: Launcher) -> FileEdit | None:
+    lines = lau.text.splitlines(keepends=True)
+    changed = []
+    for j in lau.jobs:
+        if j.hup_safe:
+            continue
+        idx = j.line - 1
+        m = _PROG.search(lines[idx])
+        if not m:
+            continue
+        lines[idx] = lines[idx][: m.start()] + "setsid " + lines[idx][m.start():]
+        changed.append((f"line {j.line}", None, "setsid"))
+    if not changed:
+        return None
+    return FileEdit(lau.path, lau.text, "".join(lines), tuple(changed), kind="launcher")
+
+
+def _port_edit(lau: Launcher) -> FileEdit | None:
+    jobs = list(lau.jobs)
+    used = {j.master_port for j in jobs if j.master_port}
+    lines = lau.text.splitlines(keepends=True)
+    changed = []
+    taken: set[int] = set()
+    for j in jobs:
+        clash = any(concurrent(j, k) and not k.picks_free_port and not j.picks_free_port and
+                    (j.master_port or 29500) == (k.master_port or 29500) for k in jobs if k is not j)
+        port = j.master_port or 29500
+        if not clash or port not in taken:
+            taken.add(port)
+            continue
+        new = next(p for p in range(29501, 65000) if p not in used and p not in taken)
+        taken.add(new)
+        used.add(new)
+        idx = j.line - 1
+        line = lines[idx]
+        m = re.search(r"(--master[_-]port[= ])(\d+)", line)
+        if m:
+            line = line[: m.start(2)] + str(new) + line[m.end(2):]
+        else:
+            mm = _PROG.search(line)
+            if not mm:
+                continue
+            line = line[: mm.start()] + f"MASTER_PORT={new} " + line[mm.start():]
+            if j.kind != "llamafactory-cli" and "MASTER_PORT" not in j.env and j.kind == "torchrun":
+                line = line.replace("torchrun", f"torchrun --master_port {new}", 1).replace(f"MASTER_PORT={new} ", "", 1)
+        lines[idx] = line
+        changed.append((f"line {j.line}", port, new))
+    if not changed:
+        return None
+    return FileEdit(lau.path, lau.text, "".join(lines), tuple(changed), kind="launcher")
+
+
+def _launcher_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, config: str | None,
+                   launchers: Sequence[Launcher]) -> Plan:
+    related = [lau for lau, _ in _launchers_for_log(log, launchers)]
+    if not related and (config or diag.run.config):
+        try:
+            cpath = find_config(diag, log, config, launchers)
+            found = job_for_config(cpath, launchers)
+            related = [found[0]] if found else []
+        except ConfigError:
+            related = []
+    if not related:
+        return Plan(log, log_picked, diag, "nothing",
+                    message="no launcher script found for this log; fix the launch by hand: " + " ".join(fc.advice))
+    edits = []
+    for lau in {lau.path: lau for lau in related}.values():
+        fe = _setsid_edit(lau) if fc.launcher_fix == "setsid" else _port_edit(lau)
+        if fe is not None:
+            edits.append(fe)
+    if not edits:
+        return Plan(log, log_picked, diag, "nothing", message="the launcher already has the fix; no config change")
+    key = fc.launcher_fix.rsplit("_", 1)[-1] if fc.launcher_fix else ""
+    why = next((a for a in fc.advice if key in a), fc.meaning)
+    return Plan(log, log_picked, diag, "edits", rule=f"{fc.cls}-launcher-{fc.launcher_fix}", why=why,
+                edits=tuple(edits))
+
+
+def plan_apply(log: str | None = None, config: str | None = None, all_configs: bool = False,
+               allow_semantic: bool = False, rules_dir: str | None = None, root: str = ".") -> Plan:
+    picked = log is None
+    log = log or newest_log(root)
+    diag = diagnose_logs([log], rules_dir=rules_dir)
+    done = already_applied(log, root)
+    if done is not None:
+        files = ", ".join(os.path.relpath(f["file"]) for f in done["files"])
+        return Plan(log, picked, diag, "already", rule=done.get("rule"),
+                    message=f"this log was already applied ({done['tx']}, rule {done.get('rule')}: {files}); "
+                            f"nothing changed. `oomfix undo` reverts it.")
+    rules = load_rules(rules_dir)
+    fc = rules.classes.get(diag.cls)
+    if fc is None:
+        raise RuleError(f"no rule file for class '{diag.cls}'")
+    launchers = launchers_in([root])
+    if fc.launcher_fix:
+        return _launcher_plan(diag, log, picked, fc, config, launchers)
+    if not fc.config_edits or diag.cls not in MEMORY_CLASSES and diag.cls != "nan_loss":
+        return Plan(log, picked, diag, "nothing", message=f"{diag.cls}: no config change. " + " ".join(fc.advice))
+    if diag.cls in MEMORY_CLASSES and diag.confidence == "low":
+        return Plan(log, picked, diag, "nothing",
+                    message=f"{diag.cls} is only a low-confidence diagnosis ({diag.reason}); confirm it before "
+                            f"changing configs")
+    return _memory_plan(diag, log, picked, fc, config, all_configs, allow_semantic, launchers)
+
+
+def write_plan(plan: Plan, root: str = ".") -> str | None:
+    """Write the plan's edits atomically and journal them. Returns the transaction id, None if nothing was written."""
+    if plan.status != "edits":
+        return None
+    journal = Journal(root)
+    log_sha = file_sha256(plan.log)
+    with journal.lock():
+        for e in plan.edits:
+            if file_sha256(e.path) != sha256(e.before.encode()):
+                raise ConfigError(f"{e.path}: changed on disk since it was read; nothing written, run again")
+        writes = [PlannedWrite(e.path, e.before.encode(), e.after.encode()) for e in plan.edits]
+        return journal.write(writes, log=os.path.abspath(plan.log), log_sha=log_sha, rule=plan.rule,
+                             cls=plan.diagnosis.cls)
+
+
+def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
+    sha = file_sha256(plan_log)
+    if sha is None:
+        return None
+    for tx in reversed(Journal(root).transactions()):
+        if tx["status"] != "undone" and tx.get("log_sha256") == sha:
+            return tx
+    return None

@@ -1,0 +1,203 @@
+"""Training configs on disk: loading, the DeepSpeed files they reference, siblings, and discovery in a tree."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oomfix.dialects import DEEPSPEED, Dialect, detect, get_path, read_canonical
+from oomfix.editor import parse_config_text
+from oomfix.errors import ConfigError, EditRefused
+from oomfix.launcher import Launcher, parse_launcher
+
+MAX_CONFIG_BYTES = 64 << 20
+SKIP_DIRS = {".git", ".oomfix", "node_modules", "__pycache__", ".venv", "venv", ".ci-venv", ".tox", "site-packages"}
+
+
+@dataclass(frozen=True)
+class ZeroInfo:
+    ref: str  # as written in the config
+    path: str | None  # resolved file, None if it does not exist
+    stage: int | None = None
+    offload: str | None = None
+    batch: dict[str, Any] = field(default_factory=dict)  # explicit (non-"auto") batch keys
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    text: str
+    data: Any
+    dialect: Dialect
+    values: dict[str, Any]
+    zero: ZeroInfo | None = None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """What makes two configs train 'the same model the same way' (DOMAIN.md section 5)."""
+        d = self.data
+        if self.dialect.name in ("llamafactory", "hf"):
+            return (self.dialect.name, d.get("model_name_or_path"), d.get("stage"), d.get("finetuning_type"))
+        if self.dialect.name == "axolotl":
+            return (self.dialect.name, d.get("base_model"), d.get("adapter"))
+        if self.dialect.name == "torchtune":
+            return (self.dialect.name, get_path(d, ("model", "_component_")))
+        return (self.dialect.name, self.path)
+
+
+def read_text(path: str) -> str:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {st.st_size} bytes is too large for a training config")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.start}); not editing it") from None
+
+
+def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | None:
+    """A path written in a config: relative to the current directory, then to the config's directory and its
+    ancestors (LLaMA-Factory configs name `examples/deepspeed/...` relative to the repository root)."""
+    if os.path.isabs(ref):
+        return ref if os.path.isfile(ref) else None
+    cands = [Path(cwd or os.getcwd()) / ref]
+    d = Path(config_path).resolve().parent
+    for parent in [d, *d.parents]:
+        cands.append(parent / ref)
+    for c in cands:
+        if c.is_file():
+            return str(c)
+    return None
+
+
+def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
+    if not isinstance(ref, str) or not ref.strip():
+        return None
+    path = resolve_ref(ref, config_path)
+    if path is None:
+        return ZeroInfo(ref, None)
+    try:
+        data = parse_config_text(read_text(path), path)
+    except (ConfigError, EditRefused):
+        return ZeroInfo(ref, path)
+    stage = get_path(data, ("zero_optimization", "stage"))
+    off = get_path(data, ("zero_optimization", "offload_optimizer", "device"))
+    batch = {k: data[k] for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+             if isinstance(data, dict) and k in data and data[k] != "auto"}
+    return ZeroInfo(ref, path, stage if isinstance(stage, int) else None, off if isinstance(off, str) else None, batch)
+
+
+def load_config(path: str) -> Config:
+    text = read_text(path)
+    try:
+        data = parse_config_text(text.lstrip("\ufeff"), path)
+    except EditRefused as e:
+        raise ConfigError(str(e)) from None
+    dialect = detect(data, path)
+    if dialect is None:
+        raise ConfigError(f"{path}: not a training config oomfix knows (LLaMA-Factory, HF Trainer, axolotl, "
+                          f"torchtune, DeepSpeed)")
+    values = read_canonical(data, dialect)
+    zero = _zero_info(values.get("zero_config"), path) if dialect is not DEEPSPEED else None
+    if zero is not None:
+        values["zero_stage"] = zero.stage
+        values["offload"] = zero.offload
+    return Config(path, text, data, dialect, values, zero)
+
+
+def try_load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError:
+        return None
+
+
+def walk(paths: Sequence[str]) -> Iterable[Path]:
+    for p in paths:
+        root = Path(p)
+        if root.is_file():
+            yield root
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+            for f in sorted(filenames):
+                yield Path(dirpath) / f
+
+
+def launchers_in(paths: Sequence[str]) -> list[Launcher]:
+    out = []
+    for f in walk(paths):
+        if f.suffix == ".sh":
+            try:
+                out.append(parse_launcher(f))
+            except Exception:  # noqa: BLE001 - an unreadable script is not a launcher we can judge
+                continue
+    return out
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def job_config_path(job_config: str, launcher_path: str) -> str | None:
+    """A config named on a launcher's job line, resolved against the current directory, then the launcher's."""
+    for base in (Path.cwd(), Path(launcher_path).resolve().parent):
+        c = base / job_config if not os.path.isabs(job_config) else Path(job_config)
+        if c.is_file():
+            return str(c)
+    return None
+
+
+def display_path(p: str | os.PathLike[str]) -> str:
+    """Relative to the current directory when below it (how people name files), else absolute."""
+    rel = os.path.relpath(p)
+    return rel if not rel.startswith("..") else os.path.abspath(p)
+
+
+def siblings(primary: Config, launchers: Sequence[Launcher], search_dirs: Sequence[str] = ()) -> list[Config]:
+    """Configs that must get the same fix: same directory and identity, or started side by side by one launcher."""
+    found: dict[str, Config] = {os.path.realpath(primary.path): primary}
+    pdir = Path(primary.path).resolve().parent
+    for f in sorted(pdir.iterdir()):
+        if f.suffix in (".yaml", ".yml") and f.is_file() and os.path.realpath(f) not in found:
+            c = try_load(display_path(f))
+            if c is not None and c.dialect is primary.dialect and c.identity == primary.identity:
+                found[os.path.realpath(f)] = c
+    for lau in launchers:
+        paths = [job_config_path(j.config, lau.path) for j in lau.jobs if j.config]
+        paths = [p for p in paths if p]
+        if any(same_file(p, primary.path) for p in paths):
+            for p in paths:
+                if os.path.realpath(p) not in found:
+                    c = try_load(display_path(p))
+                    if c is not None and c.dialect is primary.dialect:
+                        found[os.path.realpath(p)] = c
+    ordered = [primary] + sorted((c for k, c in found.items() if c is not primary), key=lambda c: c.path)
+    return ordered
+
+
+def job_for_config(config_path: str, launchers: Sequence[Launcher]):  # -> tuple[Launcher, Job] | None
+    for lau in launchers:
+        for j in lau.jobs:
+            if j.config:
+                p = job_config_path(j.config, lau.path)
+                if p and same_file(p, config_path):
+                    return lau, j
+    return None
