@@ -257,53 +257,68 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     notes: list[str] = []
     planned_values: dict[str, dict[str, Any]] = {}
     for cfg in targets:
-        facts = config_facts(dfacts, cfg, launchers)
-        if not holds(rung.when, facts):
-            notes.append(f"{cfg.path}: rule precondition does not hold; left as it is")
+        values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls)
+        if values is None:
+            notes.append(f"{cfg.path}: the rung's precondition does not hold, or it cannot keep the global batch "
+                         f"here; left as it is")
             continue
-        changes = compute_changes(rung, cfg.values)
-        if changes is None:
-            notes.append(f"{cfg.path}: the rung cannot keep the global batch here; left as it is")
-            continue
-        _memory_never_rises(fc.cls, changes, rung)
-        planned_values[cfg.path] = {**cfg.values, **{c.key: c.new for c in changes}}
+        planned_values[cfg.path] = values
     _converge(targets, planned_values)
     for cfg in targets:
-        if cfg.path not in planned_values:
-            continue
-        new_values = planned_values[cfg.path]
-        changes = [_Change(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
-                   and k not in ("zero_stage", "offload")]
-        _memory_never_rises(fc.cls, changes, rung)
-        vedits = _value_edits(cfg, changes)
-        for e in rung.edit:
-            if "switch_file" in e:
-                ref = _switch_target(rung, cfg)
-                if ref is None:
-                    notes.append(f"{cfg.path}: no suitable DeepSpeed config next to its current one")
-                    continue
-                path = cfg.dialect.path("zero_config")
-                assert path is not None
-                vedits.append((ValueEdit(path, ref), cfg.values.get("zero_config"), ref))
-            if "launcher_env" in e:
-                found = job_for_config(cfg.path, launchers)
-                if found:
-                    fe = _launcher_env_edit(found[0].path, e["launcher_env"]["name"], e["launcher_env"]["value"])
-                    if fe and all(not same_file(x.path, fe.path) for x in edits):
-                        edits.append(fe)
-        world = _world_for(cfg, primary, diag, launchers)
-        if vedits:
-            after = edit_text(cfg.text, cfg.path, [v for v, _, _ in vedits])
-            if after != cfg.text:
-                edits.append(FileEdit(cfg.path, cfg.text, after,
-                                      tuple((".".join(v.path), o, n) for v, o, n in vedits), world,
-                                      _global(cfg.values, world), _global(new_values, world)))
-        edits.extend(_deepspeed_edits(cfg, changes, edits))
+        if cfg.path in planned_values:
+            world = _world_for(cfg, primary, diag, launchers)
+            fes, more = file_edits(rung, cfg, planned_values[cfg.path], launchers, world, edits, fc.cls)
+            edits.extend(fes)
+            notes.extend(more)
     if not edits:
         return Plan(log, log_picked, diag, "no_rung", rule=rung.id,
                     message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes))
     return Plan(log, log_picked, diag, "edits", rule=rung.id, why=rung.why, edits=tuple(edits),
                 skipped=tuple(notes + skipped), semantic=rung.semantic)
+
+
+def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str) -> dict[str, Any] | None:
+    """The config's canonical values after the rung, or None when the rung does not apply to it."""
+    if not holds(rung.when, facts):
+        return None
+    changes = compute_changes(rung, cfg.values)
+    if changes is None:
+        return None
+    _memory_never_rises(cls, changes, rung)
+    return {**cfg.values, **{c.key: c.new for c in changes}}
+
+
+def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers: Sequence[Launcher],
+               world: int | None, done: Sequence[FileEdit], cls: str) -> tuple[list[FileEdit], list[str]]:
+    """The text edits that take one config (and its launcher / DeepSpeed file) to `new_values`."""
+    out: list[FileEdit] = []
+    notes: list[str] = []
+    changes = [_Change(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
+               and k not in ("zero_stage", "offload")]
+    _memory_never_rises(cls, changes, rung)
+    vedits = _value_edits(cfg, changes)
+    for e in rung.edit:
+        if "switch_file" in e:
+            ref = _switch_target(rung, cfg)
+            if ref is None:
+                notes.append(f"{cfg.path}: no suitable DeepSpeed config next to its current one")
+                continue
+            path = cfg.dialect.path("zero_config")
+            assert path is not None
+            vedits.append((ValueEdit(path, ref), cfg.values.get("zero_config"), ref))
+        if "launcher_env" in e:
+            found = job_for_config(cfg.path, launchers)
+            if found:
+                fe = _launcher_env_edit(found[0].path, e["launcher_env"]["name"], e["launcher_env"]["value"])
+                if fe and all(not same_file(x.path, fe.path) for x in [*done, *out]):
+                    out.append(fe)
+    if vedits:
+        after = edit_text(cfg.text, cfg.path, [v for v, _, _ in vedits])
+        if after != cfg.text:
+            out.append(FileEdit(cfg.path, cfg.text, after, tuple((".".join(v.path), o, n) for v, o, n in vedits),
+                                world, _global(cfg.values, world), _global(new_values, world)))
+    out.extend(_deepspeed_edits(cfg, changes, [*done, *out]))
+    return out, notes
 
 
 @dataclass(frozen=True)

@@ -68,15 +68,33 @@ def _newline_of(text: str, pos: int) -> str:
     return "\n"
 
 
-def _check_depth(obj: Any, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise EditRefused("nested too deeply to edit safely")
-    if isinstance(obj, Mapping):
-        for v in obj.values():
-            _check_depth(v, depth + 1)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_depth(v, depth + 1)
+MAX_EXPANDED = 1_000_000  # values in the document once aliases are expanded
+
+
+def _check_size(obj: Any, name: str) -> None:
+    """Refuse documents whose aliases expand to an enormous tree (billion laughs) or that nest too deeply.
+    Shared objects are counted once per reference without being walked again, so this stays linear."""
+    memo: dict[int, int] = {}
+
+    def count(o: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise EditRefused(f"{name}: nested too deeply to edit safely")
+        if not isinstance(o, (dict, list)):
+            return 1
+        key = id(o)
+        if key in memo:
+            return memo[key]
+        children = o.values() if isinstance(o, dict) else o
+        n = 1
+        for c in children:
+            n += count(c, depth + 1)
+            if n > MAX_EXPANDED:
+                raise EditRefused(f"{name}: aliases expand to more than {MAX_EXPANDED} values (an alias bomb?); "
+                                  f"not editing it")
+        memo[key] = n
+        return n
+
+    count(obj, 0)
 
 
 def _set_path(obj: Any, path: Sequence[str], value: Any) -> None:
@@ -107,7 +125,7 @@ def load_yaml_safely(text: str, name: str) -> Any:
         raise EditRefused(f"{name}: cannot parse as YAML: {' '.join(first[:2])}") from None
     except RecursionError:
         raise EditRefused(f"{name}: nested too deeply to parse") from None
-    _check_depth(data)
+    _check_size(data, name)
     return data
 
 

@@ -1,0 +1,143 @@
+"""`oomfix apply`: the user's story end to end, through the command line, as a new user would run it."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from oomfix.cli import main
+
+DEMO = Path(__file__).resolve().parent.parent / "oomfix" / "demo_data"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    dst = tmp_path / "proj"
+    shutil.copytree(DEMO, dst)
+    monkeypatch.chdir(dst)
+    return dst
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def snapshot(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".oomfix" not in p.parts}
+
+
+def test_dry_run_is_the_default_and_writes_nothing(project):
+    before = snapshot(project)
+    r = run("apply", "logs/job_a.log", "--all-configs")
+    assert r.exit_code == 0, r.output
+    assert "--- a/configs/qwen3_14b_a.yaml" in r.output and "--- a/configs/qwen3_14b_b.yaml" in r.output
+    assert "dry run" in r.output
+    assert snapshot(project) == before and not (project / ".oomfix" / "journal.jsonl").exists()
+
+
+def test_oom_moves_both_siblings_to_the_same_rung_keeping_global_batch(project):
+    r = run("apply", "logs/job_a.log", "--all-configs", "--write", "--format", "json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["rule"] == "cuda-oom-zero3" and out["written"]
+    assert {e["file"] for e in out["edits"]} == {"configs/qwen3_14b_a.yaml", "configs/qwen3_14b_b.yaml"}
+    for e in out["edits"]:
+        assert e["global_batch_before"] == e["global_batch_after"] == 64 and e["world_size"] == 4
+    a = (project / "configs/qwen3_14b_a.yaml").read_text()
+    b = (project / "configs/qwen3_14b_b.yaml").read_text()
+    assert "deepspeed: configs/ds/ds_z3_config.json  # choices" in a
+    assert a.replace("sft_a", "sft_b") == b  # the siblings still agree everywhere but their output paths
+
+
+def test_two_eight_goes_to_one_sixteen_in_both(project):
+    for x in "ab":
+        p = project / f"configs/qwen3_14b_{x}.yaml"
+        p.write_text(p.read_text().replace("per_device_train_batch_size: 1", "per_device_train_batch_size: 2")
+                     .replace("gradient_accumulation_steps: 16", "gradient_accumulation_steps: 8"))
+    r = run("apply", "logs/job_a.log", "--all-configs", "--write")
+    assert r.exit_code == 0, r.output
+    for x in "ab":
+        text = (project / f"configs/qwen3_14b_{x}.yaml").read_text()
+        assert "per_device_train_batch_size: 1\n" in text and "gradient_accumulation_steps: 16\n" in text
+
+
+def test_drifted_sibling_is_brought_down_not_up(project):
+    # the story's third mistake: one sibling "fixed" to 2/8, the other left at 1/16
+    p = project / "configs/qwen3_14b_a.yaml"
+    p.write_text(p.read_text().replace("per_device_train_batch_size: 1", "per_device_train_batch_size: 2")
+                 .replace("gradient_accumulation_steps: 16", "gradient_accumulation_steps: 8"))
+    r = run("apply", "logs/job_a.log", "--all-configs", "--write")
+    assert r.exit_code == 0, r.output
+    for x in "ab":
+        text = (project / f"configs/qwen3_14b_{x}.yaml").read_text()
+        assert "per_device_train_batch_size: 1\n" in text and "gradient_accumulation_steps: 16\n" in text
+
+
+def test_sighup_changes_no_config_and_proposes_setsid(project):
+    before = snapshot(project)
+    r = run("apply", "logs/job_b.log", "--all-configs")
+    assert r.exit_code == 0
+    assert "+CUDA_VISIBLE_DEVICES=0,1,2,3 setsid nohup llamafactory-cli" in r.output
+    assert "+CUDA_VISIBLE_DEVICES=4,5,6,7 setsid nohup llamafactory-cli" in r.output
+    assert "qwen3_14b" not in "".join(l for l in r.output.splitlines() if l.startswith(("---", "+++")))
+    assert snapshot(project) == before
+    r = run("apply", "logs/job_b.log", "--write")
+    assert r.exit_code == 0
+    assert (project / "launch.sh").read_text().count("setsid nohup") == 2
+    for x in "ab":
+        assert (project / f"configs/qwen3_14b_{x}.yaml").read_bytes() == before[project / f"configs/qwen3_14b_{x}.yaml"]
+
+
+def test_second_apply_of_the_same_log_changes_nothing_and_undo_restores_bytes(project):
+    before = snapshot(project)
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    after = snapshot(project)
+    r = run("apply", "logs/job_a.log", "--all-configs", "--write")
+    assert r.exit_code == 0 and "already applied" in r.output
+    assert snapshot(project) == after
+    r = run("undo")
+    assert r.exit_code == 0
+    assert snapshot(project) == before
+
+
+def test_undo_refuses_when_a_file_changed_since(project):
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    p = project / "configs/qwen3_14b_b.yaml"
+    p.write_text(p.read_text() + "# hand edit\n")
+    r = CliRunner().invoke(main, ["undo"])
+    assert r.exit_code == 2 and "qwen3_14b_b.yaml: changed since oomfix wrote it" in r.output
+
+
+def test_non_memory_failure_changes_nothing(project, tmp_path):
+    log = project / "logs" / "job_c.log"
+    log.write_text("[rank0]: Traceback (most recent call last):\n[rank0]: KeyError: 'labels'\n")
+    before = snapshot(project)
+    r = run("apply", "logs/job_c.log", "--all-configs", "--write")
+    assert r.exit_code == 0 and "no config change" in r.output
+    assert snapshot(project) == before
+
+
+def test_no_rung_left_exits_1_and_says_what_is_left(project):
+    for x in "ab":
+        p = project / f"configs/qwen3_14b_{x}.yaml"
+        p.write_text(p.read_text().replace("ds_z2_config.json  #", "ds_z3_offload_config.json  #"))
+    r = run("apply", "logs/job_a.log")
+    assert r.exit_code == 1
+    assert "cuda-oom-shorter-sequences" in r.output and "--allow-semantic-changes" in r.output
+    r = run("apply", "logs/job_a.log", "--allow-semantic-changes")
+    assert r.exit_code == 0 and "+cutoff_len: 2048" in r.output
+
+
+def test_newest_log_is_picked_and_named(project):
+    import os
+    import time
+
+    os.utime(project / "logs/job_b.log", (time.time() + 10, time.time() + 10))
+    r = run("apply")
+    assert "using the newest log, logs/job_b.log" in r.output
+
+
+def test_config_not_found_is_exit_2(project):
+    r = CliRunner().invoke(main, ["apply", "logs/job_a.log", "--config", "nope.yaml"])
+    assert r.exit_code == 2 and "nope.yaml: config not found" in r.output
