@@ -147,6 +147,34 @@ def rules_cmd(rules_dir: str | None) -> None:
     click.echo(render_rules(load_rules(rules_dir)), nl=False)
 
 
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--strict", is_flag=True, help="Warnings fail the check too.")
+@handled
+def check(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
+    """Pre-relaunch gate: sibling drift, unsafe launchers, port/GPU clashes, unfixed or wrongly fixed failures.
+
+    \b
+    Exit status: 0 clean, 1 findings, 2 could not run.
+    Example:
+      oomfix check                      # the current directory
+      oomfix check configs/ launch.sh --format github
+    """
+    from oomfix.check import render_github, render_text, run_check
+    from oomfix.report import render_json
+
+    res = run_check(list(paths) or ["."])
+    if fmt == "json":
+        click.echo(render_json({"findings": [f.to_json() for f in res.findings], "configs": res.configs,
+                                "launchers": res.launchers, "logs": res.logs}), nl=False)
+    elif fmt == "github":
+        click.echo(render_github(res), nl=False)
+    else:
+        click.echo(render_text(res), nl=False)
+    sys.exit(res.exit_code(strict))
+
+
 def run() -> None:
     main()
 

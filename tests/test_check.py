@@ -1,0 +1,236 @@
+"""`oomfix check`: each finding has a trigger and a near miss; the user's story end to end."""
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from oomfix.check import run_check
+from oomfix.cli import main
+
+LF = """\
+### model
+model_name_or_path: Qwen/Qwen3-14B
+stage: sft
+finetuning_type: full
+{extra}
+### train
+per_device_train_batch_size: {micro}
+gradient_accumulation_steps: {accum}
+output_dir: saves/{name}
+"""
+WRAPPER = """\
+import os, subprocess, sys
+subprocess.run(["torchrun", "--nproc_per_node", "4", "--master_port", os.environ.get("MASTER_PORT", "29500"),
+                "src/train.py", sys.argv[1]], check=True)
+"""
+
+
+def make(root: Path, files: dict):
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text))
+
+
+def ids(root, *args):
+    res = run_check([str(root), *args])
+    return sorted({f.id for f in res.findings}), res
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def lf(name, micro=1, accum=16, extra=""):
+    return LF.format(name=name, micro=micro, accum=accum, extra=extra)
+
+
+def test_user_story_before_and_after(tree):
+    make(tree, {
+        "configs/a.yaml": lf("a", 2, 8),
+        "configs/b.yaml": lf("b", 1, 16),
+        "wrapper.py": WRAPPER,
+        "launch.sh": """\
+            #!/bin/bash
+            export MASTER_PORT=29500
+            CUDA_VISIBLE_DEVICES=0,1,2,3 nohup python wrapper.py configs/a.yaml > a.log 2>&1 &
+            CUDA_VISIBLE_DEVICES=4,5,6,7 nohup python wrapper.py configs/b.yaml > b.log 2>&1 &
+            wait
+        """,
+    })
+    r = CliRunner().invoke(main, ["check", "--format", "json"])
+    assert r.exit_code == 1
+    found = {(f["id"], f["file"], f["line"]) for f in json.loads(r.output)["findings"]}
+    assert ("sibling-drift", "configs/b.yaml", 7) in found
+    assert ("unprotected-launch", "launch.sh", 3) in found and ("unprotected-launch", "launch.sh", 4) in found
+    assert ("port-collision", "launch.sh", 4) in found
+    make(tree, {
+        "configs/a.yaml": lf("a", 1, 16),
+        "launch.sh": """\
+            #!/bin/bash
+            CUDA_VISIBLE_DEVICES=0,1,2,3 MASTER_PORT=29500 setsid nohup python wrapper.py configs/a.yaml > a.log 2>&1 &
+            CUDA_VISIBLE_DEVICES=4,5,6,7 MASTER_PORT=29501 setsid nohup python wrapper.py configs/b.yaml > b.log 2>&1 &
+            wait
+        """,
+    })
+    r = CliRunner().invoke(main, ["check"])
+    assert r.exit_code == 0, r.output
+
+
+def test_sibling_drift_near_miss_different_output_dirs_only(tree):
+    make(tree, {"c/a.yaml": lf("a"), "c/b.yaml": lf("b")})
+    assert ids(tree)[0] == []
+
+
+def test_sibling_drift_ignores_explicit_default(tree):
+    make(tree, {"c/a.yaml": lf("a", extra="disable_gradient_checkpointing: false"), "c/b.yaml": lf("b")})
+    assert ids(tree)[0] == []
+
+
+def test_different_models_are_not_siblings(tree):
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": lf("b").replace("Qwen3-14B", "Qwen3-8B")})
+    assert ids(tree)[0] == []
+
+
+LAUNCH2 = """\
+    #!/bin/bash
+    CUDA_VISIBLE_DEVICES={ga} setsid nohup torchrun --nproc_per_node {na} --master_port 29500 t.py c/a.yaml > a.log 2>&1 &
+    CUDA_VISIBLE_DEVICES={gb} setsid nohup torchrun --nproc_per_node {nb} --master_port 29501 t.py c/b.yaml > b.log 2>&1 &
+    wait
+"""
+
+
+def test_global_batch_mismatch_and_near_miss(tree):
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "c/b.yaml": lf("b", 1, 16),
+                "l.sh": LAUNCH2.format(ga="0,1,2,3", na=4, gb="4,5", nb=2)})
+    got, res = ids(tree)
+    assert got == ["global-batch-mismatch"]
+    make(tree, {"c/b.yaml": lf("b", 1, 32)})  # 2 GPUs x 1 x 32 = 4 x 1 x 16
+    assert ids(tree)[0] == []
+
+
+def test_deepspeed_missing_and_mismatch(tree):
+    make(tree, {"c/a.yaml": lf("a", extra="deepspeed: ds/nope.json")})
+    assert ids(tree)[0] == ["deepspeed-mismatch"]
+    make(tree, {"c/a.yaml": lf("a", extra="deepspeed: ds/z2.json"),
+                "ds/z2.json": '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2}}'})
+    got, res = ids(tree)
+    assert got == ["deepspeed-mismatch"] and "sets train_micro_batch_size_per_gpu: 2" in res.findings[0].message
+    make(tree, {"ds/z2.json": '{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}}'})
+    assert ids(tree)[0] == []
+
+
+@pytest.mark.parametrize("line,bad", [
+    ("nohup torchrun t.py c/a.yaml > a.log 2>&1 &", True),
+    ("torchrun t.py c/a.yaml > a.log 2>&1 &", True),
+    ("nohup deepspeed t.py --deepspeed ds.json > a.log &", True),
+    ("setsid nohup torchrun t.py c/a.yaml > a.log 2>&1 < /dev/null &", False),
+    ("nohup torchrun --signals-to-handle SIGTERM,SIGINT,SIGQUIT t.py c/a.yaml > a.log &", False),
+    ("tmux new -d 'torchrun t.py c/a.yaml > a.log 2>&1'", False),
+    ("torchrun t.py c/a.yaml", False),
+    ("nohup python prep.py > p.log &", False),
+])
+def test_unprotected_launch(tree, line, bad):
+    make(tree, {"l.sh": "#!/bin/bash\n" + line + "\n"})
+    assert (ids(tree)[0] == ["unprotected-launch"]) is bad
+
+
+@pytest.mark.parametrize("ga,gb,bad", [("0,1", "1,2", True), ("0,1", "2,3", False), (None, None, True)])
+def test_gpu_overlap(tree, ga, gb, bad):
+    pre_a = f"CUDA_VISIBLE_DEVICES={ga} " if ga else ""
+    pre_b = f"CUDA_VISIBLE_DEVICES={gb} " if gb else ""
+    make(tree, {"l.sh": f"{pre_a}setsid torchrun --master_port 1 t.py > a.log &\n"
+                        f"{pre_b}setsid torchrun --master_port 2 t.py > b.log &\nwait\n"})
+    assert ("gpu-overlap" in ids(tree)[0]) is bad
+
+
+def test_sequential_jobs_do_not_overlap(tree):
+    make(tree, {"l.sh": "setsid torchrun t.py > a.log &\nwait\nsetsid torchrun t.py > b.log &\nwait\n"})
+    assert ids(tree)[0] == []
+
+
+@pytest.mark.parametrize("a,b,bad", [
+    ("torchrun t.py", "torchrun t.py", True),  # both at the default 29500
+    ("MASTER_PORT=29501 torchrun t.py", "torchrun --master_port 29501 t.py", True),
+    ("torchrun --master_port 29501 t.py", "torchrun --master_port 29502 t.py", False),
+    ("llamafactory-cli train a.yaml", "llamafactory-cli train b.yaml", False),  # picks a free port
+    ("torchrun --standalone t.py", "torchrun t.py", False),
+])
+def test_port_collision(tree, a, b, bad):
+    make(tree, {"l.sh": f"CUDA_VISIBLE_DEVICES=0 setsid {a} > a.log &\nCUDA_VISIBLE_DEVICES=1 setsid {b} > b.log &\n"})
+    assert ("port-collision" in ids(tree)[0]) is bad
+
+
+def test_log_collision_is_a_warning(tree):
+    make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0 setsid torchrun --master_port 1 t.py > x.log &\n"
+                        "CUDA_VISIBLE_DEVICES=1 setsid torchrun --master_port 2 t.py >> x.log &\n"})
+    got, res = ids(tree)
+    assert got == ["log-collision"] and res.exit_code() == 0 and res.exit_code(strict=True) == 1
+
+
+OOM_LOG = """\
++ llamafactory-cli train c/a.yaml
+  Instantaneous batch size per device = {micro}
+  Gradient Accumulation steps = {accum}
+[rank2]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.
+E1127 10:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 2 (pid: 9) of binary: python
+"""
+SIGHUP_LOG = """\
++ llamafactory-cli train c/a.yaml
+  Instantaneous batch size per device = 1
+  Gradient Accumulation steps = 16
+W1127 10:00:00.000000 1 torch/distributed/elastic/agent/server/api.py:753] Received 1 death signal, shutting down workers
+"""
+
+
+def _age(path, seconds):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_unremediated_failure_and_near_miss(tree):
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "a.log": OOM_LOG.format(micro=1, accum=16)})
+    _age(tree / "c/a.yaml", 100)
+    assert ids(tree)[0] == ["unremediated-failure"]
+    make(tree, {"c/a.yaml": lf("a", 1, 16, extra="deepspeed: ds.json"), "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    assert ids(tree)[0] == []  # edited after the run
+
+
+def test_memory_increase_after_oom_is_the_users_story(tree):
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "a.log": OOM_LOG.format(micro=1, accum=16)})
+    got, res = ids(tree)
+    assert got == ["memory-increase-after-oom"]
+    assert "raises per-device memory" in res.findings[0].message
+
+
+def test_memory_decrease_after_oom_is_fine(tree):
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "a.log": OOM_LOG.format(micro=2, accum=8)})
+    got, _ = ids(tree)
+    assert "memory-increase-after-oom" not in got and "unremediated-failure" not in got
+
+
+def test_sighup_log_never_produces_memory_findings(tree):
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "a.log": SIGHUP_LOG})
+    got, res = ids(tree)
+    assert got == ["stale-run"]  # the run used 1/16; but no memory finding for a hang-up
+    assert all(f.severity == "warning" for f in res.findings)
+
+
+def test_bad_path_and_unparseable_config_exit_2(tree):
+    r = CliRunner().invoke(main, ["check", "nope"])
+    assert r.exit_code == 2 and "nope: no such file" in r.output
+    make(tree, {"c/a.yaml": "per_device_train_batch_size: [1\n"})
+    r = CliRunner().invoke(main, ["check"])
+    assert r.exit_code == 2 and "c/a.yaml" in r.output
+
+
+def test_github_annotations(tree):
+    make(tree, {"l.sh": "nohup torchrun t.py > a.log &\n"})
+    r = CliRunner().invoke(main, ["check", "--format", "github"])
+    assert r.output.startswith("::error file=l.sh,line=1,title=oomfix unprotected-launch::")
