@@ -175,6 +175,17 @@ def check(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
     sys.exit(res.exit_code(strict))
 
 
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Write the example project here (default: a new temporary directory).")
+@handled
+def demo(directory: str | None) -> None:
+    """A guided run on a bundled example: diagnose two failed jobs, check, fix both siblings, check again."""
+    from oomfix.demo import run_demo
+
+    run_demo(click.echo, directory)
+
+
 def run() -> None:
     main()
 
