@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import (Config, job_config_path, job_for_config, launchers_in, load_config, resolve_ref,
+from oomfix.configs import (Config, inside, job_config_path, read_text, job_for_config, launchers_in, load_config, resolve_ref,
                             same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import DEEPSPEED, is_explicit
@@ -206,7 +206,7 @@ def _world_for(cfg: Config, primary: Config, diag: Diagnosis, launchers: Sequenc
 
 
 def _launcher_env_edit(lau_path: str, name: str, value: str) -> FileEdit | None:
-    text = Path(lau_path).read_text(encoding="utf-8")
+    text = Path(lau_path).read_bytes().decode("utf-8", errors="surrogateescape")
     if re.search(rf"^\s*(?:export\s+)?{re.escape(name)}=", text, re.M):
         return None
     lines = text.splitlines(keepends=True)
@@ -357,7 +357,7 @@ def _deepspeed_edits(cfg: Config, changes: Sequence[Any], done: Sequence[FileEdi
               if c.key in mapping and mapping[c.key] in cfg.zero.batch]
     if not vedits:
         return []
-    text = Path(cfg.zero.path).read_text(encoding="utf-8")
+    text = read_text(cfg.zero.path)
     after = edit_text(text, cfg.zero.path, vedits)
     return [FileEdit(cfg.zero.path, text, after, tuple((".".join(v.path), cfg.zero.batch.get(v.path[0]), v.value)
                                                        for v in vedits), kind="deepspeed")]
@@ -473,17 +473,37 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     return _memory_plan(diag, log, picked, fc, config, all_configs, allow_semantic, launchers)
 
 
-def write_plan(plan: Plan, root: str = ".") -> str | None:
-    """Write the plan's edits atomically and journal them. Returns the transaction id, None if nothing was written."""
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+def check_writable(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> None:
+    """Refuse, before anything is written, edits that oomfix must not make on its own."""
+    for e in plan.edits:
+        named = any(same_file(e.path, x) for x in explicit if os.path.exists(x))
+        if not inside(e.path, root) and not named:
+            raise ConfigError(f"{e.path}: outside the directory tree being worked on ({os.path.realpath(root)}); "
+                              f"not writing it unless named with --config")
+        st = os.stat(e.path)
+        if not st.st_mode & 0o222:
+            raise ConfigError(f"{e.path}: read-only; not replacing it (chmod u+w it first if the edit is wanted)")
+
+
+def write_plan(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> str | None:
+    """Write the plan's edits atomically and journal them. Returns the transaction id, None if nothing was written
+    (a plan without edits, or a concurrent oomfix applied the same log while this one waited for the lock)."""
     if plan.status != "edits":
         return None
+    check_writable(plan, root, explicit)
     journal = Journal(root)
     log_sha = file_sha256(plan.log)
     with journal.lock():
+        if already_applied(plan.log, root) is not None:
+            return None
         for e in plan.edits:
-            if file_sha256(e.path) != sha256(e.before.encode()):
+            if file_sha256(e.path) != sha256(_encode(e.before)):
                 raise ConfigError(f"{e.path}: changed on disk since it was read; nothing written, run again")
-        writes = [PlannedWrite(e.path, e.before.encode(), e.after.encode()) for e in plan.edits]
+        writes = [PlannedWrite(e.path, _encode(e.before), _encode(e.after)) for e in plan.edits]
         return journal.write(writes, log=os.path.abspath(plan.log), log_sha=log_sha, rule=plan.rule,
                              cls=plan.diagnosis.cls)
 

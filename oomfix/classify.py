@@ -544,10 +544,15 @@ class _FileResult:
     chosen: _Cause | None
 
 
-def analyze_file(path: str, prefilter: Prefilter | None = None) -> _FileResult:
+def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.Pattern, ...] = (),
+                 warnings: list[str] | None = None) -> _FileResult:
     stream, name = open_log(path)
+    if extra and prefilter is None:
+        from oomfix.reader import default_prefilter
+
+        prefilter = default_prefilter(tuple(sorted(set(P.MARKERS) | {m for p in extra for m in p.markers})))
     try:
-        st = _analyze(events(scan(stream, name, prefilter), name), name)
+        st = _analyze(events(scan(stream, name, prefilter), name, extra, warnings), name)
     finally:
         if stream is not getattr(__import__("sys").stdin, "buffer", None):
             stream.close()
@@ -566,9 +571,17 @@ def _time_key(r: _FileResult) -> str | None:
     return after[0] if after else None
 
 
-def diagnose(paths: Sequence[str], prefilter: Prefilter | None = None) -> Diagnosis:
+def diagnose(paths: Sequence[str], prefilter: Prefilter | None = None,
+             extra: tuple[P.Pattern, ...] = ()) -> Diagnosis:
     """Diagnose one job from its log files (one per node, or one): the earliest originating failure wins."""
-    results = [analyze_file(p, prefilter) for p in paths]
+    warnings: list[str] = []
+    d = _diagnose(paths, prefilter, extra, warnings)
+    return replace(d, warnings=tuple(warnings)) if warnings else d
+
+
+def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.Pattern, ...],
+              warnings: list[str]) -> Diagnosis:
+    results = [analyze_file(p, prefilter, extra, warnings) for p in paths]
     files = tuple(r.state.file for r in results)
     run = _run_params([r.state for r in results])
     with_cause = [r for r in results if r.chosen is not None]

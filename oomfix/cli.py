@@ -101,7 +101,9 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
     from oomfix.report import Style, plan_json, render_json, render_plan_text
 
     plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
-    tx = write_plan(plan) if write else None
+    tx = write_plan(plan, explicit=[config] if config else []) if write else None
+    if write and plan.status == "edits" and tx is None:
+        plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)  # another oomfix got there first
     if fmt == "json":
         click.echo(render_json(plan_json(plan, tx is not None, tx)), nl=False)
     else:

@@ -12,7 +12,7 @@ from oomfix.editor import parse_config_text
 from oomfix.errors import ConfigError, EditRefused
 from oomfix.launcher import Launcher, parse_launcher
 
-MAX_CONFIG_BYTES = 64 << 20
+MAX_CONFIG_BYTES = 8 << 20  # the largest real config in the corpus is 12 KB; 8 MB is not a config
 SKIP_DIRS = {".git", ".oomfix", "node_modules", "__pycache__", ".venv", "venv", ".ci-venv", ".tox", "site-packages"}
 
 
@@ -67,6 +67,13 @@ def read_text(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 (byte {e.start}); not editing it") from None
+
+
+def inside(path: str, root: str = ".") -> bool:
+    """Is `path` (symlinks resolved) inside the directory tree being worked on?"""
+    r = os.path.realpath(root)
+    p = os.path.realpath(path)
+    return p == r or p.startswith(r.rstrip(os.sep) + os.sep)
 
 
 def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | None:

@@ -32,10 +32,11 @@ def diagnose_logs(paths: Sequence[str], config: str | None = None, rules_dir: st
         raise UsageError("no log given")
     if list(paths).count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once")
-    d = classify_logs(paths, prefilter)
     from oomfix.rules import advice_for, load_rules
 
-    advice = advice_for(d.cls, diagnosis_facts(d), load_rules(rules_dir))
+    rules = load_rules(rules_dir)
+    d = classify_logs(paths, prefilter, rules.user_patterns())
+    advice = advice_for(d.cls, diagnosis_facts(d), rules)
     if d.cls == "unknown" and (d.root_cause.rank is not None or d.root_cause.local_rank is not None):
         who = d.root_cause.rank if d.root_cause.rank is not None else d.root_cause.local_rank
         advice.insert(0, f"Rank {who} exited first; its own error is not in this log. Look for its "

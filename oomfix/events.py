@@ -85,7 +85,7 @@ def _last_frame(before: bytes) -> str | None:
 _NEEDS_CONTEXT = {P.CAUSE, P.WEAK, P.EXCEPTION, P.DEATH, P.AGENT_SIGNAL}
 
 
-def parse_line(cand: Candidate, file: str) -> Event | None:
+def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
     text = clean(cand.raw)
     body = text
     rank = host = None
@@ -115,7 +115,7 @@ def parse_line(cand: Candidate, file: str) -> Event | None:
         if rank is None:
             rank = int(n["dev"])
     lead = body.lstrip()
-    for pat in P.PATTERNS:
+    for pat in patterns:
         if not any(mk.decode() in body for mk in pat.markers):
             continue
         target = lead if pat.role in (P.EXCEPTION, P.TABLE, P.OOM_DETAIL) else body
@@ -137,8 +137,20 @@ def parse_line(cand: Candidate, file: str) -> Event | None:
     return None
 
 
-def events(cands: Iterator[Candidate], file: str) -> Iterator[Event]:
+def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] = (),
+           warnings: list[str] | None = None) -> Iterator[Event]:
+    """Events of a log. `extra` (user patterns) are tried first; one that times out is reported and dropped."""
+    patterns = tuple(extra) + P.PATTERNS
     for c in cands:
-        ev = parse_line(c, file)
+        while True:
+            try:
+                ev = parse_line(c, file, patterns)
+                break
+            except P.PatternTimeout as t:
+                patterns = tuple(p for p in patterns if p is not t.pattern)
+                if warnings is not None:
+                    warnings.append(f"rule pattern '{t.pattern.name}' ({getattr(t.pattern, 'source', '')}) took more "
+                                    f"than {P.USER_REGEX_TIMEOUT}s on {file}:{c.line_no} (catastrophic backtracking?); "
+                                    f"it was skipped for the rest of the run")
         if ev is not None:
             yield ev

@@ -182,9 +182,19 @@ class Journal:
                           "after_sha256": sha256(w.after), "backup": str(backup.relative_to(self.root))})
         self._append({"event": "begin", "tx": tx, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": log,
                       "log_sha256": log_sha, "rule": rule, "class": cls, "files": files})
-        for w in writes:
-            atomic_write(w.path, w.after)
-            self._append({"event": "written", "tx": tx, "file": os.path.abspath(w.path)})
+        done: list[PlannedWrite] = []
+        try:
+            for w in writes:
+                atomic_write(w.path, w.after)
+                done.append(w)
+                self._append({"event": "written", "tx": tx, "file": os.path.abspath(w.path)})
+        except BaseException:
+            # Ctrl-C or a failed write half-way through: put back what this transaction wrote, so that the tree is
+            # all old; the journal says so. (SIGKILL cannot be caught: `oomfix undo` covers it.)
+            for w in reversed(done):
+                atomic_write(w.path, w.before)
+            self._append({"event": "undone", "tx": tx, "reason": "interrupted"})
+            raise
         self._append({"event": "commit", "tx": tx})
         return tx
 

@@ -304,7 +304,8 @@ def parse_launcher(path: str | os.PathLike[str], text: str | None = None) -> Lau
     p = Path(path)
     if text is None:
         try:
-            text = p.read_text(encoding="utf-8", errors="replace")
+            # bytes, not text mode: CRLF must survive an edit; undecodable bytes survive as surrogates
+            text = p.read_bytes().decode("utf-8", errors="surrogateescape")
         except OSError as e:
             raise InputError(f"{p}: cannot read: {e.strerror}") from None
     env: dict[str, str] = {}

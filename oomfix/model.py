@@ -85,6 +85,7 @@ class Diagnosis:
     memory: MemoryInfo | None = None
     advice: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_memory(self) -> bool:
@@ -106,4 +107,5 @@ class Diagnosis:
             "memory": memory,
             "advice": list(self.advice),
             "files": list(self.files),
+            "warnings": list(self.warnings),
         }

@@ -202,3 +202,42 @@ PROGRESS = re.compile(rb"(?:^|[\r\n])\s*(?:\x1b\[[\d;]*m)?\s*\d+%(?:\x1b\[[\d;]*
 TRACEBACK_FRAME = re.compile(rb'File "([^"\n]+)", line (\d+), in ([^\n\r]+)')
 
 PATTERNS_BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
+
+USER_REGEX_TIMEOUT = 0.25  # seconds per line: a user pattern that backtracks catastrophically is cut off
+
+
+class PatternTimeout(Exception):
+    def __init__(self, pattern: "UserPattern") -> None:
+        super().__init__(pattern.name)
+        self.pattern = pattern
+
+
+class _TimedRegex:
+    """A user's regex, run by the `regex` module with a timeout, so that a catastrophic pattern cannot hang a run."""
+
+    def __init__(self, source: str, owner: "UserPattern | None" = None) -> None:
+        import regex
+
+        self.rx = regex.compile(source)
+        self.owner = owner
+
+    def search(self, text: str):  # noqa: ANN201 - a regex match object
+        try:
+            return self.rx.search(text, timeout=USER_REGEX_TIMEOUT)
+        except TimeoutError:
+            raise PatternTimeout(self.owner) from None  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class UserPattern(Pattern):
+    source: str = ""
+
+
+def user_pattern(name: str, markers: list[str], source: str, cls: str, confidence: str, where: str) -> UserPattern:
+    try:
+        rx = _TimedRegex(source)
+    except Exception as e:  # noqa: BLE001 - the regex module raises its own error type
+        raise ValueError(f"{where}: pattern '{name}' does not compile: {e}") from None
+    up = UserPattern(name, tuple(m.encode() for m in markers), rx, CAUSE, cls, confidence, where)  # type: ignore[arg-type]
+    rx.owner = up
+    return up

@@ -54,14 +54,15 @@ class Prefilter:
         return hits
 
 
-def default_prefilter() -> Prefilter:
+def default_prefilter(markers: tuple[bytes, ...] = MARKERS) -> Prefilter:
+    """Hyperscan where its wheel is installed (OOMFIX_ENGINE=python forces the pure-Python engine)."""
     if os.environ.get("OOMFIX_ENGINE", "") != "python":
         try:
             from oomfix.fastscan import HyperscanPrefilter
-            return HyperscanPrefilter()
+            return HyperscanPrefilter(markers)
         except ImportError:
             pass
-    return Prefilter()
+    return Prefilter(markers)
 
 
 def open_log(path: str) -> tuple[BinaryIO, str]:

@@ -127,6 +127,8 @@ def render_diagnosis_text(d: Diagnosis, style: Style | None = None) -> str:
         out.append("")
         out.append(s.bold("Run (as the log shows it)"))
         out.append("  " + ", ".join(f"{k} {v}" for k, v in params))
+    for w in d.warnings:
+        out.append(s.yellow(f"warning: {w}"))
     if d.advice:
         out.append("")
         out.append(s.bold("What to do"))

@@ -21,7 +21,8 @@ from oomfix.dialects import CANONICAL
 from oomfix.errors import RuleError
 from oomfix.model import CLASSES
 
-CLASS_KEYS = {"class", "title", "meaning", "advice", "config_edits", "ladder", "launcher_fix"}
+CLASS_KEYS = {"class", "title", "meaning", "advice", "config_edits", "ladder", "launcher_fix", "patterns"}
+PATTERN_KEYS = {"id", "markers", "regex", "confidence"}
 RUNG_KEYS = {"id", "when", "edit", "keeps", "semantic", "why", "examples"}
 EXAMPLE_KEYS = {"name", "dialect", "diagnosis", "config", "launcher", "expect", "files"}
 OPS = ("set", "multiply", "divide", "shift_factor", "switch_file", "launcher_env")
@@ -53,6 +54,7 @@ class FailureClass:
     launcher_fix: str | None
     ladder: tuple[Rung, ...]
     source: str
+    patterns: tuple[Any, ...] = ()  # user log patterns (oomfix.patterns.UserPattern) that evidence this class
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class RuleSet:
                 if r.id == rule_id:
                     return r
         return None
+
+    def user_patterns(self) -> tuple[Any, ...]:
+        return tuple(p for fc in self.classes.values() for p in fc.patterns)
 
     def all_rungs(self) -> list[Rung]:
         return [r for fc in self.classes.values() for r in fc.ladder]
@@ -155,8 +160,26 @@ def parse_rule_file(text: str, source: str) -> FailureClass:
         rungs.append(Rung(str(r["id"]), cls, i, dict(r.get("when") or {}), tuple(edits), keeps,
                           bool(r.get("semantic", False)), str(r["why"]).strip(),
                           tuple(r.get("examples") or ()), source))
+    pats = []
+    for i, p in enumerate(doc.get("patterns") or []):
+        where = f"patterns[{i}]"
+        _check_keys(p, PATTERN_KEYS, source, where)
+        markers = p.get("markers")
+        if not p.get("id") or not p.get("regex") or not isinstance(markers, list) or not markers or \
+                not all(isinstance(m, str) and m for m in markers):
+            raise _err(source, f"{where} needs 'id', 'regex' and 'markers' (literal strings a matching line contains)")
+        if p.get("confidence", "medium") not in ("high", "medium", "low"):
+            raise _err(source, f"{where}.confidence must be high, medium or low")
+        from oomfix.patterns import user_pattern
+
+        try:
+            pats.append(user_pattern(str(p["id"]), markers, str(p["regex"]), cls, p.get("confidence", "medium"),
+                                     source))
+        except ValueError as e:
+            raise RuleError(str(e)) from None
     return FailureClass(cls, str(doc["title"]), str(doc["meaning"]).strip(), tuple(a.strip() for a in advice),
-                        bool(doc.get("config_edits", False)), doc.get("launcher_fix"), tuple(rungs), source)
+                        bool(doc.get("config_edits", False)), doc.get("launcher_fix"), tuple(rungs), source,
+                        tuple(pats))
 
 
 @lru_cache(maxsize=8)
@@ -185,7 +208,7 @@ def load_rules(extra_dir: str | None = None) -> RuleSet:
                 ladder = tuple(fc.ladder) + tuple(base.ladder)
                 classes[fc.cls] = FailureClass(base.cls, base.title, base.meaning, base.advice + fc.advice,
                                                base.config_edits or fc.config_edits, base.launcher_fix,
-                                               ladder, base.source)
+                                               ladder, base.source, base.patterns + fc.patterns)
     ids: dict[str, str] = {}
     for fc in classes.values():
         for r in fc.ladder:
