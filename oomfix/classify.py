@@ -113,6 +113,7 @@ class _FileState:
     closing: dict[int, tuple[str, Event]] = field(default_factory=dict)
     failure_seen: bool = False
     finished: bool = False
+    size: int = 0
 
 
 def _int(s: str | None) -> int | None:
@@ -551,8 +552,10 @@ def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.P
         from oomfix.reader import default_prefilter
 
         prefilter = default_prefilter(tuple(sorted(set(P.MARKERS) | {m for p in extra for m in p.markers})))
+    stats: dict[str, int] = {}
     try:
-        st = _analyze(events(scan(stream, name, prefilter), name, extra, warnings), name)
+        st = _analyze(events(scan(stream, name, prefilter, stats=stats), name, extra, warnings), name)
+        st.size = stats.get("bytes", 0)
     finally:
         if stream is not getattr(__import__("sys").stdin, "buffer", None):
             stream.close()
@@ -594,6 +597,8 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
                              evidence=tuple(_failure_evidence(results)))
         finished = any(r.state.finished for r in results)
         reason = "training finished" if finished else "no failure markers in the log"
+        if not any(r.state.size for r in results):
+            reason = "the log is empty"
         return Diagnosis("none", "high" if finished else "medium", reason, RootCause(), run=run, files=files)
     order = sorted(range(len(with_cause)),
                    key=lambda i: (_time_key(with_cause[i]) is None, _time_key(with_cause[i]) or "",

@@ -81,7 +81,14 @@ def open_log(path: str) -> tuple[BinaryIO, str]:
         if stat.S_ISDIR(st.st_mode):
             raise InputError(f"{path}: is a directory, not a log")
         try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            if stat.S_ISFIFO(st.st_mode):
+                # a pipe (`<(zcat x.gz)`) is fine; a FIFO nobody writes to must not hang: open without blocking,
+                # then read normally (no writer reads as end of file)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                os.set_blocking(fd, True)
+                raw = os.fdopen(fd, "rb")
+            else:
+                raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
         except PermissionError:
             raise InputError(f"{path}: permission denied") from None
         except OSError as e:
@@ -113,8 +120,8 @@ def _read(stream: BinaryIO, n: int, name: str) -> bytes:
 
 
 def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
-         chunk_size: int = CHUNK) -> Iterator[Candidate]:
-    """Yield the candidate lines of a log in order."""
+         chunk_size: int = CHUNK, stats: dict[str, int] | None = None) -> Iterator[Candidate]:
+    """Yield the candidate lines of a log in order; `stats` gets the byte and line counts."""
     prefilter = prefilter or default_prefilter()
     carry = b""
     prev_tail = b""
@@ -129,6 +136,8 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                 raise InputError(f"{name}: not a text log (binary data)")
             first = False
         eof = not data
+        if stats is not None:
+            stats["bytes"] = stats.get("bytes", 0) + len(data)
         buf = carry + data if carry else data
         if not buf:
             break
