@@ -177,6 +177,27 @@ PATTERNS: tuple[Pattern, ...] = (
 
 MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.markers}))
 
+# --- what the reader looks for, where ---------------------------------------------------------------------------
+# The first HEAD_BYTES of a log (start-up: launch command, run parameters, preprocessing) are searched for every
+# marker. Past the head, a log is gigabytes of progress bars, and only ANCHORS are searched: short literals that
+# every failure marker contains ("rror" is in every *Error and "NCCL error"), so that a handful of passes replace
+# ninety. A line an anchor finds is parsed with the full patterns, so a coarse anchor costs time, never accuracy.
+# Markers that no anchor covers (run parameters, launch commands, NCCL WARN, traceback frames) only count in the
+# head, or in the lines that FOLLOW a trigger: the HF Trainer block after "***** Running training", the summary
+# table after ChildFailedError, the allocator's numbers after a CUDA OOM.
+HEAD_BYTES = 4 << 20
+ANCHORS: tuple[bytes, ...] = (
+    b"rror", b"ignal", b"emory", b"xit", b"Kill", b"kill", b"*****", b"Saving model", b"_loss'", b"Watchdog",
+    b"Segmentation", b"in use", b"Traceback", b"CANCELLED", b": nan", b"loss scale", b"ception", b"Root Cause",
+    b"world size:",
+)
+FOLLOW: tuple[tuple[bytes, int], ...] = (
+    (b"***** Running training", 14),
+    (b"ChildFailedError", 80),
+    (b"OutOfMemoryError", 10),
+    (b"out of memory", 10),
+)
+
 # --- line cleaning --------------------------------------------------------------------------------------
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
 # a tqdm bar that another record got glued to: "... 3/6 [00:03<00:05,  1.00it/s][rank1]: Traceback"

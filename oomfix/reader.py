@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from oomfix.errors import InputError
-from oomfix.patterns import MARKERS
+from oomfix.patterns import ANCHORS, FOLLOW, HEAD_BYTES, MARKERS
 
 CHUNK = 8 << 20
 # a "line" longer than this (a \r-less progress stream, a binary blob) is cut; markers are still found
@@ -27,42 +27,84 @@ MAX_LINE = 16 << 10  # a candidate line is cut to this many bytes around its mar
 SNIFF = 64 << 10
 
 
-@dataclass(frozen=True)
 class Candidate:
-    line_no: int  # 1-based, counting "\n" as editors do
-    offset: int  # byte offset of the line start in the (decompressed) stream
-    raw: bytes  # the logical line: between "\r"/"\n" boundaries, at most MAX_LINE bytes
-    before: bytes  # up to CONTEXT bytes preceding the line
+    """A line worth parsing. `before` (the bytes preceding it, for look-back) is cut only when asked for."""
+
+    __slots__ = ("line_no", "offset", "raw", "_buf", "_start", "_prev")
+
+    def __init__(self, line_no: int, offset: int, raw: bytes, buf: bytes = b"", start: int = 0,
+                 prev: bytes = b"") -> None:
+        self.line_no = line_no  # 1-based, counting "\n" as editors do
+        self.offset = offset  # byte offset of the line start in the (decompressed) stream
+        self.raw = raw  # the logical line: between "\r"/"\n" boundaries, at most MAX_LINE bytes
+        self._buf, self._start, self._prev = buf, start, prev
+
+    @property
+    def before(self) -> bytes:
+        lo = max(0, self._start - CONTEXT)
+        out = self._buf[lo:self._start]
+        if len(out) < CONTEXT and self._prev:
+            out = self._prev[len(self._prev) - (CONTEXT - len(out)):] + out
+        return out
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.line_no}, {self.raw[:60]!r})"
 
 
 class Prefilter:
-    """Finds marker occurrences in a buffer. The pure-Python engine; see `fastscan` for Hyperscan."""
+    """Finds where candidate lines are: every marker in the head of a log, the anchors past it.
+
+    This class is the pure-Python engine (one bytes.find pass per literal); `fastscan.HyperscanPrefilter` finds
+    the same literals in one pass. Both search the same literals in the same places, so they give the same
+    candidates and the same diagnoses.
+    """
 
     name = "python"
 
-    def __init__(self, markers: tuple[bytes, ...] = MARKERS) -> None:
-        self.markers = markers
+    def __init__(self, markers: tuple[bytes, ...] = MARKERS, extra: tuple[bytes, ...] = ()) -> None:
+        self.markers = tuple(sorted(set(markers) | set(extra)))
+        self.anchors = tuple(sorted(set(ANCHORS) | set(extra)))
+        self.longest = max(len(m) for m in self.markers)
 
-    def find(self, buf: bytes, end: int) -> list[int]:
+    def _find(self, buf: bytes, start: int, end: int, literals: tuple[bytes, ...]) -> list[int]:
         hits = []
-        for m in self.markers:
-            find = buf.find
-            i = find(m, 0, end)
+        find = buf.find
+        for m in literals:
+            i = find(m, start, end)
             while i != -1:
                 hits.append(i)
                 i = find(m, i + 1, end)
         return hits
 
+    def find(self, buf: bytes, end: int, base: int = 0) -> list[int]:
+        head_end = min(end, max(0, HEAD_BYTES - base))
+        hits: list[int] = []
+        if head_end > 0:
+            hits += self._find(buf, 0, min(end, head_end + self.longest), self.markers)
+        if head_end < end:
+            hits += self._find(buf, max(0, head_end - self.longest), end, self.anchors)
+        return hits
 
-def default_prefilter(markers: tuple[bytes, ...] = MARKERS) -> Prefilter:
-    """Hyperscan where its wheel is installed (OOMFIX_ENGINE=python forces the pure-Python engine)."""
+
+def default_prefilter(extra: tuple[bytes, ...] = ()) -> Prefilter:
+    """Hyperscan where its wheel is installed (OOMFIX_ENGINE=python forces the pure-Python engine).
+    `extra`: markers of user patterns, searched everywhere."""
     if os.environ.get("OOMFIX_ENGINE", "") != "python":
         try:
             from oomfix.fastscan import HyperscanPrefilter
-            return HyperscanPrefilter(markers)
+            return HyperscanPrefilter(MARKERS, extra)
         except ImportError:
             pass
-    return Prefilter(markers)
+    return Prefilter(MARKERS, extra)
+
+
+def _line_at(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(start, stop, next) of the physical line at `pos`; for a tqdm line, start is its last "\r" segment."""
+    nl = buf.find(b"\n", pos, end)
+    stop = nl if nl != -1 else end
+    body_end = stop - 1 if stop > pos and buf[stop - 1:stop] == b"\r" else stop
+    start = max(pos, buf.rfind(b"\r", pos, body_end) + 1)
+    return start, body_end, stop + 1
 
 
 def open_log(path: str) -> tuple[BinaryIO, str]:
@@ -110,9 +152,16 @@ def _looks_binary(sample: bytes) -> bool:
     return sample.count(0) > 16 or controls > len(sample[:SNIFF]) // 10
 
 
-def _read(stream: BinaryIO, n: int, name: str) -> bytes:
+def _readinto(stream: BinaryIO, into: memoryview, name: str) -> int:
+    """Fill `into` as far as the stream allows (pipes and gzip return short reads); 0 at end of file."""
+    got = 0
     try:
-        return stream.read(n)
+        while got < len(into):
+            k = stream.readinto(into[got:])  # type: ignore[attr-defined]
+            if not k:
+                break
+            got += k
+        return got
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise InputError(f"{name}: truncated or corrupt gzip data ({e})") from None
     except OSError as e:
@@ -123,53 +172,81 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
          chunk_size: int = CHUNK, stats: dict[str, int] | None = None) -> Iterator[Candidate]:
     """Yield the candidate lines of a log in order; `stats` gets the byte and line counts."""
     prefilter = prefilter or default_prefilter()
-    carry = b""
+    # one buffer, reused: no per-chunk allocation or concatenation. Candidates slice it before the next read.
+    arena = bytearray(chunk_size + MAX_CARRY + 256)
+    view = memoryview(arena)
+    carry_len = 0
     prev_tail = b""
     base = 0  # stream offset of buf[0]
     line_no = 1
     first = True
     eof = False
+    follow_left = 0  # lines still owed to a FOLLOW trigger near the end of the previous buffer
+    buf = arena
     while not eof:
-        data = _read(stream, chunk_size, name)
+        n = _readinto(stream, view[carry_len:carry_len + chunk_size], name)
         if first:
-            if _looks_binary(data):
+            if _looks_binary(bytes(view[:min(n, SNIFF)])):
                 raise InputError(f"{name}: not a text log (binary data)")
             first = False
-        eof = not data
+        eof = n == 0
         if stats is not None:
-            stats["bytes"] = stats.get("bytes", 0) + len(data)
-        buf = carry + data if carry else data
-        if not buf:
+            stats["bytes"] = stats.get("bytes", 0) + n
+        size = carry_len + n
+        if size == 0:
             break
         if eof:
-            end = len(buf)
+            end = size
         else:
-            end = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1
+            nl = buf.rfind(b"\n", 0, size)
+            end = max(nl, buf.rfind(b"\r", max(nl, 0), size)) + 1
             if end == 0:
-                if len(buf) < MAX_CARRY:
-                    carry = buf
+                if size < MAX_CARRY:
+                    carry_len = size
                     continue
-                end = len(buf) - 256  # cut an endless line; the 256 carried bytes catch a split marker
+                end = size - 256  # cut an endless line; the 256 carried bytes catch a split marker
         counted = 0
-        seen_starts = set()
-        for hit in sorted(prefilter.find(buf, end)):
-            start = max(buf.rfind(b"\n", 0, hit), buf.rfind(b"\r", 0, hit)) + 1
-            if start in seen_starts:
-                continue
-            seen_starts.add(start)
+        last_stop = -1  # end of the last line yielded
+        pos = 0
+        while follow_left and pos < end:  # lines owed to a trigger at the end of the previous buffer
+            seg, fstop, nxt = _line_at(buf, pos, end)
+            line_no += buf.count(b"\n", counted, pos)
+            counted = pos
+            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
+            follow_left -= 1
+            pos = last_stop = nxt
+        for hit in sorted(prefilter.find(buf, end, base)):
+            if hit < last_stop:
+                continue  # same line as a hit already yielded
+            ln = buf.rfind(b"\n", 0, hit)
+            start = max(ln, buf.rfind(b"\r", ln + 1, hit)) + 1
             stop_n = buf.find(b"\n", hit, end)
-            stop_r = buf.find(b"\r", hit, end)
-            stops = [s for s in (stop_n, stop_r) if s != -1]
-            stop = min(stops) if stops else end
+            stop_r = buf.find(b"\r", hit, stop_n if stop_n != -1 else end)
+            stop = stop_r if stop_r != -1 else (stop_n if stop_n != -1 else end)
             line_no += buf.count(b"\n", counted, start)
             counted = start
             lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
             hi = min(stop, lo + MAX_LINE)
-            before = buf[max(0, start - CONTEXT):start]
-            if len(before) < CONTEXT and start < CONTEXT:
-                before = prev_tail[len(prev_tail) - (CONTEXT - len(before)):] + before if prev_tail else before
-            yield Candidate(line_no, base + start, buf[lo:hi], before)
+            raw = bytes(buf[lo:hi])
+            yield Candidate(line_no, base + start, raw, buf, start, prev_tail)
+            last_stop = stop + 1
+            n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0)
+            # the lines after a trigger: the HF block, the summary table, the allocator's numbers
+            pos = last_stop
+            if pos < end and buf[pos:pos + 1] == b"\n":
+                pos += 1  # the "\n" of a CRLF line
+            while n_follow and pos < end:
+                seg, fstop, nxt = _line_at(buf, pos, end)
+                line_no += buf.count(b"\n", counted, pos)
+                counted = pos
+                yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
+                n_follow -= 1
+                pos = nxt
+            last_stop = max(last_stop, pos)
+            follow_left = n_follow
         line_no += buf.count(b"\n", counted, end)
-        prev_tail = buf[max(0, end - CONTEXT):end]
-        carry = buf[end:]
+        prev_tail = bytes(buf[max(0, end - CONTEXT):end])
+        carry_len = size - end
+        if carry_len:
+            arena[:carry_len] = arena[end:size]
         base += end

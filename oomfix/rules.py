@@ -127,7 +127,7 @@ def _validate_edit(edit: Any, source: str, where: str) -> None:
 
 def parse_rule_file(text: str, source: str) -> FailureClass:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         raise _err(source, f"not valid YAML: {str(e).splitlines()[0]}") from None
     _check_keys(doc, CLASS_KEYS, source, "the file")
