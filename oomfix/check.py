@@ -45,6 +45,21 @@ class Tree:
     launchers: list[Launcher] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     _diagnoses: dict[str, Diagnosis | None] = field(default_factory=dict)
+    _jobs_by_config: dict[str, tuple[Launcher, Job]] | None = None
+    _groups: list[list[Config]] | None = None
+
+    def job_of(self, cfg: Config) -> tuple[Launcher, Job] | None:
+        """The launcher job that starts a config (indexed once: checks ask for every config many times)."""
+        if self._jobs_by_config is None:
+            index: dict[str, tuple[Launcher, Job]] = {}
+            for lau in self.launchers:
+                for j in lau.jobs:
+                    if j.config:
+                        p = job_config_path(j.config, lau.path)
+                        if p:
+                            index.setdefault(os.path.realpath(p), (lau, j))
+            self._jobs_by_config = index
+        return self._jobs_by_config.get(os.path.realpath(cfg.path))
 
     def diagnosis(self, log: str) -> Diagnosis | None:
         if log not in self._diagnoses:
@@ -135,22 +150,19 @@ def _jobs(tree: Tree) -> list[tuple[Launcher, Job]]:
     return [(lau, j) for lau in tree.launchers for j in lau.jobs]
 
 
-def _job_of(tree: Tree, cfg: Config) -> tuple[Launcher, Job] | None:
-    for lau, j in _jobs(tree):
-        if j.config:
-            p = job_config_path(j.config, lau.path)
-            if p and same_file(p, cfg.path):
-                return lau, j
-    return None
-
-
 def _world(tree: Tree, cfg: Config) -> int | None:
-    found = _job_of(tree, cfg)
+    found = tree.job_of(cfg)
     return found[1].world_size if found else None
 
 
 def sibling_groups(tree: Tree) -> list[list[Config]]:
     """Connected groups: same directory and identity, or started side by side by one launcher."""
+    if tree._groups is None:
+        tree._groups = _sibling_groups(tree)
+    return tree._groups
+
+
+def _sibling_groups(tree: Tree) -> list[list[Config]]:
     parent = {c.path: c.path for c in tree.configs}
 
     def find(x: str) -> str:
@@ -169,13 +181,12 @@ def sibling_groups(tree: Tree) -> list[list[Config]]:
             union(c.path, by_key[key])
         else:
             by_key[key] = c.path
-    for lau in tree.launchers:
-        members = []
-        for j in lau.jobs:
-            if j.config:
-                p = job_config_path(j.config, lau.path)
-                if p:
-                    members += [c.path for c in tree.configs if same_file(c.path, p)]
+    by_launcher: dict[str, list[str]] = {}
+    for c in tree.configs:
+        found = tree.job_of(c)
+        if found:
+            by_launcher.setdefault(found[0].path, []).append(c.path)
+    for members in by_launcher.values():
         for a, b in zip(members, members[1:]):
             union(a, b)
     groups: dict[str, list[Config]] = {}
@@ -311,14 +322,23 @@ def check_log_collision(tree: Tree) -> Iterator[Finding]:
                           "give each job its own log file")
 
 
-def _config_of_log(tree: Tree, log: str, d: Diagnosis) -> Config | None:
-    for lau, j in _jobs(tree):
-        if j.log and j.config and os.path.basename(j.log) == os.path.basename(log):
-            p = job_config_path(j.config, lau.path)
-            if p:
-                for c in tree.configs:
-                    if same_file(c.path, p):
-                        return c
+def _logs_of_configs(tree: Tree) -> dict[str, Config]:
+    """Log file (real path, or bare name when the launcher's path does not resolve) -> the config its job runs."""
+    out: dict[str, Config] = {}
+    for c in tree.configs:
+        found = tree.job_of(c)
+        if found and found[1].log:
+            lau, j = found
+            target = os.path.realpath(os.path.join(os.path.dirname(lau.path), j.log))
+            out.setdefault(target, c)
+            out.setdefault("name:" + os.path.basename(j.log), c)
+    return out
+
+
+def _config_of_log(tree: Tree, log: str, d: Diagnosis, by_log: dict[str, Config]) -> Config | None:
+    hit = by_log.get(os.path.realpath(log)) or by_log.get("name:" + os.path.basename(log))
+    if hit is not None:
+        return hit
     ref = d.run.config
     if ref:
         for c in tree.configs:
@@ -330,11 +350,12 @@ def _config_of_log(tree: Tree, log: str, d: Diagnosis) -> Config | None:
 
 def _newest_logs(tree: Tree) -> dict[str, tuple[str, Diagnosis]]:
     newest: dict[str, tuple[float, str, Diagnosis]] = {}
+    by_log = _logs_of_configs(tree)
     for log in tree.logs:
         d = tree.diagnosis(log)
         if d is None:
             continue
-        cfg = _config_of_log(tree, log, d)
+        cfg = _config_of_log(tree, log, d, by_log)
         if cfg is None:
             continue
         t = os.stat(log).st_mtime

@@ -551,7 +551,7 @@ def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.P
     if extra and prefilter is None:
         from oomfix.reader import default_prefilter
 
-        prefilter = default_prefilter(tuple(sorted(set(P.MARKERS) | {m for p in extra for m in p.markers})))
+        prefilter = default_prefilter(tuple(sorted({m for p in extra for m in p.markers})))
     stats: dict[str, int] = {}
     try:
         st = _analyze(events(scan(stream, name, prefilter, stats=stats), name, extra, warnings), name)

@@ -6,6 +6,7 @@ cut out, decoded and cleaned. Memory is bounded by the buffer size, whatever the
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -86,6 +87,7 @@ class Prefilter:
         return hits
 
 
+@functools.lru_cache(maxsize=8)
 def default_prefilter(extra: tuple[bytes, ...] = ()) -> Prefilter:
     """Hyperscan where its wheel is installed (OOMFIX_ENGINE=python forces the pure-Python engine).
     `extra`: markers of user patterns, searched everywhere."""
@@ -152,6 +154,19 @@ def _looks_binary(sample: bytes) -> bool:
     return sample.count(0) > 16 or controls > len(sample[:SNIFF]) // 10
 
 
+def _size_hint(stream: BinaryIO) -> int | None:
+    """Bytes left in a plain file, so that a small log does not get a buffer sized for a huge one."""
+    if isinstance(stream, gzip.GzipFile):
+        return None
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size
+
+
 def _readinto(stream: BinaryIO, into: memoryview, name: str) -> int:
     """Fill `into` as far as the stream allows (pipes and gzip return short reads); 0 at end of file."""
     got = 0
@@ -173,7 +188,9 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     """Yield the candidate lines of a log in order; `stats` gets the byte and line counts."""
     prefilter = prefilter or default_prefilter()
     # one buffer, reused: no per-chunk allocation or concatenation. Candidates slice it before the next read.
-    arena = bytearray(chunk_size + MAX_CARRY + 256)
+    hint = _size_hint(stream)
+    room = chunk_size if hint is None else max(1, min(chunk_size, hint + 1))
+    arena = bytearray(room + MAX_CARRY + 256)
     view = memoryview(arena)
     carry_len = 0
     prev_tail = b""
@@ -184,7 +201,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     follow_left = 0  # lines still owed to a FOLLOW trigger near the end of the previous buffer
     buf = arena
     while not eof:
-        n = _readinto(stream, view[carry_len:carry_len + chunk_size], name)
+        n = _readinto(stream, view[carry_len:carry_len + min(chunk_size, len(arena) - 256 - carry_len)], name)
         if first:
             if _looks_binary(bytes(view[:min(n, SNIFF)])):
                 raise InputError(f"{name}: not a text log (binary data)")
