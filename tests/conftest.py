@@ -25,5 +25,14 @@ def in_root(monkeypatch):
     return ROOT
 
 
+def shared_or_skip(path):
+    """The shared corpus must be there in CI (a missing one would hide a broken test); locally it may be absent."""
+    if path.exists():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{path} is missing; CI must have ../shared beside the project")
+    pytest.skip(f"{path} not present")
+
+
 def oomfix_cmd():
     return [sys.executable, "-m", "oomfix"]

@@ -4,14 +4,14 @@ import subprocess
 
 import pytest
 
-from conftest import SHARED, oomfix_cmd
+from conftest import SHARED, oomfix_cmd, shared_or_skip
 
 CORPUS = SHARED / "corpus" / "logs"
 MEMORY = {"cuda_oom", "host_oom"}
 
 
-@pytest.mark.skipif(not (CORPUS / "labels.json").exists(), reason="shared corpus not present")
 def test_corpus_accuracy_and_no_harmful_answer():
+    shared_or_skip(CORPUS / "labels.json")
     labels = json.loads((CORPUS / "labels.json").read_text())
     ok, harmful, misses = 0, [], []
     for case in labels:

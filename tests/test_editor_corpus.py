@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, shared_or_skip
 from oomfix.dialects import detect, get_path
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
 
@@ -25,8 +25,8 @@ def _target(data):
     return None
 
 
-@pytest.mark.skipif(not FILES, reason="shared corpus not present")
 def test_every_corpus_config_edits_surgically():
+    shared_or_skip(CORPUS)
     edited = skipped = 0
     failures = []
     for path in FILES:
