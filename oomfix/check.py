@@ -13,7 +13,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import Config, display_path, job_config_path, same_file, walk
+from oomfix.configs import Config, display_path, inside, job_config_path, same_file, walk
 from oomfix.dialects import DEEPSPEED, MEMORY_KEYS, detect
 from oomfix.editor import parse_config_text
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
@@ -45,6 +45,7 @@ class Tree:
     launchers: list[Launcher] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     _diagnoses: dict[str, Diagnosis | None] = field(default_factory=dict)
+    root: str = "."
     _jobs_by_config: dict[str, tuple[Launcher, Job]] | None = None
     _groups: list[list[Config]] | None = None
 
@@ -89,7 +90,9 @@ class CheckResult:
 def discover(paths: Sequence[str]) -> Tree:
     from oomfix.configs import load_config
 
-    tree = Tree()
+    tree = Tree(root=os.path.commonpath([os.path.abspath(p) for p in paths]) if paths else ".")
+    if os.path.isfile(tree.root):
+        tree.root = os.path.dirname(tree.root)
     for p in paths:
         if not os.path.exists(p):
             raise UsageError(f"{p}: no such file or directory")
@@ -251,6 +254,11 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
                           f"the DeepSpeed config {c.zero.ref!r} does not exist (relative to here, the config's folder "
                           f"or its parents)", "fix the path in the deepspeed: key")
             continue
+        if not inside(c.zero.path, tree.root):
+            yield Finding("deepspeed-mismatch", WARNING, c.path, line,
+                          f"deepspeed: {c.zero.ref} resolves outside the tree being checked, to {c.zero.path}; "
+                          f"it was read from there", "keep DeepSpeed configs inside the project, or check from the "
+                          "directory they are relative to")
         b = c.zero.batch
         w = _world(tree, c)
         m, a = c.values.get("micro_batch"), c.values.get("grad_accum")

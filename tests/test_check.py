@@ -234,3 +234,14 @@ def test_github_annotations(tree):
     make(tree, {"l.sh": "nohup torchrun t.py > a.log &\n"})
     r = CliRunner().invoke(main, ["check", "--format", "github"])
     assert r.output.startswith("::error file=l.sh,line=1,title=oomfix unprotected-launch::")
+
+
+def test_log_collision_near_miss_distinct_logs(tree):
+    make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0 setsid torchrun --master_port 1 t.py > x.log &\n"
+                        "CUDA_VISIBLE_DEVICES=1 setsid torchrun --master_port 2 t.py > y.log &\n"})
+    assert ids(tree)[0] == []
+
+
+def test_stale_run_near_miss_when_the_run_matches_the_config(tree):
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "a.log": SIGHUP_LOG})
+    assert ids(tree)[0] == []
