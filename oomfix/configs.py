@@ -35,16 +35,25 @@ class Config:
     zero: ZeroInfo | None = None
 
     @property
+    def standalone(self) -> bool:
+        """`# oomfix: standalone` in a config: an alternative, not a sibling of its directory's configs."""
+        return "oomfix: standalone" in self.text
+
+    @property
     def identity(self) -> tuple[Any, ...]:
         """What makes two configs train 'the same model the same way' (DOMAIN.md section 5)."""
         d = self.data
         if self.dialect.name in ("llamafactory", "hf"):
-            return (self.dialect.name, d.get("model_name_or_path"), d.get("stage"), d.get("finetuning_type"))
-        if self.dialect.name == "axolotl":
-            return (self.dialect.name, d.get("base_model"), d.get("adapter"))
-        if self.dialect.name == "torchtune":
-            return (self.dialect.name, get_path(d, ("model", "_component_")))
-        return (self.dialect.name, self.path)
+            ident = (d.get("model_name_or_path"), d.get("stage"), d.get("finetuning_type"))
+        elif self.dialect.name == "axolotl":
+            ident = (d.get("base_model"), d.get("adapter"))
+        elif self.dialect.name == "torchtune":
+            ident = (get_path(d, ("model", "_component_")),)
+        else:
+            ident = ()
+        if ident[:1] == (None,) or not ident or self.standalone:
+            return (self.dialect.name, self.path)  # no model named: a sibling only through a launcher
+        return (self.dialect.name, *ident)
 
 
 def read_text(path: str) -> str:

@@ -123,6 +123,8 @@ def detect(data: Any, filename: str = "") -> Dialect | None:
                                    "gradient_accumulation_steps", "fp16", "bf16")):
             return DEEPSPEED
         return None
+    if "batch_size" in data and "per_device_train_batch_size" not in data and _walk_has(data, "_component_"):
+        return TORCHTUNE  # torchtune recipes also use gradient_accumulation_steps: check them first
     if "per_device_train_batch_size" in data or "gradient_accumulation_steps" in data:
         if any(k in data for k in _LF_MARKERS):
             return LLAMA_FACTORY

@@ -245,3 +245,8 @@ def test_log_collision_near_miss_distinct_logs(tree):
 def test_stale_run_near_miss_when_the_run_matches_the_config(tree):
     make(tree, {"c/a.yaml": lf("a", 1, 16), "a.log": SIGHUP_LOG})
     assert ids(tree)[0] == []
+
+
+def test_standalone_comment_opts_a_config_out_of_directory_siblings(tree):
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": "# oomfix: standalone\n" + lf("b", 1, 16)})
+    assert ids(tree)[0] == []
