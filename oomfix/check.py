@@ -388,21 +388,12 @@ def _remediated(log: str, config: str) -> bool:
     return False
 
 
-def _log_values(d: Diagnosis) -> dict[str, int]:
-    out = {}
-    if d.run.per_device_train_batch_size is not None:
-        out["micro_batch"] = d.run.per_device_train_batch_size
-    if d.run.gradient_accumulation_steps is not None:
-        out["grad_accum"] = d.run.gradient_accumulation_steps
-    return out
-
-
 def check_runs(tree: Tree) -> Iterator[Finding]:
     """unremediated-failure, memory-increase-after-oom and stale-run: a config against its newest log."""
     by_path = {c.path: c for c in tree.configs}
     for path, (log, d) in sorted(_newest_logs(tree).items()):
         cfg = by_path[path]
-        used = _log_values(d)
+        used = d.run.canonical_values()
         differs = {k: (v, cfg.values.get(k)) for k, v in used.items() if cfg.values.get(k) != v}
         memory = d.cls in MEMORY_CLASSES
         if memory and d.confidence != "low":

@@ -13,11 +13,7 @@ from oomfix.reader import Prefilter
 
 def diagnosis_facts(d: Diagnosis) -> dict[str, Any]:
     """What rule preconditions may ask about a diagnosis."""
-    config = {}
-    if d.run.per_device_train_batch_size is not None:
-        config["micro_batch"] = d.run.per_device_train_batch_size
-    if d.run.gradient_accumulation_steps is not None:
-        config["grad_accum"] = d.run.gradient_accumulation_steps
+    config = d.run.canonical_values()
     return {
         "class": d.cls,
         "phase": d.root_cause.phase or "",

@@ -17,7 +17,9 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,21 @@ from oomfix.errors import JournalError
 
 STATE_DIR = ".oomfix"
 LOCK_WAIT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[Any]:
+    """Hold Ctrl-C while files are being replaced; the caller asks `interrupted()` between files. A SIGINT in the
+    middle of a rename-and-journal step would otherwise leave a file written but not recorded for the rollback."""
+    hit: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.append(True))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def sha256(data: bytes) -> str:
@@ -183,20 +200,29 @@ class Journal:
         self._append({"event": "begin", "tx": tx, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": log,
                       "log_sha256": log_sha, "rule": rule, "class": cls, "files": files})
         done: list[PlannedWrite] = []
-        try:
-            for w in writes:
-                atomic_write(w.path, w.after)
-                done.append(w)
-                self._append({"event": "written", "tx": tx, "file": os.path.abspath(w.path)})
-        except BaseException:
-            # Ctrl-C or a failed write half-way through: put back what this transaction wrote, so that the tree is
-            # all old; the journal says so. (SIGKILL cannot be caught: `oomfix undo` covers it.)
-            for w in reversed(done):
-                atomic_write(w.path, w.before)
-            self._append({"event": "undone", "tx": tx, "reason": "interrupted"})
-            raise
+        with _sigint_deferred() as interrupted:
+            try:
+                for w in writes:
+                    if interrupted():
+                        break
+                    atomic_write(w.path, w.after)
+                    done.append(w)
+                    self._append({"event": "written", "tx": tx, "file": os.path.abspath(w.path)})
+            except BaseException:
+                self._rollback(tx, done, "write failed")
+                raise
+            if interrupted():
+                # Ctrl-C half-way: put back what this transaction wrote, so that the tree is all old again.
+                # (SIGKILL cannot be caught: `oomfix undo` covers it.)
+                self._rollback(tx, done, "interrupted")
+                raise KeyboardInterrupt
         self._append({"event": "commit", "tx": tx})
         return tx
+
+    def _rollback(self, tx: str, done: Sequence[PlannedWrite], reason: str) -> None:
+        for w in reversed(done):
+            atomic_write(w.path, w.before)
+        self._append({"event": "undone", "tx": tx, "reason": reason})
 
     def undo(self) -> tuple[str, list[str]]:
         """Restore the newest apply that was not undone. Returns (txid, restored files). Call with the lock held."""

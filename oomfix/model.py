@@ -56,6 +56,15 @@ class RunParams:
     launch_command: str | None = None
     total_steps: int | None = None
 
+    def canonical_values(self) -> dict[str, int]:
+        """The batch settings the run used, in the rules' canonical names (only those the log shows)."""
+        out = {}
+        if self.per_device_train_batch_size is not None:
+            out["micro_batch"] = self.per_device_train_batch_size
+        if self.gradient_accumulation_steps is not None:
+            out["grad_accum"] = self.gradient_accumulation_steps
+        return out
+
 
 @dataclass(frozen=True)
 class MemoryInfo:
