@@ -25,7 +25,9 @@ _CONSEQUENCE_EXC = re.compile(
     r"KeyboardInterrupt|BrokenPipeError)$")
 _CONSEQUENCE_MSG = re.compile(
     r"Connection closed by peer|remote worker crashing|Connection reset by peer|remote process exited|"
-    r"Broken pipe|terminated with signal|Socket Timeout|Connection refused", re.I)
+    r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted", re.I)
+# a DataLoader worker that died without saying why: /dev/shm or the OOM killer; guessing either could be harmful
+_UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited unexpectedly")
 
 # message -> class, for exception lines whose wording the line patterns did not claim
 _EXC_MESSAGE_CLASSES = (
@@ -127,6 +129,8 @@ def exception_class(exc: str, msg: str) -> str | None:
     """The failure class an exception line stands for, or None when it reports another process's death."""
     if _CONSEQUENCE_EXC.search(exc) or _CONSEQUENCE_MSG.search(msg or ""):
         return None
+    if _UNEXPLAINED_MSG.search(msg or ""):
+        return "unknown"
     if exc.endswith("OutOfMemoryError"):
         return "cuda_oom"
     if exc.rsplit(".", 1)[-1] == "MemoryError":
@@ -332,7 +336,12 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
         elif ev.role == P.EXCEPTION:
             exc, msg = ev.data["exc"], ev.data.get("msg", "")
             cls = exception_class(exc, msg)
-            if cls is not None:
+            if cls == "unknown":
+                causes.append(_Cause(cls, "low", ev, exception=exc, message=msg,
+                                     reason="a DataLoader worker exited unexpectedly without a signal name: usually "
+                                            "/dev/shm is too small or the host OOM killer struck; check `df -h "
+                                            "/dev/shm` and `dmesg -T | grep -i 'killed process'`"))
+            elif cls is not None:
                 conf = "high" if cls != "python_exception" else "medium"
                 causes.append(_Cause(cls, conf, ev, exception=exc, message=msg))
         elif ev.role == P.AGENT_SIGNAL:

@@ -90,7 +90,14 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("dataloader_bus_error", [b"killed by signal: Bus error"], r"killed by signal: Bus error", CAUSE,
        "shm_bus_error", "high"),
     _p("segfault", [b"Segmentation fault"], r"Segmentation fault", CAUSE, "segfault", "medium"),
+    # the shell's report of a SIGBUS'd foreground job
+    _p("shell_bus_error", [b"Bus error"], r"(?:^|[\]\s])Bus error(?: \(core dumped\))?\s*$", CAUSE, "shm_bus_error",
+       "medium"),
 
+    # --- CUDA memory (before NCCL: NCCL's own "Cuda failure 'out of memory'" is an OOM too) ---
+    _p("cuda_oom", [b"out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED"],
+       r"(?:CUDA|Cuda|HIP|XPU|MPS)\b[^.]{0,24}out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
+       r"allocator.{0,40}\(out of memory\)", CAUSE, "cuda_oom", "high"),
     # --- NCCL ---------------------------------------------------------------------------------------
     _p("nccl_watchdog_timeout", [b"Watchdog caught collective", b"before timing out", b"Timeout at NCCL work"],
        r"Watchdog caught collective operation timeout|ran for \d+ milliseconds before timing out|"
@@ -110,9 +117,6 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("tcpstore_rendezvous", [b"TCPStore("], r"_store = TCPStore\(", WEAK, "port_in_use", "low"),
 
     # --- CUDA ---------------------------------------------------------------------------------------
-    _p("cuda_oom", [b"out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED"],
-       r"(?:CUDA|HIP|XPU|MPS)\b[^.]{0,24}out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
-       r"allocator.{0,40}\(out of memory\)", CAUSE, "cuda_oom", "high"),
     _p("cuda_error", [b"CUDA error", b"device-side assert", b"illegal memory access", b"CUBLAS_STATUS",
                       b"CUDNN_STATUS", b"cuDNN error"],
        r"CUDA error: (?!out of memory)|device-side assert|illegal memory access|CUBLAS_STATUS_(?!ALLOC)|"
@@ -125,8 +129,10 @@ PATTERNS: tuple[Pattern, ...] = (
        "medium"),
 
     # --- stopped from outside -----------------------------------------------------------------------
+    # slurmstepd: error: *** JOB 123 ON node01 CANCELLED AT 2024-01-01T00:00:00 DUE TO TIME LIMIT *** (or scancel)
     _p("slurm_cancelled", [b"CANCELLED AT"],
-       r"CANCELLED AT \S+ DUE TO (?P<why>TIME LIMIT|PREEMPTION)", CAUSE, "sigterm", "high"),
+       r"CANCELLED AT \S+(?: DUE TO (?P<why>[A-Z ]+?))?\s*\*", CAUSE, "sigterm", "high"),
+    _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
 
     # --- Python exceptions (class from exception_class) ----------------------------------------------
     _p("exception", [b"Error", b"Exception", b"Interrupt", b"StopIteration"],
