@@ -428,7 +428,7 @@ def _pick(st: _FileState) -> _Cause | None:
         if other_originating:
             chosen = other_originating[0]
         elif mine:
-            specific = [c for c in mine if c.death is None]
+            specific = _last_cluster([c for c in mine if c.death is None])
             chosen = specific[0] if specific else mine[0]
             if chosen.death is None and chosen.event.rank is not None and chosen.cls == "python_exception":
                 chosen.confidence = "high"  # the agent's first exit and the exception name the same rank
@@ -438,6 +438,21 @@ def _pick(st: _FileState) -> _Cause | None:
         else:
             chosen = next(c for c in causes if c.death is root)
     return chosen
+
+
+CLUSTER_GAP = 300  # lines: a traceback and its chained tracebacks print together
+
+
+def _last_cluster(causes: list[_Cause]) -> list[_Cause]:
+    """The causes printed together just before the rank died. An exception the run survived (a caught, logged
+    traceback hours earlier) is not why the rank died; its fatal traceback is the last one it printed, and the
+    first exception of that chain is the origin."""
+    if not causes:
+        return causes
+    start = len(causes) - 1
+    while start > 0 and causes[start].event.line - causes[start - 1].event.line <= CLUSTER_GAP:
+        start -= 1
+    return causes[start:]
 
 
 def _phase(st: _FileState, ev: Event) -> str | None:

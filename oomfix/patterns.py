@@ -136,7 +136,7 @@ PATTERNS: tuple[Pattern, ...] = (
 
     # --- Python exceptions (class from exception_class) ----------------------------------------------
     _p("exception", [b"Error", b"Exception", b"Interrupt", b"StopIteration"],
-       r"^(?P<exc>(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt)|StopIteration))"
+       r"^(?P<exc>(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt)|Exception|StopIteration))"
        r"(?::\s*(?P<msg>.*?))?\s*$", EXCEPTION),
     # faulthandler / C++ terminate output, for the innermost frame of an exception
     _p("nccl_what", [b"what():"], r"what\(\):\s*(?P<msg>.*)", WEAK, None),
