@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from oomfix import patterns as P
 from oomfix.events import Event, events, signal_name
 from oomfix.model import CascadeEntry, Diagnosis, Evidence, MemoryInfo, RootCause, RunParams
-from oomfix.reader import Prefilter, open_log, scan
+from oomfix.reader import Prefilter, default_prefilter, open_log, scan
 
 # Exceptions that report someone else's death. Sources: torch/distributed/elastic (ChildFailedError,
 # SignalException, RendezvousClosedError), subprocess, gloo's pair.cc ("Connection closed by peer ... typically
@@ -436,7 +436,7 @@ def _pick(st: _FileState) -> _Cause | None:
             if (chosen.cls, root.signal) in (("segfault", "SIGSEGV"), ("shm_bus_error", "SIGBUS")):
                 chosen.confidence = "high"  # the message and the exit signal agree
         else:
-            chosen = next(c for c in causes if c.death is root)
+            chosen = next((c for c in causes if c.death is root), causes[0])
     return chosen
 
 
@@ -573,15 +573,13 @@ def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.P
                  warnings: list[str] | None = None) -> _FileResult:
     stream, name = open_log(path)
     if extra and prefilter is None:
-        from oomfix.reader import default_prefilter
-
         prefilter = default_prefilter(tuple(sorted({m for p in extra for m in p.markers})))
     stats: dict[str, int] = {}
     try:
         st = _analyze(events(scan(stream, name, prefilter, stats=stats), name, extra, warnings), name)
         st.size = stats.get("bytes", 0)
     finally:
-        if stream is not getattr(__import__("sys").stdin, "buffer", None):
+        if name != "<stdin>":
             stream.close()
     return _FileResult(st, _pick(st))
 
