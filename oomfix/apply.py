@@ -17,7 +17,7 @@ from oomfix.errors import ConfigError, RuleError, UsageError
 from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
 from oomfix.launcher import Job, Launcher, concurrent
 from oomfix.model import MEMORY_CLASSES, Diagnosis
-from oomfix.rules import FailureClass, Rung, compute_changes, holds, load_rules
+from oomfix.rules import CanonicalChange, FailureClass, Rung, compute_changes, holds, load_rules
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers
     """The text edits that take one config (and its launcher / DeepSpeed file) to `new_values`."""
     out: list[FileEdit] = []
     notes: list[str] = []
-    changes = [_Change(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
+    changes = [CanonicalChange(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
                and k not in ("zero_stage", "offload")]
     _memory_never_rises(cls, changes, rung)
     vedits = _value_edits(cfg, changes)
@@ -320,13 +320,6 @@ def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers
                                 world, _global(cfg.values, world), _global(new_values, world)))
     out.extend(_deepspeed_edits(cfg, changes, [*done, *out]))
     return out, notes
-
-
-@dataclass(frozen=True)
-class _Change:
-    key: str
-    old: Any
-    new: Any
 
 
 def _converge(targets: Sequence[Config], planned: dict[str, dict[str, Any]]) -> None:
@@ -511,9 +504,4 @@ def write_plan(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> str
 
 def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
     sha = file_sha256(plan_log)
-    if sha is None:
-        return None
-    for tx in reversed(Journal(root).transactions()):
-        if tx["status"] != "undone" and tx.get("log_sha256") == sha:
-            return tx
-    return None
+    return None if sha is None else Journal(root).applied(sha)

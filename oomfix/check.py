@@ -380,11 +380,8 @@ def _remediated(log: str, config: str) -> bool:
     for root in [Path(log).resolve().parent, *Path(log).resolve().parents]:
         j = Journal(root)
         if j.path.exists():
-            for tx in j.transactions():
-                if tx["status"] != "undone" and tx.get("log_sha256") == sha and \
-                        any(same_file(f["file"], config) for f in tx["files"]):
-                    return True
-            return False
+            tx = j.applied(sha) if sha else None
+            return tx is not None and any(same_file(f["file"], config) for f in tx["files"])
     return False
 
 

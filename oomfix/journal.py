@@ -174,10 +174,10 @@ class Journal:
                     txs[tx]["status"] = "committed" if r["event"] == "commit" else "undone"
         return [txs[t] for t in order]
 
-    def applied(self, log_sha: str, rule: str | None) -> dict[str, Any] | None:
+    def applied(self, log_sha: str) -> dict[str, Any] | None:
+        """The newest transaction of this log that still stands (committed, or cut short by a crash)."""
         for tx in reversed(self.transactions()):
-            if tx["status"] in ("committed", "incomplete") and tx.get("log_sha256") == log_sha and \
-                    tx.get("rule") == rule:
+            if tx["status"] in ("committed", "incomplete") and tx.get("log_sha256") == log_sha:
                 return tx
         return None
 
