@@ -376,8 +376,11 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
             causes.append(_Cause("sighup", "medium", ev, death=d, signal=d.signal))
         elif d.exitcode is not None and d.exitcode != 0:
             what = f"signal {d.signal}" if d.signal else f"exit code {d.exitcode}"
-            causes.append(_Cause("unknown", "low", ev, death=d, signal=d.signal,
-                                 reason=f"{_who(d)} died with {what}; its error is not in this log"))
+            reason = f"{_who(d)} died with {what}; its error is not in this log"
+            if d.signal == "SIGABRT":
+                reason += (" (SIGABRT is usually the NCCL watchdog taking the process down: look for that rank's "
+                           "'Watchdog caught collective operation timeout' or 'NCCL error' lines)")
+            causes.append(_Cause("unknown", "low", ev, death=d, signal=d.signal, reason=reason))
     causes.sort(key=lambda c: c.event.line)
     return causes, weak
 
