@@ -11,7 +11,7 @@ from typing import Any
 from oomfix.configs import (Config, inside, job_config_path, read_text, job_for_config, launchers_in, load_config, resolve_ref,
                             same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
-from oomfix.dialects import DEEPSPEED, is_explicit
+from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
 from oomfix.errors import ConfigError, RuleError, UsageError
 from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
@@ -224,8 +224,6 @@ def _launcher_env_edit(lau_path: str, name: str, value: str) -> FileEdit | None:
 def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, config: str | None,
                  all_configs: bool, allow_semantic: bool, launchers: Sequence[Launcher]) -> Plan:
     primary = load_config(find_config(diag, log, config, launchers))
-    if primary.dialect is DEEPSPEED:
-        raise ConfigError(f"{primary.path}: a DeepSpeed JSON; pass the training config that references it")
     dfacts = diagnosis_facts(diag)
     pfacts = config_facts(dfacts, primary, launchers)
     skipped: list[str] = []

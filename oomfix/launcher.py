@@ -162,13 +162,19 @@ def _segments(tokens: list[str]) -> list[tuple[list[str], bool, str | None]]:
     return segs
 
 
-def _python_calls_torchrun(path: Path) -> bool:
+def _wrapper_source(path: Path) -> str | None:
+    """The text of a Python script that starts torchrun (read, never run), or None."""
     try:
         if path.stat().st_size > 2_000_000:
-            return False
-        return bool(_CALLS_TORCHRUN.search(path.read_text(encoding="utf-8", errors="replace")))
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
+        return None
+    return text if _CALLS_TORCHRUN.search(text) else None
+
+
+_WRAPPER_NPROC = re.compile(r"""--nproc[_-]per[_-]node["']?\s*[,=]\s*["']?(\d+)""")
+_WRAPPER_PORT = re.compile(r"""--master[_-]port["']?\s*[,=]\s*["']?(\d+)""")
 
 
 def _resolve(p: str, base: Path) -> Path:
@@ -242,7 +248,8 @@ def _job_from(tokens: list[str], env: dict[str, str], base: Path) -> dict[str, o
             kind = rest[j + 1]
         elif j < len(rest) and rest[j].endswith(".py"):
             script = _resolve(rest[j], base)
-            if _python_calls_torchrun(script):
+            source = _wrapper_source(script)
+            if source is not None:
                 kind, wrapper = "python-wrapper", str(script)
     elif prog in ("bash", "sh") and len(rest) > 1 and rest[1].endswith(".sh"):
         return None
@@ -251,6 +258,14 @@ def _job_from(tokens: list[str], env: dict[str, str], base: Path) -> dict[str, o
     full_env = {**env, **local_env}
     out: dict[str, object] = {"kind": kind, "tokens": tuple(rest), "env": full_env, "nohup": nohup,
                               "protected_by": protected, "wrapper": wrapper}
+    if wrapper is not None:
+        # literal numbers in the wrapper's own torchrun command; its command line below may override them
+        m = _WRAPPER_NPROC.search(source or "")
+        if m:
+            out["nproc"] = int(m.group(1))
+        m = _WRAPPER_PORT.search(source or "")
+        if m:
+            out["master_port"], out["master_port_explicit"] = int(m.group(1)), True
     skip = False
     for idx, tok in enumerate(rest[1:], start=1):
         if skip:

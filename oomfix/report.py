@@ -183,7 +183,10 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
         gb = ""
         if e.global_before is not None:
             gb = f"; global batch {e.global_before} -> {e.global_after} (world size {e.world_size})"
-        out.append(f"  {e.path}: {bits}{gb}")
+        link = ""
+        if os.path.islink(e.path):
+            link = f" (a symlink: its target {os.path.realpath(e.path)} is edited, the link is kept)"
+        out.append(f"  {e.path}{link}: {bits}{gb}")
     for note in plan.skipped:
         out.append(s.dim(f"  note: {note}"))
     out.append("")

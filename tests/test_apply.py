@@ -135,3 +135,20 @@ def test_newest_log_is_picked_and_named(project):
 def test_config_not_found_is_exit_2(project):
     r = CliRunner().invoke(main, ["apply", "logs/job_a.log", "--config", "nope.yaml"])
     assert r.exit_code == 2 and "nope.yaml: config not found" in r.output
+
+
+def test_standalone_deepspeed_json_is_a_config_too(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(DEMO.parent.parent / "fixtures" / "constructed"))
+    import make
+
+    monkeypatch.chdir(tmp_path)
+    ds = '{\n  "train_batch_size": 64,\n  "train_micro_batch_size_per_gpu": 2,\n  "gradient_accumulation_steps": 8\n}\n'
+    Path("ds_config.json").write_text(ds)
+    Path("train.log").write_text(make.cuda_oom_rank2("ds_config.json"))
+    r = run("apply", "train.log", "--write")
+    assert r.exit_code == 0, r.output
+    assert Path("ds_config.json").read_text() == ds.replace('"train_micro_batch_size_per_gpu": 2',
+                                                           '"train_micro_batch_size_per_gpu": 1').replace(
+        '"gradient_accumulation_steps": 8', '"gradient_accumulation_steps": 16')

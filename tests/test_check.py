@@ -250,3 +250,12 @@ def test_stale_run_near_miss_when_the_run_matches_the_config(tree):
 def test_standalone_comment_opts_a_config_out_of_directory_siblings(tree):
     make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": "# oomfix: standalone\n" + lf("b", 1, 16)})
     assert ids(tree)[0] == []
+
+
+def test_wrapper_literal_nproc_gives_the_world_size(tree):
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "c/b.yaml": lf("b", 1, 16),
+                "wrap4.py": 'import subprocess, sys\nsubprocess.run(["torchrun", "--nproc_per_node", "4", "t.py", sys.argv[1]])\n',
+                "wrap2.py": 'import subprocess, sys\nsubprocess.run(["torchrun", "--nproc_per_node=2", "t.py", sys.argv[1]])\n',
+                "l.sh": "CUDA_VISIBLE_DEVICES=0,1,2,3 MASTER_PORT=1 setsid python wrap4.py c/a.yaml > a.log &\n"
+                        "CUDA_VISIBLE_DEVICES=4,5 MASTER_PORT=2 setsid python wrap2.py c/b.yaml > b.log &\n"})
+    assert ids(tree)[0] == ["global-batch-mismatch"]
