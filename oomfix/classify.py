@@ -279,6 +279,8 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             st.failure_seen = True
             pid = _int(ev.data.get("pid"))
             code = _int(ev.data.get("code"))
+            if ev.pattern == "subprocess_signal" and code is not None:
+                code = -code  # a signal number: the exit status of a killed process is its negative
             d = _Death(pid, _int(ev.data.get("lr")), code, ev.line, file, ev.text, ev.time, host=ev.host,
                        signal=signal_name(code) if code is not None and code < 0 else None, event=ev)
             st.deaths.setdefault(pid if pid is not None else f"line{ev.line}", d)

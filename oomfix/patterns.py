@@ -58,6 +58,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"Unable to shutdown process (?P<pid>\d+) via (?P<sig>SIG[A-Z]+), forcefully exiting via SIGKILL", CLOSING),
     _p("worker_failed", [b"failed (exitcode"],
        r"failed \(exitcode: (?P<code>-?\d+)\) local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\)", DEATH),
+    # subprocess.CalledProcessError of a directly launched worker: "died with <Signals.SIGKILL: 9>."
+    _p("subprocess_signal", [b"died with <Signals."], r"died with <Signals\.(?P<sig>SIG[A-Z]+): (?P<code>\d+)>",
+       DEATH),
     # deepspeed/launcher/launch.py sigkill_handler
     _p("deepspeed_exit", [b"exits with return code"],
        r"(?:--local_rank=(?P<lr>\d+).*)?exits with return code = (?P<code>-?\d+)", DEATH),
@@ -81,13 +84,18 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("cpu_alloc_failed", [b"DefaultCPUAllocator"], r"DefaultCPUAllocator: (?:can't allocate|not enough) memory",
        CAUSE, "host_oom", "high"),
     # the shell's report of a SIGKILLed foreground job; often glued to a tqdm bar ("it/s]Killed")
-    _p("shell_killed", [b"Killed"], r"(?:^|[\]\s])Killed(?:\s*$|\s{2,}\S)", CAUSE, "host_oom", "low"),
+    # ("bash: line 1: 1234 Killed   python train.py", "it/s]Killed")
+    _p("shell_killed", [b"Killed"], r"(?:^|[\]\s])Killed(?:\s*$|\s{2,}\S)|\b\d+ Killed\s+\S", CAUSE, "host_oom", "low"),
 
     # --- shared memory, native crashes ---------------------------------------------------------------
     _p("shm_bus_error", [b"bus error encountered", b"insufficient shared memory", b"out of shared memory"],
        r"bus error encountered in worker|insufficient shared memory|out of shared memory", CAUSE,
        "shm_bus_error", "high"),
     _p("dataloader_bus_error", [b"killed by signal: Bus error"], r"killed by signal: Bus error", CAUSE,
+       "shm_bus_error", "high"),
+    # torch's shared-memory tensors live in /dev/shm as /torch_<pid>_...: a full /dev/shm reports ENOSPC
+    _p("shm_full", [b"unable to write to file </torch_", b"unable to allocate shared memory"],
+       r"unable to write to file </torch_.*No space left on device|unable to allocate shared memory", CAUSE,
        "shm_bus_error", "high"),
     _p("segfault", [b"Segmentation fault"], r"Segmentation fault", CAUSE, "segfault", "medium"),
     # the shell's report of a SIGBUS'd foreground job
@@ -123,8 +131,8 @@ PATTERNS: tuple[Pattern, ...] = (
        r"CUDNN_STATUS|cuDNN error", CAUSE, "cuda_error", "high"),
 
     # --- numerics -----------------------------------------------------------------------------------
-    _p("loss_scale_minimum", [b"loss scale already at minimum"], r"loss scale already at minimum", CAUSE,
-       "nan_loss", "high"),
+    _p("loss_scale_minimum", [b"loss scale already at minimum", b"Minimum loss scale reached"],
+       r"loss scale already at minimum|Minimum loss scale reached", CAUSE, "nan_loss", "high"),
     _p("nan_loss", [b": nan"], r"(?:'loss'|'grad_norm'|\bloss|\bgrad_norm)'?\s*:\s*nan\b", WEAK, "nan_loss",
        "medium"),
 
