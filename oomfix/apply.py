@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import (Config, inside, job_config_path, read_text, job_for_config, launchers_in, load_config, resolve_ref,
-                            same_file, siblings)
+from oomfix.configs import (Config, inside, job_config_path, read_text, job_for_config, launchers_in, load_config, same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from oomfix.configs import Config, display_path, inside, job_config_path, same_file, walk
-from oomfix.dialects import DEEPSPEED, MEMORY_KEYS, detect
-from oomfix.editor import parse_config_text
+from oomfix.dialects import DEEPSPEED, MEMORY_KEYS
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
 from oomfix.launcher import Job, Launcher, concurrent, parse_launcher
 from oomfix.model import MEMORY_CLASSES, Diagnosis
@@ -436,7 +435,7 @@ def run_check(paths: Sequence[str]) -> CheckResult:
     for _name, fn in CHECKS:
         try:
             findings.extend(fn(tree))
-        except (EditRefused,) as e:
+        except EditRefused as e:
             raise ConfigError(str(e)) from None
     findings.sort(key=lambda f: (f.file, f.line or 0, f.id))
     return CheckResult(tuple(findings), len(tree.configs), len(tree.launchers), len(tree.logs))

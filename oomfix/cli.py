@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from oomfix import __version__
-from oomfix.errors import EXIT_ERROR, EXIT_INTERRUPTED, OomfixError, UsageError, exit_code_for
+from oomfix.errors import EXIT_ERROR, EXIT_INTERRUPTED, OomfixError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,7 +233,7 @@ def _yaml_insertion(text: str, parent: Any, e: ValueEdit, name: str) -> tuple[in
 
 def _apply_splices(text: str, splices: list[tuple[int, int, str]], name: str) -> str:
     splices.sort()
-    for (s1, e1, _), (s2, _e2, _) in zip(splices, splices[1:]):
+    for (_s1, e1, _), (s2, _e2, _) in zip(splices, splices[1:]):
         if s2 < e1:
             raise EditRefused(f"{name}: overlapping edits")
     out = text

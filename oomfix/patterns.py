@@ -146,8 +146,6 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("exception", [b"Error", b"Exception", b"Interrupt", b"StopIteration"],
        r"^(?P<exc>(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt)|Exception|StopIteration))"
        r"(?::\s*(?P<msg>.*?))?\s*$", EXCEPTION),
-    # faulthandler / C++ terminate output, for the innermost frame of an exception
-    _p("nccl_what", [b"what():"], r"what\(\):\s*(?P<msg>.*)", WEAK, None),
 
     # --- the run's parameters -----------------------------------------------------------------------
     _p("hf_micro_batch", [b"Instantaneous batch size per device"],

@@ -243,12 +243,15 @@ def _test(value: Any, test: Any) -> bool:
             return False
         if op == "unset" and (value is None) != bool(arg):
             return False
-        if op in ("eq", "ne", "in", "contains", "not_contains") and not {
-            "eq": lambda: value == arg, "ne": lambda: value != arg,
-            "in": lambda: value in (arg or []),
-            "contains": lambda: value is not None and str(arg) in str(value),
-            "not_contains": lambda: value is None or str(arg) not in str(value),
-        }[op]():
+        if op == "eq" and value != arg:
+            return False
+        if op == "ne" and value == arg:
+            return False
+        if op == "in" and value not in (arg or []):
+            return False
+        if op == "contains" and (value is None or str(arg) not in str(value)):
+            return False
+        if op == "not_contains" and value is not None and str(arg) in str(value):
             return False
         if op in ("gte", "gt", "lte", "lt"):
             if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -3,7 +3,6 @@
 Regenerate after an intended change with `pytest tests/test_classify_golden.py --regen-golden` and review the diff.
 """
 import json
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 import json
 import subprocess
 
-import pytest
 
 from conftest import SHARED, oomfix_cmd, shared_or_skip
 

@@ -1,11 +1,9 @@
 """The editor over every real config in ../shared/corpus/configs: one value changes, nothing else does."""
 import difflib
-from pathlib import Path
 
-import pytest
 
 from conftest import SHARED, shared_or_skip
-from oomfix.dialects import detect, get_path
+from oomfix.dialects import get_path
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
 
 CORPUS = SHARED / "corpus" / "configs"

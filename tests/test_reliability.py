@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from conftest import FIXTURES, ROOT, oomfix_cmd
 from oomfix.classify import diagnose
 from oomfix.editor import ValueEdit, edit_text, load_yaml_safely
-from oomfix.errors import EditRefused, InputError
+from oomfix.errors import InputError
 
 sys.path.insert(0, str(FIXTURES / "constructed"))
 import make  # noqa: E402  (the constructed-log generator)
