@@ -41,7 +41,27 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Usage errors, like every expected error, are one line on stderr and exit 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as e:
+            hint = f" (see `oomfix {e.ctx.info_name} --help`)" if e.ctx and e.ctx.parent else " (see `oomfix --help`)"
+            _fail(e.format_message() + hint, EXIT_ERROR)
+        except click.exceptions.Abort:
+            click.echo("oomfix: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.ClickException as e:
+            _fail(e.format_message(), EXIT_ERROR)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="oomfix")
 def main() -> None:
     """Say what really killed a distributed training run, and fix its configs surgically.

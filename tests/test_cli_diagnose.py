@@ -89,3 +89,9 @@ def test_no_colour_when_not_a_terminal():
 def test_python_m_oomfix_works():
     p = subprocess.run(oomfix_cmd() + ["--version"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and "oomfix" in p.stdout
+
+
+@pytest.mark.parametrize("args", [["diagnose"], ["diagnose", "--format", "xml", "x.log"], ["nope"]])
+def test_usage_errors_are_one_line_and_exit_2(args, tmp_path):
+    p = subprocess.run(oomfix_cmd() + args, capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("oomfix: error: ")

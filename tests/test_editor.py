@@ -93,3 +93,8 @@ def test_json_key_added_with_sibling_indentation():
 def test_invalid_json_is_refused():
     with pytest.raises(EditRefused, match="cannot parse as JSON"):
         ed('{"a": 1,}', "a", 2, name="d.json")
+
+
+def test_a_key_yaml_11_reads_as_a_boolean_is_refused_not_misedited():
+    with pytest.raises(EditRefused, match="would change more than"):
+        ed("on: 1\nbatch_size: 4\n", "on", 0)

@@ -268,7 +268,9 @@ def test_full_disk_leaves_the_original_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["a.yaml"]  # no temp file left behind
 
 
-_KEY = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
+# keys YAML 1.1 reads as booleans or null ("on", "y", "no") are not strings to PyYAML: the editor refuses those
+_KEY = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True).filter(
+    lambda k: k not in {"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
 _SCALAR = st.one_of(st.integers(-1000, 1000), st.sampled_from(["x", "a b", "1.0e-5", "no", "yes", "null", "~"]),
                     st.booleans())
 
