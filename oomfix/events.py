@@ -97,6 +97,8 @@ def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.P
     if m and m.end() > 0:
         if m["rank"] is not None:
             rank = int(m["rank"])
+        elif m["mpirank"] is not None:
+            rank = int(m["mpirank"])
         elif m["srun"] is not None:
             rank = int(m["srun"])
         elif m["hrank"] is not None:

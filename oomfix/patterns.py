@@ -216,15 +216,16 @@ FOLLOW: tuple[tuple[bytes, int], ...] = (
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
 # a tqdm bar that another record got glued to: "... 3/6 [00:03<00:05,  1.00it/s][rank1]: Traceback"
 TQDM_PREFIX = re.compile(r"^.*?\d+/\d+ \[[^\]]*(?:it/s|s/it|\?it/s)\](?=\S)")
-# rank prefixes: torch >= 2.2 "[rank3]:", torchrun --tee "[default0]:", srun -l "0: ", pdsh "host: ",
+# rank prefixes: torch >= 2.2 "[rank3]:", torchrun --tee "[default0]:", srun -l "0: ", pdsh "host: ", mpirun "[1,3]<stderr>:",
 # "[host:2]:"; markdown quotes from pasted logs
 PREFIX = re.compile(
-    r"^(?:>\s?)?\s*(?:"
+    r"^(?:>\s?)?\s*(?:std(?:err|out):\s*)?(?:"
     r"\[(?:rank|default)(?P<rank>\d+)\]:\s?"
+    r"|\[\d+,(?P<mpirank>\d+)\]<std(?:out|err)>:\s?"  # mpirun --tag-output
     r"|(?P<srun>\d{1,5}): "
     r"|\[(?P<h1>[\w.\-]+):(?P<hrank>\d+)\]:\s?"
     r"|(?P<host>[A-Za-z][\w.\-]*(?:\d|-)[\w.\-]*): (?=\S)"
-    r")"
+    r")?"
 )
 # NCCL's own prefix: "node-0:2874:7128 [3] NCCL INFO ..." (host:pid:tid [cudaDev])
 NCCL_PREFIX = re.compile(r"^\s*(?P<host>[\w.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] ")

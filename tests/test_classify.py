@@ -30,6 +30,12 @@ CASES = [
     ("host RAM through PyTorch's CPU allocator",
      "RuntimeError: [enforce fail at alloc_cpu.cpp:114] data. DefaultCPUAllocator: not enough memory: you tried to "
      "allocate 1073741824 bytes.\n", "host_oom", "high"),
+    ("mpirun --tag-output prefixes",
+     "[1,3]<stderr>:Traceback (most recent call last):\n[1,3]<stderr>:torch.OutOfMemoryError: CUDA out of memory. "
+     "Tried to allocate 2.00 GiB.\n", "cuda_oom", "high"),
+    ("accelerate's 'stderr: ' prefix",
+     "stderr: Traceback (most recent call last):\nstderr: FileNotFoundError: [Errno 2] No such file: 'data.json'\n",
+     "python_exception", "medium"),
     ("a training run that finished",
      "{'loss': 1.1, 'epoch': 3.0}\n{'train_runtime': 100.0, 'train_loss': 1.2, 'epoch': 3.0}\n", "none", "high"),
 ]
