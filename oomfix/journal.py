@@ -97,6 +97,26 @@ def atomic_write(path: str, data: bytes) -> None:
     _fsync_dir(d)
 
 
+def sweep_temps(paths: Sequence[str], older_than: float = 60.0) -> list[str]:
+    """Remove temp files a killed oomfix left beside the files it was replacing (ours by their name).
+    Called with the lock held, so no oomfix of this tree is writing one right now."""
+    removed = []
+    now = time.time()
+    for d in sorted({os.path.dirname(os.path.realpath(p)) or "." for p in paths}):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".oomfix-") and name.endswith(".tmp"):
+                full = os.path.join(d, name)
+                with contextlib.suppress(OSError):
+                    if now - os.stat(full).st_mtime > older_than:
+                        os.unlink(full)
+                        removed.append(full)
+    return removed
+
+
 @dataclass(frozen=True)
 class PlannedWrite:
     path: str
@@ -185,6 +205,7 @@ class Journal:
               cls: str | None) -> str:
         """Carry out the writes under the protocol above. Call with the lock held."""
         self._ensure()
+        sweep_temps([w.path for w in writes])
         for w in writes:
             if file_sha256(w.path) != sha256(w.before):
                 raise JournalError(f"{w.path}: changed on disk since it was read; nothing written, run again")
@@ -230,6 +251,7 @@ class Journal:
         if not txs:
             raise JournalError(f"nothing to undo: no apply recorded in {self.path}")
         tx = txs[-1]
+        sweep_temps([f["file"] for f in tx["files"]], older_than=0.0)
         todo = []
         for f in tx["files"]:
             cur = file_sha256(f["file"])

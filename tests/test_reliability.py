@@ -387,14 +387,14 @@ def test_sigkill_at_random_moments_never_leaves_a_mixed_file(tmp_path):
                 assert states[name], f"the journal claims {name} was written, but it was not"
         if any(states.values()) and not all(states.values()):
             killed_mid_write += 1
-        leftovers = [p.name for p in (root / "configs").iterdir() if p.name.startswith(".oomfix-")]
-        if any(states.values()):
+        if (root / ".oomfix" / "journal.jsonl").exists():
             u = subprocess.run(oomfix_cmd() + ["undo"], cwd=root, capture_output=True, text=True)
-            assert u.returncode == 0, u.stderr
+            assert u.returncode == 0 or "nothing to undo" in u.stderr, u.stderr
             for p in originals:
                 assert (root / "configs" / p.name).read_bytes() == originals[p]
+            # undo also sweeps the temp file a kill may leave beside a config
+            assert not [p.name for p in (root / "configs").iterdir() if p.name.startswith(".oomfix-")]
         shutil.rmtree(root)
-        del leftovers  # a temp file of a killed rename may remain beside the config; it is never a config
     print(f"{KILL_ITERATIONS} SIGKILLs, {killed_mid_write} landed between two file writes; all files whole")
 
 
