@@ -33,7 +33,7 @@ _UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited
 _EXC_MESSAGE_CLASSES = (
     (re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.I), "cuda_oom"),
     (re.compile(r"Watchdog caught collective operation timeout|before timing out"), "nccl_timeout"),
-    (re.compile(r"NCCL error|nccl\w*Error"), "nccl_error"),
+    (re.compile(r"NCCL [Ee]rror|nccl\w*Error"), "nccl_error"),
     (re.compile(r"EADDRINUSE|[Aa]ddress already in use|failed to listen"), "port_in_use"),
     (re.compile(r"CUDA error|device-side assert|illegal memory access|CUBLAS_STATUS|CUDNN_STATUS"), "cuda_error"),
 )

@@ -110,9 +110,10 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("nccl_watchdog_timeout", [b"Watchdog caught collective", b"before timing out", b"Timeout at NCCL work"],
        r"Watchdog caught collective operation timeout|ran for \d+ milliseconds before timing out|"
        r"Timeout at NCCL work", CAUSE, "nccl_timeout", "high"),
-    _p("nccl_error", [b"NCCL error", b"ncclInternalError", b"ncclRemoteError", b"ncclSystemError",
+    # torch 1.0-1.1 said "NCCL Error 2: unhandled system error"
+    _p("nccl_error", [b"NCCL error", b"NCCL Error", b"ncclInternalError", b"ncclRemoteError", b"ncclSystemError",
                       b"ncclUnhandledCudaError", b"ncclInvalidUsage", b"unhandled system error"],
-       r"NCCL error|nccl(?:Internal|Remote|System|UnhandledCuda)Error|ncclInvalidUsage|unhandled system error",
+       r"NCCL [Ee]rror|nccl(?:Internal|Remote|System|UnhandledCuda)Error|ncclInvalidUsage|unhandled system error",
        CAUSE, "nccl_error", "high"),
     _p("nccl_warn", [b"NCCL WARN"], r"NCCL WARN (?P<msg>.*)", WEAK, "nccl_error", "low"),
 

@@ -36,6 +36,8 @@ CASES = [
     ("accelerate's 'stderr: ' prefix",
      "stderr: Traceback (most recent call last):\nstderr: FileNotFoundError: [Errno 2] No such file: 'data.json'\n",
      "python_exception", "medium"),
+    ("torch 1.0's NCCL wording",
+     "RuntimeError: NCCL Error 3: internal error\n" + AGENT_FAIL.format(code=1, lr=0), "nccl_error", "high"),
     ("a training run that finished",
      "{'loss': 1.1, 'epoch': 3.0}\n{'train_runtime': 100.0, 'train_loss': 1.2, 'epoch': 3.0}\n", "none", "high"),
 ]
