@@ -71,10 +71,8 @@ def _launchers_for_log(log: str, launchers: Sequence[Launcher]) -> list[tuple[La
     out = []
     for lau in launchers:
         for j in lau.jobs:
-            if j.log and (os.path.basename(j.log) == os.path.basename(log)):
-                cand = Path(lau.path).resolve().parent / j.log
-                if not cand.exists() or same_file(str(cand), log) or Path(j.log).name == Path(log).name:
-                    out.append((lau, j))
+            if j.log and os.path.basename(j.log) == os.path.basename(log):
+                out.append((lau, j))
     return out
 
 

@@ -13,7 +13,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import Config, display_path, inside, job_config_path, same_file, walk
+from oomfix.configs import Config, Launchers, display_path, inside, same_file, walk
 from oomfix.dialects import DEEPSPEED, MEMORY_KEYS
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
 from oomfix.launcher import Job, Launcher, concurrent, parse_launcher
@@ -45,21 +45,14 @@ class Tree:
     logs: list[str] = field(default_factory=list)
     _diagnoses: dict[str, Diagnosis | None] = field(default_factory=dict)
     root: str = "."
-    _jobs_by_config: dict[str, tuple[Launcher, Job]] | None = None
+    _jobs_by_config: Launchers | None = None
     _groups: list[list[Config]] | None = None
 
     def job_of(self, cfg: Config) -> tuple[Launcher, Job] | None:
         """The launcher job that starts a config (indexed once: checks ask for every config many times)."""
         if self._jobs_by_config is None:
-            index: dict[str, tuple[Launcher, Job]] = {}
-            for lau in self.launchers:
-                for j in lau.jobs:
-                    if j.config:
-                        p = job_config_path(j.config, lau.path)
-                        if p:
-                            index.setdefault(os.path.realpath(p), (lau, j))
-            self._jobs_by_config = index
-        return self._jobs_by_config.get(os.path.realpath(cfg.path))
+            self._jobs_by_config = Launchers(self.launchers)
+        return self._jobs_by_config.job_of(cfg.path)
 
     def diagnosis(self, log: str) -> Diagnosis | None:
         if log not in self._diagnoses:

@@ -154,7 +154,7 @@ def walk(paths: Sequence[str]) -> Iterable[Path]:
                 yield Path(dirpath) / f
 
 
-def launchers_in(paths: Sequence[str]) -> list[Launcher]:
+def launchers_in(paths: Sequence[str]) -> "Launchers":
     out = []
     for f in walk(paths):
         if f.suffix == ".sh":
@@ -162,7 +162,7 @@ def launchers_in(paths: Sequence[str]) -> list[Launcher]:
                 out.append(parse_launcher(f))
             except Exception:  # noqa: BLE001 - an unreadable script is not a launcher we can judge
                 continue
-    return out
+    return Launchers(out)
 
 
 def same_file(a: str, b: str) -> bool:
@@ -209,11 +209,26 @@ def siblings(primary: Config, launchers: Sequence[Launcher], search_dirs: Sequen
     return ordered
 
 
-def job_for_config(config_path: str, launchers: Sequence[Launcher]):  # -> tuple[Launcher, Job] | None
-    for lau in launchers:
-        for j in lau.jobs:
-            if j.config:
-                p = job_config_path(j.config, lau.path)
-                if p and same_file(p, config_path):
-                    return lau, j
-    return None
+class Launchers(tuple):  # type: ignore[type-arg]
+    """The launcher scripts of a tree. Which job starts a config is asked for every config, several times, so the
+    answer is indexed once (real path of the config -> the first job that names it)."""
+
+    _index: dict[str, tuple[Launcher, Any]] | None = None
+
+    def job_of(self, config_path: str) -> tuple[Launcher, Any] | None:
+        if self._index is None:
+            index: dict[str, tuple[Launcher, Any]] = {}
+            for lau in self:
+                for j in lau.jobs:
+                    if j.config:
+                        p = job_config_path(j.config, lau.path)
+                        if p:
+                            index.setdefault(os.path.realpath(p), (lau, j))
+            self._index = index
+        return self._index.get(os.path.realpath(config_path))
+
+
+def job_for_config(config_path: str, launchers: Sequence[Launcher]) -> tuple[Launcher, Any] | None:
+    """The launcher and job that start a config, or None."""
+    index = launchers if isinstance(launchers, Launchers) else Launchers(launchers)
+    return index.job_of(config_path)
