@@ -245,6 +245,10 @@ def _apply_splices(text: str, splices: list[tuple[int, int, str]], name: str) ->
 # --- JSON --------------------------------------------------------------------------------------------------
 
 _WS = re.compile(r"[ \t\n\r]*")
+def _skip_ws(s: str, i: int) -> int:
+    return _WS.match(s, i).end()  # type: ignore[union-attr]  # "[ \t\n\r]*" always matches
+
+
 _NUM = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -258,9 +262,8 @@ class _JsonSpans:
         self.objects: dict[tuple[str, ...], list[tuple[str, int, int, int]]] = {}  # members: key, kstart, vs, ve
 
     def parse(self) -> None:
-        i = _WS.match(self.s, 0).end()  # type: ignore[union-attr]
-        i = self.value(i, ())
-        if _WS.match(self.s, i).end() != len(self.s):  # type: ignore[union-attr]
+        i = self.value(_skip_ws(self.s, 0), ())
+        if _skip_ws(self.s, i) != len(self.s):
             raise EditRefused(f"{self.name}: trailing data after the JSON document")
 
     def value(self, i: int, path: tuple[str, ...]) -> int:
@@ -273,7 +276,7 @@ class _JsonSpans:
         start = i
         if c == "{":
             members = []
-            i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+            i = _skip_ws(s, i + 1)
             if s[i:i + 1] == "}":
                 i += 1
             else:
@@ -282,16 +285,16 @@ class _JsonSpans:
                         raise EditRefused(f"{self.name}: expected a key at offset {i}")
                     kstart = i
                     key, i = json.decoder.scanstring(s, i + 1)
-                    i = _WS.match(s, i).end()  # type: ignore[union-attr]
+                    i = _skip_ws(s, i)
                     if s[i:i + 1] != ":":
                         raise EditRefused(f"{self.name}: expected ':' at offset {i}")
-                    i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+                    i = _skip_ws(s, i + 1)
                     vs = i
                     i = self.value(i, path + (key,))
                     members.append((key, kstart, vs, i))
-                    i = _WS.match(s, i).end()  # type: ignore[union-attr]
+                    i = _skip_ws(s, i)
                     if s[i:i + 1] == ",":
-                        i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+                        i = _skip_ws(s, i + 1)
                         continue
                     if s[i:i + 1] == "}":
                         i += 1
@@ -299,7 +302,7 @@ class _JsonSpans:
                     raise EditRefused(f"{self.name}: expected ',' or '}}' at offset {i}")
             self.objects[path] = members
         elif c == "[":
-            i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+            i = _skip_ws(s, i + 1)
             n = 0
             if s[i:i + 1] == "]":
                 i += 1
@@ -307,9 +310,9 @@ class _JsonSpans:
                 while True:
                     i = self.value(i, path + (f"[{n}]",))
                     n += 1
-                    i = _WS.match(s, i).end()  # type: ignore[union-attr]
+                    i = _skip_ws(s, i)
                     if s[i:i + 1] == ",":
-                        i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+                        i = _skip_ws(s, i + 1)
                         continue
                     if s[i:i + 1] == "]":
                         i += 1

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import BinaryIO
 
 from oomfix.errors import InputError
@@ -199,6 +199,21 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     eof = False
     follow_left = 0  # lines still owed to a FOLLOW trigger near the end of the previous buffer
     buf = arena
+    end = counted = 0
+
+    def follow(pos: int, n: int) -> Generator[Candidate, None, tuple[int, int]]:
+        """The n lines from `pos` of the current buffer (the lines after a FOLLOW trigger): (where they end, how
+        many are still owed). Reads the loop's current buffer state."""
+        nonlocal line_no, counted
+        while n and pos < end:
+            seg, fstop, nxt = _line_at(buf, pos, end)
+            line_no += buf.count(b"\n", counted, pos)
+            counted = pos
+            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
+            n -= 1
+            pos = nxt
+        return pos, n
+
     while not eof:
         n = _readinto(stream, view[carry_len:carry_len + min(chunk_size, len(arena) - 256 - carry_len)], name)
         if first:
@@ -222,15 +237,9 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     continue
                 end = size - 256  # cut an endless line; the 256 carried bytes catch a split marker
         counted = 0
-        last_stop = -1  # end of the last line yielded
-        pos = 0
-        while follow_left and pos < end:  # lines owed to a trigger at the end of the previous buffer
-            seg, fstop, nxt = _line_at(buf, pos, end)
-            line_no += buf.count(b"\n", counted, pos)
-            counted = pos
-            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
-            follow_left -= 1
-            pos = last_stop = nxt
+
+        # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line yielded
+        last_stop, follow_left = yield from follow(0, follow_left)
         for hit in sorted(prefilter.find(buf, end, base)):
             if hit < last_stop:
                 continue  # same line as a hit already yielded
@@ -251,15 +260,8 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             pos = last_stop
             if pos < end and buf[pos:pos + 1] == b"\n":
                 pos += 1  # the "\n" of a CRLF line
-            while n_follow and pos < end:
-                seg, fstop, nxt = _line_at(buf, pos, end)
-                line_no += buf.count(b"\n", counted, pos)
-                counted = pos
-                yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
-                n_follow -= 1
-                pos = nxt
+            pos, follow_left = yield from follow(pos, n_follow)
             last_stop = max(last_stop, pos)
-            follow_left = n_follow
         line_no += buf.count(b"\n", counted, end)
         prev_tail = bytes(buf[max(0, end - CONTEXT):end])
         carry_len = size - end
