@@ -20,9 +20,12 @@ from oomfix.reader import Prefilter, default_prefilter, open_log, scan
 # Exceptions that report someone else's death. Sources: torch/distributed/elastic (ChildFailedError,
 # SignalException, RendezvousClosedError), subprocess, gloo's pair.cc ("Connection closed by peer ... typically
 # caused by a remote worker crashing"), c10d's "remote process exited or there was a network error".
+# Ray (python/ray/exceptions.py): RayTaskError(X) wraps the actor's exception X, whose own traceback is printed in the
+# same log; ActorDiedError / WorkerCrashedError / ActorUnavailableError report a worker process that died.
 _CONSEQUENCE_EXC = re.compile(
     r"(?:^|\.)(?:ChildFailedError|CalledProcessError|SignalException|RendezvousClosedError|SystemExit|"
-    r"KeyboardInterrupt|BrokenPipeError)$")
+    r"KeyboardInterrupt|BrokenPipeError|RayTaskError|ActorDiedError|WorkerCrashedError|ActorUnavailableError|"
+    r"RaySystemError)$")
 _CONSEQUENCE_MSG = re.compile(
     r"Connection closed by peer|remote worker crashing|Connection reset by peer|remote process exited|"
     r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted", re.I)
@@ -31,13 +34,22 @@ _UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited
 
 # message -> class, for exception lines whose wording the line patterns did not claim
 _EXC_MESSAGE_CLASSES = (
+    (re.compile(r"running low on memory|memory pressure|memory usage threshold"), "host_oom"),  # Ray's monitor
     (re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.I), "cuda_oom"),
     (re.compile(r"Watchdog caught collective operation timeout|before timing out"), "nccl_timeout"),
     (re.compile(r"NCCL [Ee]rror|nccl\w*Error"), "nccl_error"),
     (re.compile(r"EADDRINUSE|[Aa]ddress already in use|failed to listen"), "port_in_use"),
-    (re.compile(r"CUDA error|device-side assert|illegal memory access|CUBLAS_STATUS|CUDNN_STATUS"), "cuda_error"),
+    (re.compile(r"CUDA error|HIP error|device-side assert|illegal memory access|CUBLAS_STATUS|CUDNN_STATUS"),
+     "cuda_error"),
+    (re.compile(r"returned (?:nan|inf) values|is non-finite|\b(?:loss|Loss) is (?:nan|NaN|inf)\b"), "nan_loss"),
 )
+# exception types whose module says what failed, whatever their message (torch 2.8+ AcceleratorError, c10d's
+# DistBackendError = a communication backend failure)
+_EXC_TYPE_CLASSES = {"AcceleratorError": "cuda_error", "DistBackendError": "nccl_error"}
 
+# srun names the signal that ended a task in strsignal() words
+_SRUN_SIGNAL_WORDS = {"Killed": -9, "Terminated": -15, "Aborted": -6, "Bus error": -7, "Segmentation fault": -11,
+                      "Hangup": -1}
 _SIGNAL_DEATH_CLASS = {"SIGKILL": ("host_oom", "low"), "SIGBUS": ("shm_bus_error", "medium"),
                        "SIGSEGV": ("segfault", "medium")}
 _CONF_RANK = {"high": 3, "medium": 2, "low": 1}
@@ -105,6 +117,7 @@ class _Cause:
     message: str | None = None
     death: _Death | None = None
     signal: str | None = None
+    note: str | None = None  # said whatever the confidence: which of two failures came first
 
 
 @dataclass
@@ -131,6 +144,8 @@ def exception_class(exc: str, msg: str) -> str | None:
         return None
     if _UNEXPLAINED_MSG.search(msg or ""):
         return "unknown"
+    if exc.startswith("ray.") and exc.endswith("OutOfMemoryError"):
+        return "host_oom"  # ray.exceptions.OutOfMemoryError: the node's RAM, Ray's memory monitor killed the worker
     if exc.endswith("OutOfMemoryError"):
         return "cuda_oom"
     if exc.rsplit(".", 1)[-1] == "MemoryError":
@@ -138,7 +153,7 @@ def exception_class(exc: str, msg: str) -> str | None:
     for rx, cls in _EXC_MESSAGE_CLASSES:
         if rx.search(msg or ""):
             return cls
-    return "python_exception"
+    return _EXC_TYPE_CLASSES.get(exc.rsplit(".", 1)[-1], "python_exception")
 
 
 def _gib(num: str, unit: str) -> float:
@@ -279,12 +294,14 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             st.failure_seen = True
             pid = _int(ev.data.get("pid"))
             code = _int(ev.data.get("code"))
+            if "sigword" in ev.data:
+                code = _SRUN_SIGNAL_WORDS.get(ev.data["sigword"])
             if ev.pattern == "subprocess_signal" and code is not None:
                 code = -code  # a signal number: the exit status of a killed process is its negative
             d = _Death(pid, _int(ev.data.get("lr")), code, ev.line, file, ev.text, ev.time, host=ev.host,
                        signal=signal_name(code) if code is not None and code < 0 else None, event=ev)
             st.deaths.setdefault(pid if pid is not None else f"line{ev.line}", d)
-        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
+        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK, P.ERROR_LEVEL):
             st.failure_seen = True
         elif role == P.FINISHED:
             st.finished = True
@@ -419,7 +436,12 @@ def _pick(st: _FileState) -> _Cause | None:
             return weak[0]
         return None
     root = _root_death(st)
+    # an unexplained death ("DataLoader worker exited unexpectedly") is what the main process saw; the worker's own
+    # message (a bus error, a segfault) says why, whether it was printed before or after
     chosen = causes[0]
+    if chosen.cls == "unknown":
+        chosen = next((c for c in causes if c.cls != "unknown" and abs(c.event.line - chosen.event.line) <= CLUSTER_GAP),
+                      chosen)
     if root is not None:
         # the agent watched the exits: the first process to die is the root, whatever printed first
         before_root = [c for c in causes if c.death is None and c.event.line <= root.line]
@@ -442,6 +464,21 @@ def _pick(st: _FileState) -> _Cause | None:
                 chosen.confidence = "high"  # the message and the exit signal agree
         else:
             chosen = next((c for c in causes if c.death is root), causes[0])
+    return _cuda_before_nccl(chosen, causes)
+
+
+def _cuda_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:
+    """An NCCL failure with a CUDA error of the same rank printed with it: the CUDA error came first (NCCL's
+    "unhandled cuda error", the watchdog rethrowing a CUDA error); the NCCL failure is how it surfaced."""
+    if chosen.cls != "nccl_error":
+        return chosen
+    for c in causes:
+        if c.cls in ("cuda_error", "cuda_oom") and abs(c.event.line - chosen.event.line) <= CLUSTER_GAP and \
+                (c.event.rank is None or chosen.event.rank is None or c.event.rank == chosen.event.rank):
+            c.death = c.death or chosen.death
+            c.note = (f"the CUDA error ({c.event.pattern.replace('_', ' ')}, line {c.event.line}) is the root cause; "
+                      f"the NCCL failure (line {chosen.event.line}) is how it surfaced")
+            return c
     return chosen
 
 
@@ -662,6 +699,10 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
     reason = chosen.reason if confidence != "high" else None
     if confidence != "high" and reason is None:
         reason = _default_reason(chosen)
+    if chosen.cls == "cuda_error" and chosen.note is None and "watchdog" in chosen.event.text.lower():
+        chosen.note = "the CUDA error surfaced through the NCCL watchdog; it is the root cause, not NCCL"
+    if chosen.note:
+        reason = chosen.note if reason is None else f"{chosen.note}; {reason}"
     return Diagnosis(chosen.cls, confidence, reason, root, tuple(cascade), tuple(_evidence(st, chosen)), run, memory,
                      files=files)
 

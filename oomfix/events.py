@@ -5,6 +5,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import re
+
 from oomfix import patterns as P
 from oomfix.reader import Candidate
 
@@ -50,16 +52,6 @@ def signal_name(value: str | int | None) -> str | None:
     return SIGNALS.get(n, f"signal {n}")
 
 
-def _time_of(text: str) -> str | None:
-    m = P.GLOG.match(text)
-    if m:
-        return f"{m['md']} {m['hms']}"
-    m = P.DS_TIME.match(text)
-    if m:
-        return f"{m['m']}{m['d']} {m['hms']}.{(m['f'] or '0')}"
-    return None
-
-
 def _last_progress(before: bytes) -> tuple[int, int] | None:
     tail = before[-8192:]
     last = None
@@ -85,45 +77,116 @@ def _last_frame(before: bytes) -> str | None:
 _NEEDS_CONTEXT = {P.CAUSE, P.WEAK, P.EXCEPTION, P.DEATH, P.AGENT_SIGNAL}
 
 
-def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
-    text = clean(cand.raw)
+@dataclass(frozen=True)
+class Prefixes:
+    """What the wrappers in front of a line said: stripped from the text, kept as facts."""
+
+    body: str
+    rank: int | None = None
+    host: str | None = None
+    time: str | None = None
+    level: str | None = None  # glog severity letter: I, W, E, F
+    src: str | None = None  # glog source file: "ProcessGroupNCCL.cpp"
+
+
+def _md(md: str) -> str:
+    return md.zfill(4)  # c10 prints the month without padding ("E429" = April 29)
+
+
+def strip_prefixes(text: str) -> Prefixes:
+    """Strip, in any order and any number, what loggers, launchers and pasting put before a record: markdown quotes,
+    wall-clock stamps, Ray actor tags, mpirun/accelerate tags, rank and host prefixes, glog headers, NCCL's
+    host:pid:tid. One place for all of them, so that no pattern has to know about any."""
     body = text
-    rank = host = None
-    time = _time_of(body)
-    g = P.GLOG.match(body)
-    if g:
-        body = body[g.end():]
-    m = P.PREFIX.match(body)
-    if m and m.end() > 0:
-        if m["rank"] is not None:
-            rank = int(m["rank"])
-        elif m["mpirank"] is not None:
-            rank = int(m["mpirank"])
-        elif m["srun"] is not None:
-            rank = int(m["srun"])
-        elif m["hrank"] is not None:
-            rank, host = int(m["hrank"]), m["h1"]
-        elif m["host"] is not None and m["host"] not in ("stderr", "stdout"):
-            host = m["host"]
-        body = body[m.end():]
-        # "[rank1]:[E ProcessGroupNCCL.cpp:1414] ..." or "0: E0909 14:03:50 ..." carry a second prefix
-        g = P.GLOG.match(body)
+    rank = host = time = level = src = None
+    if "repeated" in body:
+        body = P.RAY_REPEATED.sub("", body)
+    for _ in range(8):
+        before = body
+        m = P.MARKDOWN_PREFIX.match(body)
+        if m and m.end():
+            body = body[m.end():].lstrip()
+        m = P.CLOCK_PREFIX.match(body)
+        if m:
+            if time is None and m["y"]:
+                time = f"{m['mo']}{m['d']} {m['hms']}.{m['f'] or '0'}"
+            body = body[m.end():]
+        m = P.RAY_PREFIX.match(body)
+        if m:
+            body = body[m.end():]
+        g = P.GLOG_ANY.match(body)
         if g:
-            time = time or f"{g['md']} {g['hms']}"
+            level = level or g["lvl"]
+            src = src or g["src"].rsplit("/", 1)[-1]
+            if time is None and g["md"]:
+                time = f"{_md(g['md'])} {g['hms']}"
             body = body[g.end():]
+        m = P.DS_TIME.match(body)
+        if m and time is None:
+            time = f"{m['m']}{m['d']} {m['hms']}.{(m['f'] or '0')}"
+        m = P.PREFIX.match(body)
+        if m and m.end() > 0:
+            if m["rank"] is not None:
+                rank = rank if rank is not None else int(m["rank"])
+            elif m["mpirank"] is not None:
+                rank = rank if rank is not None else int(m["mpirank"])
+            elif m["srun"] is not None:
+                rank = rank if rank is not None else int(m["srun"])
+            elif m["hrank"] is not None:
+                rank, host = (rank if rank is not None else int(m["hrank"])), host or m["h1"]
+            elif m["host"] is not None and m["host"] not in ("stderr", "stdout"):
+                host = host or m["host"]
+            body = body[m.end():]
+        if body == before:
+            break
     n = P.NCCL_PREFIX.match(body)
     if n:
         host = host or n["host"]
         if rank is None:
             rank = int(n["dev"])
+    return Prefixes(body, rank, host, time, level, src)
+
+
+# a progress bar redrawn into the middle of a message pads it: "Unexpected segment          ation fault"
+_PADDING = re.compile(r"(?<=\w) {6,}(?=\w)")
+
+
+def _matches(patterns: tuple[P.Pattern, ...], text: str, body: str, lead: str,
+             level: str | None) -> Iterator[tuple[P.Pattern, Any]]:
+    """The first pattern that matches the line (at most one), tried on the squeezed text if the plain one fails."""
+    fallback = None
+    for attempt in (0, 1):
+        if attempt:
+            if "      " not in body:
+                break
+            body = _PADDING.sub("", body)
+            lead = body.lstrip()
+        for pat in patterns:
+            if pat.levels:
+                if not level or level not in pat.levels:
+                    continue
+                target = text
+            else:
+                target = lead if pat.role in (P.EXCEPTION, P.TABLE, P.OOM_DETAIL) else body
+            if not any(mk.decode() in target for mk in pat.markers):
+                continue
+            mm = pat.regex.search(target)
+            if mm:
+                if pat.role == P.ERROR_LEVEL:
+                    fallback = fallback or (pat, mm)  # a specific wording may show once the padding is gone
+                    break
+                yield pat, mm
+                return
+    if fallback:
+        yield fallback
+
+
+def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
+    text = clean(cand.raw)
+    pre = strip_prefixes(text)
+    body, rank, host, time = pre.body, pre.rank, pre.host, pre.time
     lead = body.lstrip()
-    for pat in patterns:
-        if not any(mk.decode() in body for mk in pat.markers):
-            continue
-        target = lead if pat.role in (P.EXCEPTION, P.TABLE, P.OOM_DETAIL) else body
-        mm = pat.regex.search(target)
-        if not mm:
-            continue
+    for pat, mm in _matches(patterns, text, body, lead, pre.level):
         data = {k: v for k, v in mm.groupdict().items() if v is not None}
         if rank is None and pat.role in (P.CAUSE, P.WEAK, P.EXCEPTION):
             r = P.RANK_IN_TEXT.search(body)

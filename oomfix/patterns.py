@@ -28,6 +28,7 @@ PHASE = "phase"
 OOM_DETAIL = "oom_detail"
 FINISHED = "finished"
 TRACEBACK = "traceback"  # a traceback starts: something failed, even if the excerpt ends here
+ERROR_LEVEL = "error_level"  # a line that reports an error in words no specific pattern knows: never "none"
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,18 @@ class Pattern:
     role: str
     cls: str | None = None
     confidence: str = "medium"
+    levels: str = ""  # glog severities the line must carry ("EF"); the regex then runs on the whole line
 
 
-def _p(name, markers, regex, role, cls=None, confidence="medium", flags=0):
-    return Pattern(name, tuple(markers), re.compile(regex, flags), role, cls, confidence)
+def _p(name, markers, regex, role, cls=None, confidence="medium", flags=0, levels=""):
+    return Pattern(name, tuple(markers), re.compile(regex, flags), role, cls, confidence, levels)
 
 
 PATTERNS: tuple[Pattern, ...] = (
-    # --- the agent and its summary -------------------------------------------------------------------
+    # ================================================================================================================
+    # torch elastic: the torchrun agent and its summary (torch/distributed/elastic/agent/server/api.py,
+    # multiprocessing/api.py, multiprocessing/errors/__init__.py; wording stable 1.9-2.13, glog style from 2.4)
+    # ================================================================================================================
     # agent/server/api.py: "Received {sig} death signal, shutting down workers" (Signals.SIGHUP or 1)
     _p("agent_received_signal", [b"death signal"],
        r"Received (?:Signals\.)?(?P<sig>SIG[A-Z]+|\d+) death signal", AGENT_SIGNAL),
@@ -64,30 +69,56 @@ PATTERNS: tuple[Pattern, ...] = (
     # deepspeed/launcher/launch.py sigkill_handler
     _p("deepspeed_exit", [b"exits with return code"],
        r"(?:--local_rank=(?P<lr>\d+).*)?exits with return code = (?P<code>-?\d+)", DEATH),
+    # SLURM srun (src/srun/srun_job.c, step_launch.c): "srun: error: node01: task 3: Exited with exit code 1",
+    # "srun: error: node01: task 3: Killed", "... task 0: Segmentation fault (core dumped)"
+    _p("srun_task_exit", [b"srun: error:"],
+       r"srun: error: (?P<host>[\w.\-]+): tasks? (?P<lr>\d+)(?:[-,\d]*): (?:Exited with exit code (?P<code>\d+)|"
+       r"(?P<sigword>Killed|Terminated|Aborted|Bus error|Segmentation fault|Hangup))", DEATH),
     _p("table_field", [b"time      :", b"host      :", b"rank      :", b"exitcode  :", b"error_file:",
                        b"traceback :"],
        r"^\s*(?P<field>time|host|rank|exitcode|error_file|traceback)\s*:\s?(?P<val>.*?)\s*$", TABLE),
     _p("table_root", [b"Root Cause"], r"Root Cause", TABLE_SECTION),
     _p("table_failures", [b"Failures:"], r"^\s*Failures:", TABLE_SECTION),
 
-    # --- host memory ---------------------------------------------------------------------------------
-    _p("kernel_oom_killer", [b"Out of memory: Kill"],
-       r"Out of memory: Kill(?:ed)? process (?P<pid>\d+)", CAUSE, "host_oom", "high"),
+    # ================================================================================================================
+    # host memory: the kernel OOM killer (mm/oom_kill.c), cgroups, SLURM's task/cgroup plugin, Kubernetes, Ray's
+    # memory monitor, PyTorch's CPU allocator, the DataLoader's SIGCHLD handler
+    # ================================================================================================================
+    # mm/oom_kill.c: "Out of memory: Killed process 1234 (python)" (>= 5.x; "Kill process" before), and the memcg
+    # variant "Memory cgroup out of memory: Killed process ..."
+    _p("kernel_oom_killer", [b"of memory: Kill"],
+       r"[Oo]ut of memory: Kill(?:ed)? process (?P<pid>\d+)", CAUSE, "host_oom", "high"),
+    # slurmstepd (src/plugins/task/cgroup): "Detected 1 oom_kill event in StepId=...", older "oom-kill event(s)"
     _p("slurm_oom_kill", [b"oom_kill event", b"oom-kill event"],
-       r"Detected (?P<n>\d+) oom[-_]kill events?", CAUSE, "host_oom", "high"),
+       r"Detected (?P<n>\d+) oom[-_]kill events?|oom[-_]kill events? in StepId", CAUSE, "host_oom", "high"),
     _p("kernel_oom_kill_line", [b"oom-kill:"], r"oom-kill:.*task=(?P<task>[^,]+),pid=(?P<pid>\d+)",
        CAUSE, "host_oom", "high"),
     _p("k8s_oomkilled", [b"OOMKilled"], r"\bOOMKilled\b", CAUSE, "host_oom", "high"),
+    # Ray's memory monitor (src/ray/raylet/node_manager.cc, python/ray/exceptions.py, ray >= 2.2):
+    # "N Workers (tasks / actors) killed due to memory pressure (OOM)", "ray.exceptions.OutOfMemoryError: Task was
+    # killed due to the node running low on memory", "... which exceeds the memory usage threshold of 0.95. Ray killed
+    # this worker". Before the CUDA patterns: Ray's OutOfMemoryError is host RAM, not GPU memory.
+    _p("ray_oom", [b"memory pressure (OOM)", b"running low on memory", b"memory usage threshold",
+                   b"ray.exceptions.OutOfMemoryError", b"ray.exceptions.OutOfMemoryError"],
+       r"killed due to memory pressure \(OOM\)|running low on memory|exceeds the memory usage threshold|"
+       r"ray\.exceptions\.OutOfMemoryError", CAUSE, "host_oom", "high"),
+    # torch/utils/data/_utils/signal_handling.py: "DataLoader worker (pid 123) is killed by signal: Killed."
     _p("dataloader_killed", [b"killed by signal: Killed"],
        r"DataLoader worker \(pid(?:\(s\))? (?P<pid>[\d, ]+)\) is killed by signal: Killed", CAUSE, "host_oom",
        "medium"),
+    # c10/core/impl/alloc_cpu.cpp
     _p("cpu_alloc_failed", [b"DefaultCPUAllocator"], r"DefaultCPUAllocator: (?:can't allocate|not enough) memory",
        CAUSE, "host_oom", "high"),
     # the shell's report of a SIGKILLed foreground job; often glued to a tqdm bar ("it/s]Killed")
     # ("bash: line 1: 1234 Killed   python train.py", "it/s]Killed")
     _p("shell_killed", [b"Killed"], r"(?:^|[\]\s])Killed(?:\s*$|\s{2,}\S)|\b\d+ Killed\s+\S", CAUSE, "host_oom", "low"),
 
-    # --- shared memory, native crashes ---------------------------------------------------------------
+    # ================================================================================================================
+    # shared memory and native crashes: torch/csrc/DataLoader.cpp (the workers' own signal handlers),
+    # torch/utils/data/_utils/signal_handling.py, torch/multiprocessing, the shell, CPython's faulthandler, glog
+    # ================================================================================================================
+    # torch/csrc/DataLoader.cpp SIGBUS handler: "ERROR: Unexpected bus error encountered in worker. This might be caused
+    # by insufficient shared memory (shm)."
     _p("shm_bus_error", [b"bus error encountered", b"insufficient shared memory", b"out of shared memory"],
        r"bus error encountered in worker|insufficient shared memory|out of shared memory", CAUSE,
        "shm_bus_error", "high"),
@@ -97,27 +128,111 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("shm_full", [b"unable to write to file </torch_", b"unable to allocate shared memory"],
        r"unable to write to file </torch_.*No space left on device|unable to allocate shared memory", CAUSE,
        "shm_bus_error", "high"),
-    _p("segfault", [b"Segmentation fault"], r"Segmentation fault", CAUSE, "segfault", "medium"),
+    # torch/csrc/DataLoader.cpp SIGSEGV handler: "ERROR: Unexpected segmentation fault encountered in worker."
+    # (matched on the squeezed text too: a progress bar can pad the middle of it, "segment          ation")
+    _p("dataloader_segfault", [b"segmentation fault encountered", b"encountered in worker"],
+       r"Unexpected segmentation fault encountered in worker", CAUSE, "segfault", "high"),
+    # CPython faulthandler "Fatal Python error: Segmentation fault", the shell's "Segmentation fault (core dumped)",
+    # the DataLoader's "killed by signal: Segmentation fault"
+    _p("segfault", [b"Segmentation fault", b"segmentation fault"], r"[Ss]egmentation fault", CAUSE, "segfault",
+       "medium"),
+    # glog's failure signal handler (c10 built with glog, many C++ extensions): "*** SIGSEGV (@0x0) received by PID 1234"
+    _p("glog_sigsegv", [b"*** SIGSEGV"], r"\*\*\* SIGSEGV (?:\(@0x[0-9a-f]+\) )?received by PID", CAUSE, "segfault",
+       "high"),
     # the shell's report of a SIGBUS'd foreground job
     _p("shell_bus_error", [b"Bus error"], r"(?:^|[\]\s])Bus error(?: \(core dumped\))?\s*$", CAUSE, "shm_bus_error",
        "medium"),
 
-    # --- CUDA memory (before NCCL: NCCL's own "Cuda failure 'out of memory'" is an OOM too) ---
-    _p("cuda_oom", [b"out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED"],
-       r"(?:CUDA|Cuda|HIP|XPU|MPS)\b[^.]{0,24}out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
-       r"allocator.{0,40}\(out of memory\)", CAUSE, "cuda_oom", "high"),
-    # --- NCCL ---------------------------------------------------------------------------------------
-    _p("nccl_watchdog_timeout", [b"Watchdog caught collective", b"before timing out", b"Timeout at NCCL work"],
-       r"Watchdog caught collective operation timeout|ran for \d+ milliseconds before timing out|"
-       r"Timeout at NCCL work", CAUSE, "nccl_timeout", "high"),
-    # torch 1.0-1.1 said "NCCL Error 2: unhandled system error"
-    _p("nccl_error", [b"NCCL error", b"NCCL Error", b"ncclInternalError", b"ncclRemoteError", b"ncclSystemError",
-                      b"ncclUnhandledCudaError", b"ncclInvalidUsage", b"unhandled system error"],
-       r"NCCL [Ee]rror|nccl(?:Internal|Remote|System|UnhandledCuda)Error|ncclInvalidUsage|unhandled system error",
-       CAUSE, "nccl_error", "high"),
-    _p("nccl_warn", [b"NCCL WARN"], r"NCCL WARN (?P<msg>.*)", WEAK, "nccl_error", "low"),
+    # ================================================================================================================
+    # CUDA memory: c10/cuda/CUDACachingAllocator.cpp (three generations of the message), THC (torch < 1.5:
+    # "cuda runtime error (2) : out of memory"), cuBLAS, NCCL's own "Cuda failure 'out of memory'".
+    # Before NCCL: NCCL's "Cuda failure 'out of memory'" is an OOM too.
+    # ================================================================================================================
+    _p("cuda_oom", [b"out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED", b"Failed to CUDA "],
+       r"(?:CUDA|Cuda|cuda|HIP|XPU|MPS)\b[^.]{0,24}out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
+       r"allocator.{0,40}\(out of memory\)|Failed to CUDA (?:calloc|malloc) \d+ bytes", CAUSE, "cuda_oom", "high"),
 
-    # --- ports --------------------------------------------------------------------------------------
+    # ================================================================================================================
+    # c10d ProcessGroupNCCL (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp): the watchdog and heartbeat monitor
+    # ================================================================================================================
+    # the watchdog's timeout: "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=4, OpType=BROADCAST, ...)
+    # ran for 1800010 milliseconds before timing out." (1.13+); torch 1.8-1.12: "Timeout at NCCL work"; the C++ frame
+    # "Exception raised from checkTimeout at .../ProcessGroupNCCL.cpp" names the timeout check even when the message is
+    # cut
+    # blocking-wait mode: "Work WorkNCCL(...) timed out in blocking wait"; 2.6+: "Received a dump signal due to a
+    # collective timeout from this local rank"
+    _p("nccl_watchdog_timeout", [b"Watchdog caught collective", b"before timing out", b"Timeout at NCCL work",
+                                 b"from checkTimeout at", b"timed out in blocking wait",
+                                 b"due to a collective timeout"],
+       r"Watchdog caught collective|ran for \d+ milliseconds before timing out|Timeout at NCCL work|"
+       r"Exception raised from checkTimeout at|timed out in blocking wait|dump signal due to a collective timeout",
+       CAUSE, "nccl_timeout", "high"),
+    # the heartbeat monitor (2.3+): the watchdog itself hung in a CUDA/NCCL call: "ProcessGroupNCCL's watchdog got
+    # stuck for 480 seconds without making progress", 2.3 "Heartbeat monitor timed out! Process will be terminated",
+    # and the fatal line "Terminating the process after attempting to dump debug info, due to ProcessGroupNCCL
+    # watchdog hang"
+    _p("nccl_heartbeat", [b"watchdog got stuck", b"Heartbeat monitor timed out", b"watchdog hang"],
+       r"watchdog got stuck for \d+|Heartbeat monitor timed out|watchdog hang", CAUSE, "nccl_timeout", "high"),
+
+    # ================================================================================================================
+    # CUDA runtime errors, not capacity (c10/cuda/CUDAException.h C10_CUDA_CHECK: "CUDA error: <cudaGetErrorString>",
+    # raised as torch.AcceleratorError since 2.8, RuntimeError before; THC (< 1.5): "cuda runtime error (N) : msg";
+    # device-side asserts printed by every failing CUDA thread from a .cu file; cuBLAS/cuDNN status codes; the NVIDIA
+    # kernel driver's Xid lines). Before the generic NCCL patterns: a CUDA error that surfaces through the NCCL
+    # watchdog ("watchdog thread terminated with exception: CUDA error: ...") is the CUDA error.
+    # ================================================================================================================
+    _p("cuda_error", [b"CUDA error", b"HIP error", b"device-side assert", b"illegal memory access", b"CUBLAS_STATUS",
+                      b"CUDNN_STATUS", b"cuDNN error", b"CuDNN error", b"cuda runtime error", b"misaligned address",
+                      b"unspecified launch failure", b"uncorrectable ECC", b"illegal instruction was encountered"],
+       r"(?:CUDA|HIP) error: (?!out of memory)|device-side assert|illegal memory access|CUBLAS_STATUS_(?!ALLOC)|"
+       r"CUDNN_STATUS|[Cc]u[Dd][Nn][Nn] error|cuda runtime error \(\d+\)|misaligned address|"
+       r"unspecified launch failure|uncorrectable ECC|illegal instruction was encountered", CAUSE, "cuda_error",
+       "high"),
+    # aten/src/ATen/native/cuda/*.cu: "Indexing.cu:1292: indexSelectLargeIndex: block: [682,0,0], thread: [54,0,0]
+    # Assertion `srcIndex < srcSelectDimSize` failed." (printf from device code: one line per failing thread)
+    _p("cuda_device_assert", [b".cu:", b".cuh:"], r"\.cuh?:\d+: .*Assertion .* failed", CAUSE, "cuda_error", "high"),
+    # NVIDIA driver (dmesg): "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."; 48/63/64/94/95 are
+    # ECC / row-remapping errors, 13/31/43 are application faults
+    _p("nvidia_xid", [b"NVRM: Xid", b"fallen off the bus"], r"NVRM: Xid|GPU has fallen off the bus", CAUSE,
+       "cuda_error", "high"),
+    # c10/cuda/CUDAException: the hint printed under every asynchronous CUDA error
+    _p("cuda_async_hint", [b"CUDA kernel errors might be asynchronously reported"],
+       r"CUDA kernel errors might be asynchronously reported", WEAK, "cuda_error", "medium"),
+
+    # ================================================================================================================
+    # NCCL itself (nccl/src/include/debug.h WARN lines, transport/net_ib.cc, misc/socket.cc) and c10d's NCCL errors
+    # ================================================================================================================
+    # torch 1.0-1.1 said "NCCL Error 2: unhandled system error"; c10d: "NCCL error in: .../ProcessGroupNCCL.cpp:NNN,
+    # unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.x"; ncclResult_t names
+    _p("nccl_error", [b"NCCL error", b"NCCL Error", b"ncclInternalError", b"ncclRemoteError", b"ncclSystemError",
+                      b"ncclUnhandledCudaError", b"ncclInvalidUsage", b"unhandled system error", b"unhandled cuda error",
+                      b"remote process exiting prematurely"],
+       r"NCCL [Ee]rror|nccl(?:Internal|Remote|System|UnhandledCuda)Error|ncclInvalidUsage|"
+       r"unhandled (?:system|cuda) error|remote process exiting prematurely",
+       CAUSE, "nccl_error", "high"),
+    # net_ib.cc: "NET/IB : Got completion from peer 10.0.0.2<54862> with status=12 opcode=0 ..." (2.12+; "with error
+    # 12" before): an InfiniBand work completion failed (12 = retry exceeded: link or peer gone)
+    # (2.29+: "status=%s(%d)"); async IB events: "NET/IB : mlx5_0:1 Got async event : ...", "Got async error event"
+    _p("nccl_ib_completion", [b"Got completion from peer", b"Got async", b"async fatal event"],
+       r"Got completion from peer \S+ with (?:status=|error )(?P<status>\w+)|NET/IB ?: .*async (?:error |fatal )?event",
+       CAUSE, "nccl_error", "high"),
+    # the watchdog's generic teardown, printed after a timeout or an error: "Some NCCL operations have failed or timed
+    # out. ... we are taking the entire process down."; "Process group watchdog thread terminated with exception:"
+    # 2.4-2.5 "Exception (either an error or timeout) detected by watchdog at work: N", 2.6+ "failure detected by
+    # watchdog at work sequence id", "Terminating the process after attempting to dump debug info, due to collective
+    # timeout or exception"
+    _p("nccl_watchdog_teardown", [b"Some NCCL operations have failed", b"watchdog thread terminated with exception",
+                                  b"detected by watchdog", b"Terminating the process after attempting to dump"],
+       r"Some NCCL operations have failed|watchdog thread terminated with exception|detected by watchdog at work|"
+       r"Terminating the process after attempting to dump", CAUSE, "nccl_error", "medium"),
+    _p("nccl_warn", [b"NCCL WARN"], r"NCCL WARN (?P<msg>.*)", WEAK, "nccl_error", "low"),
+    # a C++ frame of the watchdog thread: NCCL trouble, cause unknown until the message says more
+    _p("nccl_watchdog_frame", [b"from ncclCommWatchdog"], r"Exception raised from ncclCommWatchdog", WEAK,
+       "nccl_error", "low"),
+
+    # ================================================================================================================
+    # ports (c10d TCPStore / socket.cpp, gloo, torch elastic's static rendezvous)
+    # ================================================================================================================
     _p("port_in_use", [b"EADDRINUSE", b"ddress already in use", b"server socket has failed"],
        r"EADDRINUSE|[Aa]ddress already in use|server socket has failed to (?:listen|bind)", CAUSE,
        "port_in_use", "high"),
@@ -125,23 +240,54 @@ PATTERNS: tuple[Pattern, ...] = (
     # connect; on the master node that is almost always a busy MASTER_PORT
     _p("tcpstore_rendezvous", [b"TCPStore("], r"_store = TCPStore\(", WEAK, "port_in_use", "low"),
 
-    # --- CUDA ---------------------------------------------------------------------------------------
-    _p("cuda_error", [b"CUDA error", b"device-side assert", b"illegal memory access", b"CUBLAS_STATUS",
-                      b"CUDNN_STATUS", b"cuDNN error"],
-       r"CUDA error: (?!out of memory)|device-side assert|illegal memory access|CUBLAS_STATUS_(?!ALLOC)|"
-       r"CUDNN_STATUS|cuDNN error", CAUSE, "cuda_error", "high"),
-
-    # --- numerics -----------------------------------------------------------------------------------
+    # ================================================================================================================
+    # numerics: loss scalers (DeepSpeed runtime/fp16/loss_scaler.py + fused_optimizer.py, fairseq
+    # optim/dynamic_loss_scaler.py, apex amp/scaler.py), torch autograd anomaly mode, clip_grad_norm_
+    # (error_if_nonfinite), and the loss lines of HF Trainer, Lightning and custom loops
+    # ================================================================================================================
+    # HF Trainer's final metrics (trainer.py): the run finished; its 'train_loss' average is no new evidence
+    _p("train_finished", [b"'train_runtime'"], r"'train_runtime'", FINISHED),
     _p("loss_scale_minimum", [b"loss scale already at minimum", b"Minimum loss scale reached"],
        r"loss scale already at minimum|Minimum loss scale reached", CAUSE, "nan_loss", "high"),
-    _p("nan_loss", [b": nan"], r"(?:'loss'|'grad_norm'|\bloss|\bgrad_norm)'?\s*:\s*nan\b", WEAK, "nan_loss",
-       "medium"),
+    # apex/DeepSpeed driving the dynamic loss scale to zero: "reducing loss scale to 0.0", "reducing to 0"
+    _p("loss_scale_zero", [b"reducing loss scale to 0", b"reducing to 0"],
+       r"reducing (?:loss scale )?to 0(?:\.0*)?(?:\s|$|,)", CAUSE, "nan_loss", "medium"),
+    # torch/csrc/autograd/engine.cpp (anomaly mode): "Function 'MulBackward0' returned nan values in its 0th output."
+    _p("anomaly_nan", [b"returned nan values", b"returned inf values"],
+       r"returned (?:nan|inf) values in its \d+(?:st|nd|rd|th) output", CAUSE, "nan_loss", "high"),
+    # torch/nn/utils/clip_grad.py (error_if_nonfinite=True)
+    _p("nonfinite_grad_norm", [b"is non-finite, so it cannot be clipped"],
+       r"is non-finite, so it cannot be clipped", CAUSE, "nan_loss", "high"),
+    # a training loop's own abort: timm/DINO/MAE "Loss is nan, stopping training", "NaN loss detected", Lightning's
+    # "... non-finite loss", verl/OpenRLHF asserts on a nan loss
+    _p("nan_abort", [b"stopping training", b"NaN loss detected", b"nan loss detected", b"non-finite loss",
+                     b"Loss is NaN", b"Loss is nan", b"loss is nan", b"loss is NaN"],
+       r"(?i:loss is (?:nan|inf)\b.*stop|(?:nan|inf|non-finite) loss (?:detected|encountered)|"
+       r"detected (?:nan|inf|non-finite) loss|loss is (?:nan|inf)\b)",
+       CAUSE, "nan_loss", "high"),
+    # the loss itself: HF/LF dicts "{'loss': nan, 'grad_norm': nan}", custom loops "loss = nan", "Loss: nan (nan)",
+    # "train_loss=inf"; weak: a diverged loss is only the class when nothing else failed
+    _p("nan_loss", [b"nan", b"NaN", b"inf", b"Inf"],
+       r"(?i:(?:\b|_)(?:loss|grad_norm)['\"]?\s*(?:[:=]|is)?\s*['\"]?-?(?:nan|inf)\b)", WEAK, "nan_loss", "medium"),
+    # torch.utils.tensorboard / tensorboardX: a warning, but a symptom of the same divergence
+    _p("nan_in_tensor", [b"NaN or Inf found in input tensor"], r"NaN or Inf found in input tensor", WEAK, "nan_loss",
+       "low"),
 
-    # --- stopped from outside -----------------------------------------------------------------------
+    # ================================================================================================================
+    # stopped from outside: SLURM (slurmstepd), Kubernetes (kubelet eviction)
+    # ================================================================================================================
     # slurmstepd: error: *** JOB 123 ON node01 CANCELLED AT 2024-01-01T00:00:00 DUE TO TIME LIMIT *** (or scancel)
     _p("slurm_cancelled", [b"CANCELLED AT"],
        r"CANCELLED AT \S+(?: DUE TO (?P<why>[A-Z ]+?))?\s*\*", CAUSE, "sigterm", "high"),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
+
+    # ================================================================================================================
+    # argparse (Lib/argparse.py ArgumentParser.error): "train.py: error: unrecognized arguments: --foo", "... the
+    # following arguments are required: --config", "argument --lr: invalid float value: 'x'": a bad command line
+    # ================================================================================================================
+    _p("argparse_error", [b": error: "],
+       r"^[\w.\-/]+: error: (?:unrecognized arguments|the following arguments are required|argument \S+: |"
+       r"ambiguous option|invalid choice)", CAUSE, "python_exception", "high"),
 
     # --- Python exceptions (class from exception_class) ----------------------------------------------
     _p("exception", [b"Error", b"Exception", b"Interrupt", b"StopIteration"],
@@ -177,7 +323,6 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\*+ Running [Ee]valuation \*+", PHASE, "evaluation"),
     _p("phase_eval_done", [b"'eval_loss'"], r"'eval_loss'", PHASE, "training"),
     _p("phase_save", [b"Saving model checkpoint"], r"Saving model checkpoint", PHASE, "checkpoint save"),
-    _p("train_finished", [b"'train_runtime'"], r"'train_runtime'", FINISHED),
     _p("traceback_start", [b"Traceback (most recent call last)"], r"Traceback \(most recent call last\)", TRACEBACK),
     # a frame line: an excerpt that starts inside a traceback still shows that something failed
     _p("traceback_frame", [b'File "'], r'^\s*File "[^"]+", line \d+', TRACEBACK),
@@ -186,6 +331,18 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("oom_detail", [b"Currently allocated", b"Requested    ", b"Device limit", b"Free (according to CUDA)"],
        r"^(?P<key>Currently allocated|Requested|Device limit|Free \(according to CUDA\))\s*:\s*"
        r"(?P<num>[\d.]+)\s*(?P<unit>[KMGT]?i?B)", OOM_DETAIL),
+
+    # --- structure and severity, when no wording above claimed the line ----------------------------------------------
+    # an E/F glog line of c10d's NCCL code (ProcessGroupNCCL.cpp, NCCLUtils.cpp) is an NCCL failure even when its text
+    # is cut off or worded in a way no pattern above knows
+    _p("glog_nccl_failure", [b"ProcessGroupNCCL.", b"NCCLUtils."], r"ProcessGroupNCCL\.[ch]pp|NCCLUtils\.[ch]pp", WEAK,
+       "nccl_error", "low", levels="EF"),
+    # a line that says an error happened, in words no pattern above knows: the run failed, cause unknown. Lines that
+    # carry a lower severity (INFO/WARNING/DEBUG, a glog I/W) are not errors whatever words they contain.
+    _p("error_level", [b"rror", b"RROR", b"ailed", b"AILED", b"atal", b"ATAL", b"bort", b"BORT", b"Assertion",
+                       b"CRITICAL"],
+       r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:.*\b(?:[Ee]rror|ERROR|[Ff]ailed|FAILED|[Ff]atal|"
+       r"FATAL|[Aa]bort(?:ed|ing)?|ABORT(?:ED|ING)?|CRITICAL)\b|.*\bAssertion\b.*\bfailed)", ERROR_LEVEL),
 )
 
 MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.markers}))
@@ -228,9 +385,31 @@ PREFIX = re.compile(
     r"|(?P<host>[A-Za-z][\w.\-]*(?:\d|-)[\w.\-]*): (?=\S)"
     r")?"
 )
+# Wrappers that stack BEFORE the rank prefix, stripped in a loop by events.strip_prefixes (any order, any number):
+# - Ray's log monitor (ray/_private/log_monitor.py, ray/_private/utils.py): "(WorkerDict pid=48213, ip=10.1.2.3) ",
+#   "(raylet) ", "(TaskRunner pid=1, ip=...) ", "(pid=123) ", "(autoscaler +2m) "; its de-duplicator appends
+#   " [repeated 7x across cluster]".
+# - wall-clock stamps that loggers and `ts`/terminal tools put first: "18:11:06.680 ", "[18:11:06] ",
+#   "2024-05-01 18:11:06,680 ", "2024-05-01T18:11:06.680Z ", "[2024-05-01 18:11:06] " (also kept as the line's time)
+# - markdown from pasted logs: "> " quotes, "**" bold, a list "- " is NOT stripped (it is also YAML/diff text)
+RAY_PREFIX = re.compile(r"^\((?:[A-Za-z_][\w.\-]*(?: pid=\d+)?(?:, ip=[\w.:\-]+)?|pid=\d+(?:, ip=[\w.:\-]+)?|"
+                        r"autoscaler[^)]*)\)\s?")
+RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray deduplicates[^)]*\))?\s*$")
+CLOCK_PREFIX = re.compile(
+    r"^\[?(?:(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[ T_])?(?P<hms>\d\d:\d\d:\d\d)(?:[.,](?P<f>\d+))?"
+    r"(?:Z|[+-]\d\d:?\d\d)?\]?(?:\s+|(?=\[))")
+MARKDOWN_PREFIX = re.compile(r"^(?:>\s?)+|^\*\*(?!\*)|^`+(?!`)")
+# glog, as c10 (c10/util/Logging.cpp) and torch's Python logging in glog style print it, with or without brackets,
+# pid and date: "E1127 19:02:18.114000 11226 api.py:1002] ", "[E429 13:55:49.384372190 ProcessGroupNCCL.cpp:1743] ",
+# torch < 2.2: "[E ProcessGroupNCCL.cpp:475] ". The severity letter and the source file are structure: an E/F line
+# of ProcessGroupNCCL.cpp is an NCCL failure whatever its (possibly cut) text says.
+GLOG_ANY = re.compile(r"^\[?(?P<lvl>[IWEF])(?:(?P<md>\d{3,4}) (?P<hms>\d\d:\d\d:\d\d(?:\.\d+)?)(?: +\d+)? +| )"
+                      r"(?P<src>[^\]\s]+?)(?::\d+)?\]\s?")
 # NCCL's own prefix: "node-0:2874:7128 [3] NCCL INFO ..." (host:pid:tid [cudaDev])
 NCCL_PREFIX = re.compile(r"^\s*(?P<host>[\w.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] ")
-RANK_IN_TEXT = re.compile(r"\[(?:PG \d+ )?Rank (?P<rank>\d+)\]")
+# c10d's log prefix (ProcessGroupNCCL createLogPrefix): "[Rank 3]" (<= 2.2), "[PG 0 Rank 3]" (2.3-2.4),
+# "[PG 0 (default_pg) Rank 1]" (2.5), "[PG ID 0 PG GUID 0(default_pg) Rank 3]" (2.6+)
+RANK_IN_TEXT = re.compile(r"\[(?:PG (?:ID )?\d+(?: PG GUID \d+)?(?: ?\([^)]*\))? )?Rank (?P<rank>\d+)\]")
 GLOG = re.compile(r"^(?P<lvl>[IWEF])(?P<md>\d{4}) (?P<hms>\d\d:\d\d:\d\d(?:\.\d+)?) +\d+ (?P<src>[^\]]+)\] ")
 DS_TIME = re.compile(r"^\[(?:\w+\|)?\d{4}-(?P<m>\d\d)-(?P<d>\d\d)[ _T](?P<hms>\d\d:\d\d:\d\d)(?:[,.](?P<f>\d+))?")
 TABLE_TIME = re.compile(r"\d{4}-(?P<m>\d\d)-(?P<d>\d\d)_(?P<hms>\d\d:\d\d:\d\d)")
@@ -275,6 +454,7 @@ def user_pattern(name: str, markers: list[str], source: str, cls: str, confidenc
         rx = _TimedRegex(source)
     except Exception as e:  # noqa: BLE001 - the regex module raises its own error type
         raise ValueError(f"{where}: pattern '{name}' does not compile: {e}") from None
-    up = UserPattern(name, tuple(m.encode() for m in markers), rx, CAUSE, cls, confidence, where)  # type: ignore[arg-type]
+    up = UserPattern(name, tuple(m.encode() for m in markers), rx, CAUSE, cls, confidence,  # type: ignore[arg-type]
+                     source=where)
     rx.owner = up
     return up
