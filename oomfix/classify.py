@@ -45,7 +45,8 @@ _EXC_MESSAGE_CLASSES = (
 )
 # exception types whose module says what failed, whatever their message (torch 2.8+ AcceleratorError, c10d's
 # DistBackendError = a communication backend failure)
-_EXC_TYPE_CLASSES = {"AcceleratorError": "cuda_error", "DistBackendError": "nccl_error"}
+# FloatingPointError: what fairseq and detectron2 raise on a diverged loss
+_EXC_TYPE_CLASSES = {"AcceleratorError": "cuda_error", "DistBackendError": "nccl_error", "FloatingPointError": "nan_loss"}
 
 # srun names the signal that ended a task in strsignal() words
 _SRUN_SIGNAL_WORDS = {"Killed": -9, "Terminated": -15, "Aborted": -6, "Bus error": -7, "Segmentation fault": -11,

@@ -31,13 +31,22 @@ class Event:
     frame: str | None = None  # innermost traceback frame before this line: "path:line in func"
 
 
-def clean(raw: bytes) -> str:
+def physical(raw: bytes) -> str:
+    """The line as a terminal showed it: decoded, without colour codes."""
     text = raw.decode("utf-8", "replace")
     if "\x1b" in text:
         text = P.ANSI.sub("", text)
-    if "]" in text and "/" in text:
-        text = P.TQDM_PREFIX.sub("", text, count=1)
     return text.rstrip("\r\n")
+
+
+def untqdm(text: str) -> str:
+    if "]" in text and "/" in text:
+        return P.TQDM_PREFIX.sub("", text, count=1)
+    return text
+
+
+def clean(raw: bytes) -> str:
+    return untqdm(physical(raw))
 
 
 def signal_name(value: str | int | None) -> str | None:
@@ -181,8 +190,124 @@ def _matches(patterns: tuple[P.Pattern, ...], text: str, body: str, lead: str,
         yield fallback
 
 
-def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
+WRAP_MIN = 80  # a terminal narrower than this is not worth guessing about
+WRAP_SPAN = 40  # physical lines of one wrapped record, at most, each way
+
+
+def _phys_lines(data: bytes) -> list[str]:
+    # what each line shows once a progress bar's "\r" redraws are done and a bar glued before it is gone
+    return [clean(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) for x in data.split(b"\n")]
+
+
+def unwrap(cand: Candidate, text: str) -> str:
+    """The logical line a terminal hard-wrapped at a fixed width: physical lines of exactly the width W, joined with
+    the shorter line that ends the record. W is a width that recurs in the neighbourhood (one long line is just a long
+    line). Joins are plain concatenation: a terminal cuts mid-word, wherever column W falls."""
+    n = len(text)
+    before = _phys_lines(cand.before[-WRAP_MIN * WRAP_SPAN * 4:])[:-1][-WRAP_SPAN:] if cand.before else []
+    prev = before[-1] if before else ""
+    width = 0
+    if len(prev) >= WRAP_MIN and len(prev) >= n:
+        width = len(prev)
+    elif n >= WRAP_MIN:
+        width = n
+    if not width:
+        return text
+    after: list[str] = []
+    if n == width:
+        after = _phys_lines(cand.after(width * WRAP_SPAN * 4 + 2))[1:WRAP_SPAN + 1]
+    seq = before + [text] + after
+    pairs = [(a, b) for a, b in zip(seq, seq[1:]) if len(a) == width and _continues(a, b)]
+    if len(pairs) < 2 or not any(a[-1:].isalnum() and b[:1].isalnum() for a, b in pairs):
+        # one long line, or lines that happen to be as long: a terminal's cuts recur, and some fall mid-word
+        return text
+    head: list[str] = []
+    cur = text
+    for x in reversed(before):
+        if len(x) != width or not _continues(x, cur):
+            break
+        head.append(x)
+        cur = x
+    tail: list[str] = []
+    cur = text
+    if n == width:
+        for x in after:
+            if not _continues(cur, x):
+                break
+            tail.append(x)
+            if len(x) != width:
+                break
+            cur = x
+    if not head and not tail:
+        return text
+    return "".join(reversed(head)) + text + "".join(tail)
+
+
+# lines that start a record of their own: never the continuation of a wrapped one
+_RECORD_START = re.compile(r"^\s*(?:Traceback \(|File \"|\[?rank\d+\]|\[?[IWEF]\d{3,4} \d\d:|\[?\d{4}-\d\d-\d\d[ T_]|"
+                           r"(?:WARNING|INFO|ERROR|DEBUG)[:\s]|frame #\d|(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): )")
+
+
+_DIGITS = re.compile(r"\d")
+
+
+def _continues(first: str, second: str) -> bool:
+    """Can `second` be the rest of `first`, cut by a terminal? Not when it starts a record of its own, or starts the
+    way `first` does (two lines of one template, such as every rank's "Sending process N closing signal", often have
+    the same length)."""
+    if not second or _RECORD_START.match(second) or first.endswith("  "):
+        return False  # a line padded with spaces to the width ended there
+    k = min(16, len(first), len(second))
+    return _DIGITS.sub("0", first[:k]) != _DIGITS.sub("0", second[:k])
+
+
+# Where one physical line holds several records: two ranks' output interleaved ("...[rank1]: x[rank0]: y"), or a
+# whole log flattened onto one line by a paste. A record starts at a rank prefix, a traceback header, a glog header
+# or (in a long line) an exception name.
+_RECORD_SPLIT = re.compile(r"(?<=\S)(?=\[(?:rank|default)\d+\]:)|(?<=.)(?=Traceback \(most recent call last\))")
+_LONG_RECORD_SPLIT = re.compile(r"(?<=\s)(?=(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): |"
+                                r"\[?[IWEF]\d{3,4} \d\d:\d\d:\d\d)")
+LONG_LINE = 400
+
+
+def records(text: str) -> list[str]:
+    parts = _RECORD_SPLIT.split(text) if ("[rank" in text or "[default" in text or "Traceback" in text) else [text]
+    if len(text) > LONG_LINE:
+        parts = [q for part in parts for q in _LONG_RECORD_SPLIT.split(part)]
+    if len(parts) == 1:
+        return parts
+    out: list[str] = []
+    carry = ""
+    for q in parts:
+        if not strip_prefixes(q).body.strip():
+            carry += q  # only prefixes ("[rank2]: "): they belong to the record that follows
+            continue
+        out.append(carry + q)
+        carry = ""
+    if carry and out:
+        out[-1] += carry
+    return out or [text]
+
+
+def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> list[Event]:
+    """The events of one candidate line: one per record it holds that a pattern claims."""
     text = clean(cand.raw)
+    if len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1):
+        text = unwrap(cand, text)
+    out = []
+    for rec in records(text):
+        ev = _parse_text(cand, file, patterns, rec)
+        if ev is not None:
+            out.append(ev)
+    return out
+
+
+def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
+    evs = parse_records(cand, file, patterns)
+    return evs[0] if evs else None
+
+
+def _parse_text(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...], text: str) -> Event | None:
     pre = strip_prefixes(text)
     body, rank, host, time = pre.body, pre.rank, pre.host, pre.time
     lead = body.lstrip()
@@ -209,7 +334,7 @@ def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] =
     for c in cands:
         while True:
             try:
-                ev = parse_line(c, file, patterns)
+                evs = parse_records(c, file, patterns)
                 break
             except P.PatternTimeout as t:
                 patterns = tuple(p for p in patterns if p is not t.pattern)
@@ -217,5 +342,4 @@ def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] =
                     warnings.append(f"rule pattern '{t.pattern.name}' ({getattr(t.pattern, 'source', '')}) took more "
                                     f"than {P.USER_REGEX_TIMEOUT}s on {file}:{c.line_no} (catastrophic backtracking?); "
                                     f"it was skipped for the rest of the run")
-        if ev is not None:
-            yield ev
+        yield from evs

@@ -98,10 +98,17 @@ PATTERNS: tuple[Pattern, ...] = (
     # "N Workers (tasks / actors) killed due to memory pressure (OOM)", "ray.exceptions.OutOfMemoryError: Task was
     # killed due to the node running low on memory", "... which exceeds the memory usage threshold of 0.95. Ray killed
     # this worker". Before the CUDA patterns: Ray's OutOfMemoryError is host RAM, not GPU memory.
+    # (newest: "1 worker(s) were killed due to the node running low on memory ... Ray killed 1 worker(s)")
     _p("ray_oom", [b"memory pressure (OOM)", b"running low on memory", b"memory usage threshold",
-                   b"ray.exceptions.OutOfMemoryError", b"ray.exceptions.OutOfMemoryError"],
+                   b"ray.exceptions.OutOfMemoryError", b"Ray killed"],
        r"killed due to memory pressure \(OOM\)|running low on memory|exceeds the memory usage threshold|"
-       r"ray\.exceptions\.OutOfMemoryError", CAUSE, "host_oom", "high"),
+       r"ray\.exceptions\.OutOfMemoryError|Ray killed (?:this worker|\d+ worker)", CAUSE, "host_oom", "high"),
+    # SLURM: srun "srun: error: node01: task 0: Out Of Memory", slurmstepd "StepId=7.batch exceeded memory limit
+    # (734003200 > 52428800), being killed"; the kernel's "python invoked oom-killer: gfp_mask=..."; kubelet "The node
+    # had condition: [MemoryPressure]"
+    _p("scheduler_oom", [b"Out Of Memory", b"exceeded memory limit", b"invoked oom-killer", b"[MemoryPressure]"],
+       r"tasks? [\d\-,]+: Out Of Memory|exceeded memory limit \(\d+ > \d+\), being killed|invoked oom-killer|"
+       r"had condition: \[MemoryPressure\]", CAUSE, "host_oom", "high"),
     # torch/utils/data/_utils/signal_handling.py: "DataLoader worker (pid 123) is killed by signal: Killed."
     _p("dataloader_killed", [b"killed by signal: Killed"],
        r"DataLoader worker \(pid(?:\(s\))? (?P<pid>[\d, ]+)\) is killed by signal: Killed", CAUSE, "host_oom",
@@ -137,7 +144,8 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("segfault", [b"Segmentation fault", b"segmentation fault"], r"[Ss]egmentation fault", CAUSE, "segfault",
        "medium"),
     # glog's failure signal handler (c10 built with glog, many C++ extensions): "*** SIGSEGV (@0x0) received by PID 1234"
-    _p("glog_sigsegv", [b"*** SIGSEGV"], r"\*\*\* SIGSEGV (?:\(@0x[0-9a-f]+\) )?received by PID", CAUSE, "segfault",
+    # (abseil's handler, Ray workers: "*** SIGSEGV received at time=1742365186 on cpu 33 ***")
+    _p("glog_sigsegv", [b"*** SIGSEGV"], r"\*\*\* SIGSEGV (?:\(@0x[0-9a-f]+\) )?received", CAUSE, "segfault",
        "high"),
     # the shell's report of a SIGBUS'd foreground job
     _p("shell_bus_error", [b"Bus error"], r"(?:^|[\]\s])Bus error(?: \(core dumped\))?\s*$", CAUSE, "shm_bus_error",
@@ -258,17 +266,27 @@ PATTERNS: tuple[Pattern, ...] = (
     # torch/nn/utils/clip_grad.py (error_if_nonfinite=True)
     _p("nonfinite_grad_norm", [b"is non-finite, so it cannot be clipped"],
        r"is non-finite, so it cannot be clipped", CAUSE, "nan_loss", "high"),
-    # a training loop's own abort: timm/DINO/MAE "Loss is nan, stopping training", "NaN loss detected", Lightning's
-    # "... non-finite loss", verl/OpenRLHF asserts on a nan loss
+    # a training loop's own abort: DETR/MAE/DINO lineage "Loss is nan, stopping training" (print + sys.exit(1)),
+    # detectron2 engine/train_loop.py "Loss became infinite or NaN at iteration=N!", Lightning (<= 1.x
+    # terminate_on_nan) "The loss returned in `training_step` is nan or inf" / "is tensor(nan", "Detected nan and/or
+    # inf values in", Keras-style "Invalid loss, terminating training", Megatron "found NaN in local grad norm" /
+    # "found NaN in local forward loss calculation" / rerun_state_machine "Unexpected result nan"
     _p("nan_abort", [b"stopping training", b"NaN loss detected", b"nan loss detected", b"non-finite loss",
-                     b"Loss is NaN", b"Loss is nan", b"loss is nan", b"loss is NaN"],
-       r"(?i:loss is (?:nan|inf)\b.*stop|(?:nan|inf|non-finite) loss (?:detected|encountered)|"
-       r"detected (?:nan|inf|non-finite) loss|loss is (?:nan|inf)\b)",
+                     b"Loss is NaN", b"Loss is nan", b"loss is nan", b"loss is NaN", b"Loss is inf",
+                     b"Loss became infinite", b"returned in `training_step` is", b"Detected nan and/or inf",
+                     b"Invalid loss, terminating", b"found NaN in local", b"found Inf in local",
+                     b"Unexpected result nan"],
+       r"(?i:loss is (?:nan|inf)\b|(?:nan|inf|non-finite) loss (?:detected|encountered)|"
+       r"detected (?:nan|inf|non-finite) loss|loss became (?:infinite|nan)|"
+       r"returned in `training_step` is (?:nan|inf|tensor\((?:nan|inf|-inf))|detected nan and/or inf values|"
+       r"invalid loss, terminating|found (?:nan|inf) in local|unexpected result nan)",
        CAUSE, "nan_loss", "high"),
     # the loss itself: HF/LF dicts "{'loss': nan, 'grad_norm': nan}", custom loops "loss = nan", "Loss: nan (nan)",
     # "train_loss=inf"; weak: a diverged loss is only the class when nothing else failed
+    # (transformers 5 logs the values as strings: "'grad_norm': 'nan'"; Megatron "| grad norm: nan |")
     _p("nan_loss", [b"nan", b"NaN", b"inf", b"Inf"],
-       r"(?i:(?:\b|_)(?:loss|grad_norm)['\"]?\s*(?:[:=]|is)?\s*['\"]?-?(?:nan|inf)\b)", WEAK, "nan_loss", "medium"),
+       r"(?i:(?:\b|_)(?:loss|grad[_ ]norm)['\"]?\s*(?:[:=]|is)?\s*['\"]?[-+]?(?:nan|inf)\b)", WEAK, "nan_loss",
+       "medium"),
     # torch.utils.tensorboard / tensorboardX: a warning, but a symptom of the same divergence
     _p("nan_in_tensor", [b"NaN or Inf found in input tensor"], r"NaN or Inf found in input tensor", WEAK, "nan_loss",
        "low"),
@@ -277,6 +295,7 @@ PATTERNS: tuple[Pattern, ...] = (
     # stopped from outside: SLURM (slurmstepd), Kubernetes (kubelet eviction)
     # ================================================================================================================
     # slurmstepd: error: *** JOB 123 ON node01 CANCELLED AT 2024-01-01T00:00:00 DUE TO TIME LIMIT *** (or scancel)
+    # (also "DUE TO PREEMPTION", "DUE TO JOB REQUEUE", "DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS")
     _p("slurm_cancelled", [b"CANCELLED AT"],
        r"CANCELLED AT \S+(?: DUE TO (?P<why>[A-Z ]+?))?\s*\*", CAUSE, "sigterm", "high"),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),

@@ -30,14 +30,20 @@ SNIFF = 64 << 10
 class Candidate:
     """A line worth parsing. `before` (the bytes preceding it, for look-back) is cut only when asked for."""
 
-    __slots__ = ("line_no", "offset", "raw", "_buf", "_start", "_prev")
+    __slots__ = ("line_no", "offset", "raw", "_buf", "_start", "_prev", "_valid")
 
     def __init__(self, line_no: int, offset: int, raw: bytes, buf: bytes = b"", start: int = 0,
-                 prev: bytes = b"") -> None:
+                 prev: bytes = b"", valid: int | None = None) -> None:
         self.line_no = line_no  # 1-based, counting "\n" as editors do
         self.offset = offset  # byte offset of the line start in the (decompressed) stream
         self.raw = raw  # the logical line: between "\r"/"\n" boundaries, at most MAX_LINE bytes
         self._buf, self._start, self._prev = buf, start, prev
+        self._valid = len(buf) if valid is None else valid  # the buffer holds log bytes up to here
+
+    def after(self, limit: int = 8192) -> bytes:
+        """Up to `limit` bytes after this line (for lines a terminal hard-wrapped); less at a buffer boundary."""
+        lo = self._start + len(self.raw)
+        return bytes(self._buf[lo:min(self._valid, lo + limit)])
 
     @property
     def before(self) -> bytes:
@@ -209,7 +215,8 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             seg, fstop, nxt = _line_at(buf, pos, end)
             line_no += buf.count(b"\n", counted, pos)
             counted = pos
-            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail)
+            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail,
+                            size)
             n -= 1
             pos = nxt
         return pos, n
@@ -253,7 +260,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
             hi = min(stop, lo + MAX_LINE)
             raw = bytes(buf[lo:hi])
-            yield Candidate(line_no, base + start, raw, buf, start, prev_tail)
+            yield Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
             last_stop = stop + 1
             n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0)
             # the lines after a trigger: the HF block, the summary table, the allocator's numbers
