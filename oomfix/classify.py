@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from oomfix import patterns as P
-from oomfix.events import Event, events, signal_name
+from oomfix.events import SIGNALS, Event, events, signal_name, strip_prefixes
 from oomfix.model import CascadeEntry, Diagnosis, Evidence, MemoryInfo, RootCause, RunParams
 from oomfix.reader import Prefilter, default_prefilter, open_log, scan
 
@@ -51,6 +51,7 @@ _EXC_TYPE_CLASSES = {"AcceleratorError": "cuda_error", "DistBackendError": "nccl
 # srun names the signal that ended a task in strsignal() words
 _SRUN_SIGNAL_WORDS = {"Killed": -9, "Terminated": -15, "Aborted": -6, "Bus error": -7, "Segmentation fault": -11,
                       "Hangup": -1}
+_SIGNAL_NUMBERS = {name: num for num, name in SIGNALS.items()}
 _SIGNAL_DEATH_CLASS = {"SIGKILL": ("host_oom", "low"), "SIGBUS": ("shm_bus_error", "medium"),
                        "SIGSEGV": ("segfault", "medium")}
 _CONF_RANK = {"high": 3, "medium": 2, "low": 1}
@@ -128,7 +129,13 @@ class _FileState:
     deaths: dict[int | str, _Death] = field(default_factory=dict)
     closing: dict[int, tuple[str, Event]] = field(default_factory=dict)
     failure_seen: bool = False
+    error_seen: bool = False
     finished: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """The log shows a failure: a traceback, a death, a stop; or error-level lines without a clean finish."""
+        return self.failure_seen or (self.error_seen and not self.finished)
     size: int = 0
 
 
@@ -297,13 +304,19 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             code = _int(ev.data.get("code"))
             if "sigword" in ev.data:
                 code = _SRUN_SIGNAL_WORDS.get(ev.data["sigword"])
+            elif "sig" in ev.data and ev.pattern != "subprocess_signal":
+                code = -_SIGNAL_NUMBERS.get(ev.data["sig"], 0) or None
+            elif ev.pattern == "spawn_process_error":
+                code = 1  # it raised: its traceback follows
             if ev.pattern == "subprocess_signal" and code is not None:
                 code = -code  # a signal number: the exit status of a killed process is its negative
             d = _Death(pid, _int(ev.data.get("lr")), code, ev.line, file, ev.text, ev.time, host=ev.host,
                        signal=signal_name(code) if code is not None and code < 0 else None, event=ev)
             st.deaths.setdefault(pid if pid is not None else f"line{ev.line}", d)
-        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK, P.ERROR_LEVEL):
+        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
             st.failure_seen = True
+        elif role == P.ERROR_LEVEL or (role == P.WEAK and ev.cls != "nan_loss"):
+            st.error_seen = True  # an error was reported; a clean finish later outweighs it
         elif role == P.FINISHED:
             st.finished = True
     for sec, e, ev in table_entries:
@@ -433,7 +446,7 @@ def _matches(c: _Cause, d: _Death) -> bool:
 def _pick(st: _FileState) -> _Cause | None:
     causes, weak = _causes(st)
     if not causes:
-        if weak and (st.failure_seen or all(w.cls == "nan_loss" for w in weak)):
+        if weak and (st.failed or all(w.cls == "nan_loss" for w in weak)):
             return weak[0]
         return None
     root = _root_death(st)
@@ -446,6 +459,9 @@ def _pick(st: _FileState) -> _Cause | None:
     if root is not None:
         # the agent watched the exits: the first process to die is the root, whatever printed first
         before_root = [c for c in causes if c.death is None and c.event.line <= root.line]
+        if root.event is not None and root.event.pattern == "spawn_process_error":
+            # mp.spawn prints the failed process's traceback below its "-- Process N terminated" line
+            before_root = [c for c in causes if c.death is None and 0 <= c.event.line - root.line <= CLUSTER_GAP]
         mine = [c for c in before_root if _matches(c, root)]
         if not mine and root.rank is None:
             # no table, so no global rank: "[rank6]" on node 1 is local rank 2 there; take what came first
@@ -577,14 +593,27 @@ def _cascade(st: _FileState, root_pid: int | None) -> list[CascadeEntry]:
     return sorted(out.values(), key=lambda c: (c.rank is None, c.rank if c.rank is not None else 0, c.pid or 0))
 
 
+_NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
+
+
+def _template(text: str) -> str:
+    """A line with its numbers masked: ranks, pids, thread and block indices, times."""
+    return _NUMBERS.sub("N", strip_prefixes(text).body)[:300]
+
+
 def _evidence(st: _FileState, chosen: _Cause) -> list[Evidence]:
     ev = chosen.event
     picked = [ev]
+    templates = {_template(ev.text)}
     for e in st.events:
         if e is ev or len(picked) >= 6:
             continue
         same_class = e.cls == chosen.cls and e.role in (P.CAUSE, P.WEAK)
         if same_class and (e.rank is None or e.rank == ev.rank):
+            t = _template(e.text)
+            if t in templates:
+                continue  # one message printed by every rank or every CUDA thread is one piece of evidence
+            templates.add(t)
             picked.append(e)
         elif chosen.death is not None and e.line == chosen.death.line:
             picked.append(e)
@@ -654,11 +683,15 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
     run = _run_params([r.state for r in results])
     with_cause = [r for r in results if r.chosen is not None]
     if not with_cause:
-        failed = any(r.state.failure_seen for r in results)
+        failed = any(r.state.failed for r in results)
         if failed:
-            return Diagnosis("unknown", "low", "the log shows a failure but not its cause (the excerpt may be "
-                             "truncated); look for the first traceback of the rank that exited first",
-                             RootCause(), run=run, files=files,
+            if any(r.state.failure_seen for r in results):
+                why = ("the log shows a failure but not its cause (the excerpt may be truncated); look for the first "
+                       "traceback of the rank that exited first")
+            else:
+                why = ("lines of the log report an error (the evidence below), in words oomfix does not know: read "
+                       "them, and the lines just above them; no config change until the cause is known")
+            return Diagnosis("unknown", "low", why, RootCause(), run=run, files=files,
                              evidence=tuple(_failure_evidence(results)))
         finished = any(r.state.finished for r in results)
         reason = "training finished" if finished else "no failure markers in the log"
@@ -695,7 +728,9 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
         details = [e for e in st.events if e.role == P.OOM_DETAIL and 0 <= e.line - ev.line <= 12]
         memory = parse_oom(ev.text, details)
         if rank is None and memory.gpu is not None and local_rank is None:
-            root = replace(root, local_rank=None)
+            # torchrun's convention (torch.cuda.set_device(LOCAL_RANK)): the process that reports "GPU 7" with all
+            # the node's GPUs visible is local rank 7
+            root = replace(root, local_rank=memory.gpu)
     confidence = _upgrade_confidence(st, chosen)
     reason = chosen.reason if confidence != "high" else None
     if confidence != "high" and reason is None:
@@ -743,7 +778,7 @@ def _failure_evidence(results: Sequence[_FileResult]) -> list[Evidence]:
     out = []
     for r in results:
         for e in r.state.events:
-            if e.role in (P.TRACEBACK, P.EXCEPTION, P.DEATH, P.CLOSING, P.TABLE_SECTION):
+            if e.role in (P.TRACEBACK, P.EXCEPTION, P.DEATH, P.CLOSING, P.TABLE_SECTION, P.ERROR_LEVEL, P.WEAK):
                 out.append(Evidence(e.file, e.line, e.text[:500]))
                 if len(out) >= 5:
                     return out

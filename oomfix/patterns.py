@@ -74,6 +74,13 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("srun_task_exit", [b"srun: error:"],
        r"srun: error: (?P<host>[\w.\-]+): tasks? (?P<lr>\d+)(?:[-,\d]*): (?:Exited with exit code (?P<code>\d+)|"
        r"(?P<sigword>Killed|Terminated|Aborted|Bus error|Segmentation fault|Hangup))", DEATH),
+    # torch/multiprocessing/spawn.py (mp.spawn, detectron2/fairseq launchers): "-- Process 1 terminated with the
+    # following error:" then that process's traceback BELOW it; ProcessExitedException "process 0 terminated with exit
+    # code 1" / "process 0 terminated with signal SIGKILL"
+    _p("spawn_process_error", [b"terminated with the following error"],
+       r"-- Process (?P<lr>\d+) terminated with the following error", DEATH),
+    _p("spawn_process_exit", [b"terminated with exit code", b"terminated with signal"],
+       r"[Pp]rocess (?P<lr>\d+) terminated with (?:exit code (?P<code>-?\d+)|signal (?P<sig>SIG[A-Z]+))", DEATH),
     _p("table_field", [b"time      :", b"host      :", b"rank      :", b"exitcode  :", b"error_file:",
                        b"traceback :"],
        r"^\s*(?P<field>time|host|rank|exitcode|error_file|traceback)\s*:\s?(?P<val>.*?)\s*$", TABLE),

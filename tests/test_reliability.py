@@ -125,17 +125,6 @@ def test_odd_inputs(tmp_path, setup, expect):
         assert r.returncode == 0 and json.loads(r.stdout)["class"] == expect
 
 
-def test_corpus_still_scores(tmp_path):
-    score = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "score-logs"
-    if not score.exists():
-        pytest.skip("shared tools not present")
-    p = subprocess.run([sys.executable, str(score)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    last = p.stdout.strip().splitlines()[-1]
-    assert "harmful 0" in last, last
-    pct = float(last.split("(")[1].split("%")[0])
-    assert pct >= 90, last
-
-
 # --- configs -------------------------------------------------------------------------------------------------
 
 PROJECT_LOG = make.cuda_oom_rank2("configs/a.yaml", micro=2, accum=8)
