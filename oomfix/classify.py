@@ -139,6 +139,16 @@ class _FileState:
     size: int = 0
 
 
+_EXIT_STATUS = re.compile(r"returned non-zero exit status (-?\d+)")
+
+
+def _as_signal_status(code: int | None) -> int | None:
+    """Exit statuses in every spelling as Python's: a shell's 128+N (137, 139) is -N, killed by signal N."""
+    if code is not None and 128 < code <= 128 + 31:
+        return -(code - 128)
+    return code
+
+
 def _int(s: str | None) -> int | None:
     try:
         return int(s) if s is not None else None
@@ -310,9 +320,20 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
                 code = 1  # it raised: its traceback follows
             if ev.pattern == "subprocess_signal" and code is not None:
                 code = -code  # a signal number: the exit status of a killed process is its negative
+            code = _as_signal_status(code)
             d = _Death(pid, _int(ev.data.get("lr")), code, ev.line, file, ev.text, ev.time, host=ev.host,
                        signal=signal_name(code) if code is not None and code < 0 else None, event=ev)
             st.deaths.setdefault(pid if pid is not None else f"line{ev.line}", d)
+        elif ev.pattern == "called_process" or (role == P.EXCEPTION and "CalledProcessError" in ev.data.get("exc", "")):
+            # a wrapper's subprocess.run(check=True) names how its child ended: "returned non-zero exit status -11."
+            m = _EXIT_STATUS.search(ev.text)
+            code = _as_signal_status(_int(m[1])) if m else None
+            if role == P.EXCEPTION:
+                st.failure_seen = True
+            if code is not None and code < 0:
+                st.failure_seen = True
+                st.deaths.setdefault(f"line{ev.line}", _Death(None, None, code, ev.line, file, ev.text, ev.time,
+                                                              host=ev.host, signal=signal_name(code), event=ev))
         elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
             st.failure_seen = True
         elif role == P.ERROR_LEVEL or (role == P.WEAK and ev.cls != "nan_loss"):

@@ -100,6 +100,11 @@ CASES = [
     ("DeepSpeed OVERFLOW alone is not a failure",
      "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 65536, reducing to 32768\n"
      "{'train_runtime': 10.0, 'train_loss': 1.2, 'epoch': 1.0}\n", "none", "high"),
+    ("a shell's exit status 139 is SIGSEGV", "srun: error: node01: task 0: Exited with exit code 139\n",
+     "segfault", "high"),
+    ("a wrapper's CalledProcessError with a signal status",
+     "subprocess.CalledProcessError: Command '['python', 'train.py']' returned non-zero exit status -7.\n",
+     "shm_bus_error", "high"),
     ("argparse", "train.py: error: the following arguments are required: --config\n", "python_exception", "high"),
     ("an error in words no pattern knows is never 'none'",
      "FATAL: cannot open shared object file libfoo.so\n", "unknown", "low"),
