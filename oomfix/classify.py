@@ -28,7 +28,9 @@ _CONSEQUENCE_EXC = re.compile(
     r"RaySystemError)$")
 _CONSEQUENCE_MSG = re.compile(
     r"Connection closed by peer|remote worker crashing|Connection reset by peer|remote process exited|"
-    r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted", re.I)
+    r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted|"
+    # c10d TCPStore (Utils.hpp recvBytes, TCPStore.cpp): the store's host (rank 0) went away
+    r"failed to recv, got 0 bytes|Connection was likely closed|Did the remote server shutdown or crash", re.I)
 # a DataLoader worker that died without saying why: /dev/shm or the OOM killer; guessing either could be harmful
 _UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited unexpectedly")
 
