@@ -7,6 +7,7 @@ death looks like from the survivors; they are collected as the cascade and never
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 import shlex
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,14 @@ from oomfix.reader import Prefilter, default_prefilter, open_log, scan
 # same log; ActorDiedError / WorkerCrashedError / ActorUnavailableError report a worker process that died.
 _CONSEQUENCE_EXC = re.compile(
     r"(?:^|\.)(?:ChildFailedError|CalledProcessError|SignalException|RendezvousClosedError|SystemExit|"
-    r"KeyboardInterrupt|BrokenPipeError|RayTaskError|ActorDiedError|WorkerCrashedError|ActorUnavailableError|"
-    r"RaySystemError)$")
+    r"KeyboardInterrupt|BrokenPipeError|RayTaskError|RayActorError|ActorDiedError|WorkerCrashedError|"
+    r"ActorUnavailableError|RaySystemError)$")
+# what Ray's RayTaskError(X) says on its own, when X's traceback is not in the log: an ordinary exception is a bug in the
+# actor; OutOfMemoryError raised inside an actor is torch's (Ray's own memory kill is not wrapped); anything else
+# (RuntimeError, ...) is said by the inner traceback or not at all
+_RAY_INNER = {"OutOfMemoryError": "cuda_oom", **{x: "python_exception" for x in (
+    "KeyError", "ValueError", "TypeError", "AttributeError", "IndexError", "FileNotFoundError", "ImportError",
+    "ModuleNotFoundError", "AssertionError", "NameError", "NotImplementedError", "ZeroDivisionError")}}
 _CONSEQUENCE_MSG = re.compile(
     r"Connection closed by peer|remote worker crashing|Connection reset by peer|remote process exited|"
     r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted|"
@@ -290,13 +297,65 @@ def launch_facts(tokens: list[str]) -> dict[str, object]:
     return out
 
 
+_REPEATABLE = frozenset({P.CAUSE, P.WEAK, P.EXCEPTION, P.ERROR_LEVEL, P.TRACEBACK})
+_TEMPLATE = re.compile(r"0x[0-9a-fA-F]+|\d+")
+
+
+class _Retention:
+    """Which events a file's state keeps: memory must not grow with a log that repeats a line (a per-step warning,
+    a device assert from every CUDA thread, a NaN loss every step after divergence). Lines of one template (the same
+    pattern, rank and text but for numbers) are a run while they recur within CLUSTER_GAP lines; of a run only the
+    first, the last and one every CLUSTER_GAP lines are kept, so that the first occurrence, the clusters and the gaps
+    the cause selection reads are those of the whole log. Structural events (deaths, tables, run parameters,
+    states) are always kept."""
+
+    def __init__(self, out: list[Event]) -> None:
+        self.out = out
+        self.runs: dict[tuple[str, int | None, str], list] = {}  # key -> [last kept line, previous event, kept?]
+        self.repeats = 0
+
+    def add(self, ev: Event) -> None:
+        if ev.role not in _REPEATABLE:
+            self.out.append(ev)
+            return
+        key = (ev.pattern, ev.rank, _TEMPLATE.sub("0", ev.text))
+        run = self.runs.get(key)
+        if run is None:
+            self.runs[key] = [ev.line, ev, True]
+            self.out.append(ev)
+            return
+        last_kept, prev, prev_kept = run
+        if ev.line - prev.line > CLUSTER_GAP:  # a new run: keep the end of the last one and this start
+            if not prev_kept:
+                self._insert(prev)
+            self.out.append(ev)
+            run[:] = [ev.line, ev, True]
+            return
+        if ev.line - last_kept > CLUSTER_GAP and not prev_kept:
+            self._insert(prev)  # keep a point every CLUSTER_GAP lines: the gaps between kept events stay short
+            run[0] = prev.line
+        self.repeats += 1
+        run[1], run[2] = ev, False
+
+    def _insert(self, ev: Event) -> None:
+        bisect.insort(self.out, ev, key=lambda e: e.line)
+        self.repeats -= 1
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            if not run[2]:
+                self._insert(run[1])  # the last of each run
+                run[2] = True
+
+
 def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     st = _FileState(file)
     section = None
     entry: dict[str, str] | None = None
     table_entries: list[tuple[str | None, dict[str, str], Event]] = []
+    keep = _Retention(st.events)
     for ev in evs:
-        st.events.append(ev)
+        keep.add(ev)
         role = ev.role
         if role == P.TABLE_SECTION:
             section = "root" if ev.pattern == "table_root" else "failures"
@@ -342,6 +401,7 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             st.error_seen = True  # an error was reported; a clean finish later outweighs it
         elif role == P.FINISHED:
             st.finished = True
+    keep.close()
     for sec, e, ev in table_entries:
         code_m = re.match(r"(-?\d+)(?: \(pid: (\d+)\))?", e.get("exitcode", ""))
         rank_m = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", e.get("rank", ""))
@@ -389,6 +449,12 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
             if m:
                 exc, msg = m["exc"], m["msg"]
             causes.append(_Cause(ev.cls, ev.confidence, ev, exception=exc, message=msg or ev.text))
+        elif ev.role == P.EXCEPTION and ev.data.get("inner") in _RAY_INNER:
+            inner = ev.data["inner"]
+            causes.append(_Cause(_RAY_INNER[inner], "medium", ev, exception=f"{ev.data['exc']}({inner})",
+                                 message=ev.data.get("msg", ""),
+                                 reason=f"Ray reports that an actor raised {inner}; its own traceback is not in the "
+                                        f"log"))
         elif ev.role == P.EXCEPTION:
             exc, msg = ev.data["exc"], ev.data.get("msg", "")
             cls = exception_class(exc, msg)
@@ -476,6 +542,12 @@ def _pick(st: _FileState) -> _Cause | None:
     # an unexplained death ("DataLoader worker exited unexpectedly") is what the main process saw; the worker's own
     # message (a bus error, a segfault) says why, whether it was printed before or after
     chosen = causes[0]
+    if chosen.event.time and root is None:
+        # lines pasted or flushed out of order: the earliest stamped failure is the origin
+        timed = [c for c in causes if c.event.time and c.death is None and c.cls != "unknown"]
+        earliest = min(timed, key=lambda c: c.event.time or "", default=chosen)
+        if (earliest.event.time or "") < chosen.event.time:
+            chosen = earliest
     if chosen.cls == "unknown":
         chosen = next((c for c in causes if c.cls != "unknown" and abs(c.event.line - chosen.event.line) <= CLUSTER_GAP),
                       chosen)
@@ -667,8 +739,10 @@ class _FileResult:
 def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.Pattern, ...] = (),
                  warnings: list[str] | None = None) -> _FileResult:
     stream, name = open_log(path)
-    if extra and prefilter is None:
-        prefilter = default_prefilter(tuple(sorted({m for p in extra for m in p.markers})))
+    if extra:
+        # the user's patterns are tried first and searched everywhere
+        prefilter = default_prefilter(tuple(extra)) if prefilter is None else \
+            prefilter.with_patterns(tuple(extra) + P.PATTERNS, len(extra))
     stats: dict[str, int] = {}
     try:
         st = _analyze(events(scan(stream, name, prefilter, stats=stats), name, extra, warnings), name)

@@ -64,8 +64,9 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("worker_failed", [b"failed (exitcode"],
        r"failed \(exitcode: (?P<code>-?\d+)\) local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\)", DEATH),
     # subprocess.CalledProcessError of a directly launched worker: "died with <Signals.SIGKILL: 9>."
-    _p("subprocess_signal", [b"died with <Signals."], r"died with <Signals\.(?P<sig>SIG[A-Z]+): (?P<code>\d+)>",
-       DEATH),
+    # (torch.distributed.launch < 1.9 names the worker in the command: '--local_rank=7')
+    _p("subprocess_signal", [b"died with <Signals."],
+       r"(?:--local_rank=(?P<lr>\d+).*)?died with <Signals\.(?P<sig>SIG[A-Z]+): (?P<code>\d+)>", DEATH),
     # deepspeed/launcher/launch.py sigkill_handler
     _p("deepspeed_exit", [b"exits with return code"],
        r"(?:--local_rank=(?P<lr>\d+).*)?exits with return code = (?P<code>-?\d+)", DEATH),
@@ -164,7 +165,7 @@ PATTERNS: tuple[Pattern, ...] = (
     # Before NCCL: NCCL's "Cuda failure 'out of memory'" is an OOM too.
     # ================================================================================================================
     _p("cuda_oom", [b"out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED", b"Failed to CUDA "],
-       r"(?:CUDA|Cuda|cuda|HIP|XPU|MPS)\b[^.]{0,24}out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
+       r"(?:CUDA|Cuda|cuda|HIP|XPU|MPS)\b[^.]{0,24}out of memory|(?<!\()OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
        r"allocator.{0,40}\(out of memory\)|Failed to CUDA (?:calloc|malloc) \d+ bytes", CAUSE, "cuda_oom", "high"),
 
     # ================================================================================================================
@@ -205,7 +206,9 @@ PATTERNS: tuple[Pattern, ...] = (
        "high"),
     # aten/src/ATen/native/cuda/*.cu: "Indexing.cu:1292: indexSelectLargeIndex: block: [682,0,0], thread: [54,0,0]
     # Assertion `srcIndex < srcSelectDimSize` failed." (printf from device code: one line per failing thread)
-    _p("cuda_device_assert", [b".cu:", b".cuh:"], r"\.cuh?:\d+: .*Assertion .* failed", CAUSE, "cuda_error", "high"),
+    _p("cuda_device_assert", [b".cu:", b".cuh:"],
+       r"\.cuh?:\d+: (?:.*Assertion .* failed|.*block: \[\d+,\d+,\d+\], thread: \[\d+,\d+,\d+\] Assertion)", CAUSE,
+       "cuda_error", "high"),
     # NVIDIA driver (dmesg): "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus."; 48/63/64/94/95 are
     # ECC / row-remapping errors, 13/31/43 are application faults
     _p("nvidia_xid", [b"NVRM: Xid", b"fallen off the bus"], r"NVRM: Xid|GPU has fallen off the bus", CAUSE,
@@ -318,6 +321,8 @@ PATTERNS: tuple[Pattern, ...] = (
     # --- Python exceptions (class from exception_class) ----------------------------------------------
     _p("exception", [b"Error", b"Exception", b"Interrupt", b"StopIteration"],
        r"^(?P<exc>(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt)|Exception|StopIteration))"
+       # Ray's RayTaskError(X) names the exception X the actor raised (python/ray/exceptions.py as_instanceof_cause)
+       r"(?:\((?P<inner>[A-Za-z_][\w.]*)\))?"
        r"(?::\s*(?P<msg>.*?))?\s*$", EXCEPTION),
 
     # --- the run's parameters -----------------------------------------------------------------------

@@ -105,6 +105,24 @@ CASES = [
     ("a wrapper's CalledProcessError with a signal status",
      "subprocess.CalledProcessError: Command '['python', 'train.py']' returned non-zero exit status -7.\n",
      "shm_bus_error", "high"),
+    ("Ray names the actor's exception: a bug", "ray.exceptions.RayTaskError(KeyError): ray::IPPO.train() "
+     "(pid=55550, ip=192.168.79.142)\n", "python_exception", "medium"),
+    ("Ray names the actor's OutOfMemoryError: torch's, not Ray's",
+     "ray.exceptions.RayTaskError(OutOfMemoryError): ray::WorkerDict.update_actor() (pid=118848, ip=10.1.2.3)\n",
+     "cuda_oom", "medium"),
+    ("Ray's actor death carries the memory monitor's detail",
+     "ray.exceptions.RayActorError: The actor died unexpectedly before finishing this task.\n"
+     "The actor is dead because its worker process has died. Worker exit type: USER_ERROR Worker exit detail: Task "
+     "was killed due to the node running low on memory.\n", "host_oom", "high"),
+    ("a device assert whose 'failed.' went to the next line",
+     "/pytorch/aten/src/ATen/native/cuda/Indexing.cu:1422: indexSelectLargeIndex: block: [31,0,0], thread: [16,0,0] "
+     "Assertion `srcIndex < srcSelectDimSize`\n failed.\n", "cuda_error", "high"),
+    ("stamped lines out of order: the earliest failure",
+     "[rank7]:[E626 05:14:36.393067540 ProcessGroupNCCL.cpp:1743] [PG ID 0 PG GUID 0(default_pg) Rank 7] "
+     "ProcessGroupNCCL's watchdog got stuck for 480 seconds without making progress\n"
+     "[rank2]:[E626 05:06:30.929096625 ProcessGroupNCCL.cpp:632] [Rank 2] Watchdog caught collective operation "
+     "timeout: WorkNCCL(SeqNum=12, OpType=_ALLGATHER_BASE, NumelIn=1, NumelOut=8, Timeout(ms)=1800000) ran for "
+     "1800065 milliseconds before timing out.\n", "nccl_timeout", "high"),
     ("argparse", "train.py: error: the following arguments are required: --config\n", "python_exception", "high"),
     ("an error in words no pattern knows is never 'none'",
      "FATAL: cannot open shared object file libfoo.so\n", "unknown", "low"),
