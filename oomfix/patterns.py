@@ -124,6 +124,10 @@ PATTERNS: tuple[Pattern, ...] = (
     # c10/core/impl/alloc_cpu.cpp
     _p("cpu_alloc_failed", [b"DefaultCPUAllocator"], r"DefaultCPUAllocator: (?:can't allocate|not enough) memory",
        CAUSE, "host_oom", "high"),
+    # ENOMEM from the kernel (fork of DataLoader workers, mmap of a dataset: "OSError: [Errno 12] Cannot allocate
+    # memory") and libstdc++'s "terminate called after throwing an instance of 'std::bad_alloc'": host RAM
+    _p("enomem", [b"Cannot allocate memory", b"std::bad_alloc"], r"Cannot allocate memory|std::bad_alloc", CAUSE,
+       "host_oom", "medium"),
     # the shell's report of a SIGKILLed foreground job; often glued to a tqdm bar ("it/s]Killed")
     # ("bash: line 1: 1234 Killed   python train.py", "it/s]Killed")
     _p("shell_killed", [b"Killed"], r"(?:^|[\]\s])Killed(?:\s*$|\s{2,}\S)|\b\d+ Killed\s+\S", CAUSE, "host_oom", "low"),

@@ -123,6 +123,7 @@ CASES = [
      "[rank2]:[E626 05:06:30.929096625 ProcessGroupNCCL.cpp:632] [Rank 2] Watchdog caught collective operation "
      "timeout: WorkNCCL(SeqNum=12, OpType=_ALLGATHER_BASE, NumelIn=1, NumelOut=8, Timeout(ms)=1800000) ran for "
      "1800065 milliseconds before timing out.\n", "nccl_timeout", "high"),
+    ("ENOMEM when forking DataLoader workers", "OSError: [Errno 12] Cannot allocate memory\n", "host_oom", "medium"),
     ("argparse", "train.py: error: the following arguments are required: --config\n", "python_exception", "high"),
     ("an error in words no pattern knows is never 'none'",
      "FATAL: cannot open shared object file libfoo.so\n", "unknown", "low"),
