@@ -286,11 +286,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # inf values in", Keras-style "Invalid loss, terminating training", Megatron "found NaN in local grad norm" /
     # "found NaN in local forward loss calculation" / rerun_state_machine "Unexpected result nan"
     _p("nan_abort", [b"stopping training", b"NaN loss detected", b"nan loss detected", b"non-finite loss",
-                     b"Loss is NaN", b"Loss is nan", b"loss is nan", b"loss is NaN", b"Loss is inf",
+                     b"Loss is NaN", b"Loss is nan", b"loss is nan", b"loss is NaN", b"Loss is inf", b"Loss is Inf",
                      b"Loss became infinite", b"returned in `training_step` is", b"Detected nan and/or inf",
                      b"Invalid loss, terminating", b"found NaN in local", b"found Inf in local",
                      b"Unexpected result nan"],
-       r"(?i:loss is (?:nan|inf)\b|(?:nan|inf|non-finite) loss (?:detected|encountered)|"
+       r"(?i:loss is (?:nan|inf(?:inity)?)\b|(?:nan|inf|non-finite) loss (?:detected|encountered)|"
        r"detected (?:nan|inf|non-finite) loss|loss became (?:infinite|nan)|"
        r"returned in `training_step` is (?:nan|inf|tensor\((?:nan|inf|-inf))|detected nan and/or inf values|"
        r"invalid loss, terminating|found (?:nan|inf) in local|unexpected result nan)",
@@ -298,9 +298,17 @@ PATTERNS: tuple[Pattern, ...] = (
     # the loss itself: HF/LF dicts "{'loss': nan, 'grad_norm': nan}", custom loops "loss = nan", "Loss: nan (nan)",
     # "train_loss=inf"; weak: a diverged loss is only the class when nothing else failed
     # (transformers 5 logs the values as strings: "'grad_norm': 'nan'"; Megatron "| grad norm: nan |")
+    # fairseq's progress "gnorm=inf"
     _p("nan_loss", [b"nan", b"NaN", b"inf", b"Inf"],
-       r"(?i:(?:\b|_)(?:loss|grad[_ ]norm)['\"]?\s*(?:[:=]|is)?\s*['\"]?[-+]?(?:nan|inf)\b)", WEAK, "nan_loss",
-       "medium"),
+       r"(?i:(?:\b|_)(?:loss|grad[_ ]norm|gnorm)['\"]?\s*(?:[:=]|is)?\s*['\"]?[-+]?(?:nan|inf(?:inity)?)\b)", WEAK,
+       "nan_loss", "medium"),
+    # a dynamic loss scale stuck at its floor: DeepSpeed (runtime/fp16/loss_scaler.py, min_loss_scale 1 by default)
+    # "OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 1, reducing to 1"; fairseq "overflow detected, setting
+    # loss scale to: 0.000244140625"; apex "reducing loss scale to 1.52587890625e-05". One overflow is routine.
+    _p("loss_scale_floor", [b"reducing to", b"setting loss scale to", b"reducing loss scale to"],
+       r"Attempted loss scale: (?P<a>[\d.]+), reducing to (?:(?P=a)|1(?:\.0+)?)\s*$|"
+       r"(?:setting|reducing) loss scale to:? (?:0\.000\d*|0\.0*[1-9]?\d*e-\d+|\d(?:\.\d+)?e-0?(?:[4-9]|[1-9]\d))\b",
+       WEAK, "nan_loss", "medium"),
     # torch.utils.tensorboard / tensorboardX: a warning, but a symptom of the same divergence
     _p("nan_in_tensor", [b"NaN or Inf found in input tensor"], r"NaN or Inf found in input tensor", WEAK, "nan_loss",
        "low"),
@@ -310,8 +318,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # ================================================================================================================
     # slurmstepd: error: *** JOB 123 ON node01 CANCELLED AT 2024-01-01T00:00:00 DUE TO TIME LIMIT *** (or scancel)
     # (also "DUE TO PREEMPTION", "DUE TO JOB REQUEUE", "DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS")
+    # "DUE TO TASK FAILURE" is not a stop from outside: srun cancels the step because one of its tasks failed
     _p("slurm_cancelled", [b"CANCELLED AT"],
-       r"CANCELLED AT \S+(?: DUE TO (?P<why>[A-Z ]+?))?\s*\*", CAUSE, "sigterm", "high"),
+       r"CANCELLED AT \S+(?! DUE TO TASK FAILURE)(?: DUE TO (?P<why>[A-Z ]+?))?[\s,]*(?:SEE [A-Z ]+)?\*", CAUSE,
+       "sigterm", "high"),
+    _p("slurm_task_failure", [b"DUE TO TASK FAILURE"], r"CANCELLED AT \S+ DUE TO TASK FAILURE", ERROR_LEVEL),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
 
     # ================================================================================================================
@@ -394,9 +405,11 @@ HEAD_BYTES = 4 << 20
 # Each anchor is a bytes.find pass for the pure-Python engine, so the list is short: "rror" also finds
 # "Fatal Python error: Segmentation fault", SLURM's "error: Detected 1 oom_kill event" and the "DistNetworkError" of
 # a busy port; "xit" finds "exitcode", "exits with return code" and DeepSpeed's "loss scale ... Exiting run".
+# Memory wordings are anchored on " memory"/"memory " and two spellings rather than "emory", which every DeepSpeed
+# see_memory_usage line (printed each step) contains.
 ANCHORS: tuple[bytes, ...] = (
-    b"rror", b"ignal", b"emory", b"xit", b"Kill", b"*****", b"Saving model", b"_loss'", b"Watchdog",
-    b"Segmentation", b"Traceback", b"CANCELLED", b": nan", b"ception",
+    b"rror", b"ignal", b" memory", b"memory ", b"Of Memory", b"MemoryPressure", b"xit", b"Kill", b"*****",
+    b"Saving model", b"_loss'", b"Watchdog", b"Segmentation", b"Traceback", b"CANCELLED", b": nan", b"ception",
 )
 FOLLOW: tuple[tuple[bytes, int], ...] = (
     (b"***** Running training", 14),

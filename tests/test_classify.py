@@ -124,6 +124,19 @@ CASES = [
      "timeout: WorkNCCL(SeqNum=12, OpType=_ALLGATHER_BASE, NumelIn=1, NumelOut=8, Timeout(ms)=1800000) ran for "
      "1800065 milliseconds before timing out.\n", "nccl_timeout", "high"),
     ("ENOMEM when forking DataLoader workers", "OSError: [Errno 12] Cannot allocate memory\n", "host_oom", "medium"),
+    ("DeepSpeed's loss scale stuck at its floor",
+     "".join("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 1, reducing to 1\n" for _ in range(3)),
+     "nan_loss", "medium"),
+    ("fairseq's loss scale collapsing",
+     "| INFO | fairseq.trainer | NOTE: overflow detected, setting loss scale to: 0.000244140625\n", "nan_loss",
+     "medium"),
+    ("fairseq's progress line with an infinite gradient norm",
+     "| epoch 001:   2%| loss=7746569234820.15 (126329286789.38), gnorm=inf, lr=0.0005\n", "nan_loss", "medium"),
+    ("SLURM cancelling a step because a task failed is not a stop from outside",
+     "srun: error: *** STEP 52222788.0 ON nid002888 CANCELLED AT 2026-04-29T23:36:37 DUE TO TASK FAILURE ***\n"
+     "srun: error: nid002888: tasks 0-57,59-63: Terminated\n", "unknown", "low"),
+    ("SLURM node failure wording", "slurmstepd: error: *** JOB 77 ON n01 CANCELLED AT 2026-01-01T00:00:00 DUE TO NODE "
+     "FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***\n", "sigterm", "high"),
     ("argparse", "train.py: error: the following arguments are required: --config\n", "python_exception", "high"),
     ("an error in words no pattern knows is never 'none'",
      "FATAL: cannot open shared object file libfoo.so\n", "unknown", "low"),
