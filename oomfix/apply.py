@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import (Config, inside, job_config_path, read_text, job_for_config, launchers_in, load_config, same_file, siblings)
+from oomfix.configs import (Config, inside, read_text, job_for_config, launchers_in, load_config, same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
 from oomfix.errors import ConfigError, RuleError, UsageError
 from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
-from oomfix.launcher import Job, Launcher, concurrent
+from oomfix.launcher import Job, Launcher, concurrent, job_path, log_matches
 from oomfix.model import MEMORY_CLASSES, Diagnosis
 from oomfix.rules import CanonicalChange, FailureClass, Rung, compute_changes, holds, load_rules
 
@@ -67,13 +67,30 @@ def newest_log(root: str = ".") -> str:
     return os.path.relpath(best[1])
 
 
-def _launchers_for_log(log: str, launchers: Sequence[Launcher]) -> list[tuple[Launcher, Job]]:
-    out = []
-    for lau in launchers:
-        for j in lau.jobs:
-            if j.log and os.path.basename(j.log) == os.path.basename(log):
-                out.append((lau, j))
-    return out
+def _launchers_for_log(log: str, launchers: Sequence[Launcher],
+                       diag: Diagnosis | None = None) -> list[tuple[Launcher, Job]]:
+    """The jobs that wrote this log: the job whose log path (a pattern where the launcher's path has unknown
+    parts) the file matches; else what the log itself shows of its launch (a wrapper's echoed command, the
+    launch command in a CalledProcessError): the config it names, or a master port and world size that only one
+    job has."""
+    hits = [(lau, j) for lau in launchers for j in lau.jobs if log_matches(j, log)]
+    if hits or diag is None:
+        return hits
+    run = diag.run
+    if run.config:
+        name = os.path.normpath(run.config)
+        hits = [(lau, j) for lau in launchers for j in lau.jobs
+                if j.config and (os.path.normpath(j.config) == name or os.path.normpath(j.config).endswith("/" + name)
+                                 or name.endswith("/" + os.path.normpath(j.config).lstrip("./")))]
+        if hits:
+            return hits
+    if run.master_port:
+        hits = [(lau, j) for lau in launchers for j in lau.jobs
+                if (j.master_port or (29500 if j.port == "default" else None)) == run.master_port
+                and (run.world_size is None or j.world_size in (None, run.world_size))]
+        if len(hits) == 1:
+            return hits
+    return []
 
 
 def find_config(diag: Diagnosis, log: str, explicit: str | None, launchers: Sequence[Launcher]) -> str:
@@ -89,9 +106,9 @@ def find_config(diag: Diagnosis, log: str, explicit: str | None, launchers: Sequ
             c = parent / ref
             if c.is_file():
                 return str(c)
-    for lau, j in _launchers_for_log(log, launchers):
+    for lau, j in _launchers_for_log(log, launchers, diag):
         if j.config:
-            p = job_config_path(j.config, lau.path)
+            p = job_path(j, j.config)
             if p:
                 return p
     hint = f" (the log names {ref!r}, which does not exist here)" if ref else ""
@@ -363,9 +380,17 @@ def _setsid_edit(lau: Launcher) -> FileEdit | None:
     for j in lau.jobs:
         if j.hup_safe:
             continue
-        idx = j.line - 1
-        m = _PROG.search(lines[idx])
-        if not m:
+        # the program word may sit on a continuation line after `VAR=value \` prefixes
+        idx, m = j.line - 1, None
+        where = list(range(j.line - 1, min(j.end_line, len(lines))))
+        if j.own_line:
+            where.append(j.own_line - 1)  # a job in a function: the fix goes into the function's body
+        for k in where:
+            m = _PROG.search(lines[k])
+            if m:
+                idx = k
+                break
+        if not m or lines[idx][: m.start()].rstrip().endswith("setsid"):
             continue
         lines[idx] = lines[idx][: m.start()] + "setsid " + lines[idx][m.start():]
         changed.append((f"line {j.line}", None, "setsid"))
@@ -411,7 +436,7 @@ def _port_edit(lau: Launcher) -> FileEdit | None:
 
 def _launcher_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, config: str | None,
                    launchers: Sequence[Launcher]) -> Plan:
-    related = [lau for lau, _ in _launchers_for_log(log, launchers)]
+    related = [lau for lau, _ in _launchers_for_log(log, launchers, diag)]
     if not related and (config or diag.run.config):
         try:
             cpath = find_config(diag, log, config, launchers)
@@ -442,7 +467,7 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     diag = diagnose_logs([log], rules_dir=rules_dir)
     done = already_applied(log, root)
     if done is not None:
-        files = ", ".join(os.path.relpath(f["file"]) for f in done["files"])
+        files = ", ".join(os.path.relpath(Journal(root).resolve(f["file"])) for f in done["files"])
         return Plan(log, picked, diag, "already", rule=done.get("rule"),
                     message=f"this log was already applied ({done['tx']}, rule {done.get('rule')}: {files}); "
                             f"nothing changed. `oomfix undo` reverts it.")

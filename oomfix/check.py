@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -16,7 +18,7 @@ from typing import Any
 from oomfix.configs import Config, Launchers, display_path, inside, same_file, walk
 from oomfix.dialects import DEEPSPEED, MEMORY_KEYS
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
-from oomfix.launcher import Job, Launcher, concurrent, parse_launcher
+from oomfix.launcher import NOT_LOGS, Job, Launcher, concurrent, git_root, log_matches, parse_launcher
 from oomfix.model import MEMORY_CLASSES, Diagnosis
 
 ERROR, WARNING = "error", "warning"
@@ -47,6 +49,7 @@ class Tree:
     root: str = "."
     _jobs_by_config: Launchers | None = None
     _groups: list[list[Config]] | None = None
+    _log_jobs: list[tuple[Config, Job]] | None = None
 
     def job_of(self, cfg: Config) -> tuple[Launcher, Job] | None:
         """The launcher job that starts a config (indexed once: checks ask for every config many times)."""
@@ -192,10 +195,29 @@ def _sibling_groups(tree: Tree) -> list[list[Config]]:
 
 # --- the checks -----------------------------------------------------------------------------------------------
 
+def _shown(v: Any) -> str:
+    return "unset" if v is None else repr(v)
+
+
+def _evidence(tree: Tree, a: Config, b: Config) -> tuple[str, str]:
+    """How sure two configs are siblings: started side by side by one launcher (an error when they drift), or
+    only alike (same directory, model, stage and finetuning type: a warning that says so)."""
+    ja, jb = tree.job_of(a), tree.job_of(b)
+    if ja and jb and same_file(ja[0].path, jb[0].path):
+        if concurrent(ja[1], jb[1]):
+            return ERROR, f"{ja[0].path} starts both side by side"
+        return WARNING, (f"{ja[0].path} starts them one after the other (lines {ja[1].line} and {jb[1].line}), "
+                         f"which a sweep of deliberate variants does too")
+    ident = ", ".join(str(x) for x in a.identity[1:] if x is not None)
+    return WARNING, (f"grouped only because they sit in one directory with the same model/stage/finetuning type "
+                     f"({ident}); no launcher starts them together. Mark a deliberate variant `# oomfix: standalone`")
+
+
 def check_sibling_drift(tree: Tree) -> Iterator[Finding]:
     for group in sibling_groups(tree):
         ref = group[0]
         for other in group[1:]:
+            severity, why = _evidence(tree, ref, other)
             same_world = _world(tree, ref) == _world(tree, other)
             for key in _DRIFT_KEYS:
                 if key in ("micro_batch", "grad_accum") and not same_world:
@@ -205,8 +227,9 @@ def check_sibling_drift(tree: Tree) -> Iterator[Finding]:
                         same_file(ref.zero.path, other.zero.path):
                     continue
                 if a != b and key in ref.values and key in other.values:
-                    yield Finding("sibling-drift", ERROR, other.path, _config_key_line(other, key),
-                                  f"{_keyname(other, key)} is {b!r} here but {a!r} in its sibling {ref.path}",
+                    yield Finding("sibling-drift", severity, other.path, _config_key_line(other, key),
+                                  f"{_keyname(other, key)} is {_shown(b)} here but {_shown(a)} in its sibling "
+                                  f"{ref.path} ({why})",
                                   "apply the same value to every sibling (`oomfix apply --all-configs` does), or "
                                   "give them different world sizes on purpose")
 
@@ -228,10 +251,11 @@ def check_global_batch(tree: Tree) -> Iterator[Finding]:
         ref, rw, rg = sized[0]
         for c, w, g in sized[1:]:
             if g != rg:
-                yield Finding("global-batch-mismatch", ERROR, c.path, _config_key_line(c, "micro_batch"),
+                severity, why = _evidence(tree, ref, c)
+                yield Finding("global-batch-mismatch", severity, c.path, _config_key_line(c, "micro_batch"),
                               f"global batch {g} ({w} GPUs x {c.values['micro_batch']} x {c.values['grad_accum']}) "
                               f"differs from {rg} in its sibling {ref.path} ({rw} GPUs x {ref.values['micro_batch']} x "
-                              f"{ref.values['grad_accum']})",
+                              f"{ref.values['grad_accum']}; {why})",
                               "siblings train the same model the same way: make world size x micro batch x "
                               "accumulation equal")
 
@@ -265,26 +289,78 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
                               f'set {key} to "auto" in the DeepSpeed config, or make the numbers agree')
 
 
+_FIX_HUP = ("start it with `setsid nohup CMD > log 2>&1 < /dev/null &`, in tmux/screen, systemd-run or a scheduler, "
+            "or pass `--signals-to-handle SIGTERM,SIGINT,SIGQUIT` to torchrun (torch 2.9+)")
+
+
 def check_unprotected_launch(tree: Tree) -> Iterator[Finding]:
+    """nohup without a new session: an error. A bare `&`: an error when the script then `wait`s (it stays the
+    terminal's foreground process group, so the hang-up reaches the job); otherwise a warning, because the job
+    then outlives the script's process group only as long as nothing forwards SIGHUP to it."""
     for lau, j in _jobs(tree):
-        if (j.nohup or j.background) and not j.hup_safe:
-            how = "nohup" if j.nohup else "'&'"
-            via = f" through {os.path.basename(j.wrapper)}" if j.wrapper else ""
+        if j.hup_safe:
+            continue
+        via = f" through {os.path.basename(j.wrapper)}" if j.wrapper else ""
+        where = f" on {j.remote}" if j.remote else ""
+        if j.nohup:
+            fg = "" if j.background else " (in the foreground: the script blocks, and nohup buys nothing)"
             yield Finding("unprotected-launch", ERROR, lau.path, j.line,
-                          f"{j.kind}{via} is started under {how} without setsid: {_WHY_NOHUP}",
-                          "start it with `setsid nohup CMD > log 2>&1 < /dev/null &`, in tmux/screen, systemd-run or "
-                          "a scheduler, or pass `--signals-to-handle SIGTERM,SIGINT,SIGQUIT` to torchrun (torch 2.9+)")
+                          f"{j.kind}{via}{where} is started under nohup without setsid{fg}: {_WHY_NOHUP}", _FIX_HUP)
+        elif j.background and j.waited:
+            yield Finding("unprotected-launch", ERROR, lau.path, j.line,
+                          f"{j.kind}{via}{where} is started with '&' and the script waits for it: closing the "
+                          f"terminal sends SIGHUP to the script's process group, this job included", _FIX_HUP)
+        elif j.background:
+            yield Finding("unprotected-background", WARNING, lau.path, j.line,
+                          f"{j.kind}{via}{where} is started with '&' without nohup or setsid: it dies with the "
+                          f"terminal if the shell forwards SIGHUP to it (an interactive shell, huponexit)", _FIX_HUP)
+
+
+_KILL_WHY = ("kills every process on the host whose command line matches, other users' and other jobs' training "
+             "included")
+
+
+def check_kill_by_name(tree: Tree) -> Iterator[Finding]:
+    for lau in tree.launchers:
+        if not lau.jobs:
+            continue
+        for k in lau.kills:
+            yield Finding("kill-by-name", WARNING, lau.path, k.line, f"`{k.what[:80]}` {_KILL_WHY}",
+                          "kill only this job's own processes: keep its PID (`$!`) or process group and kill that, "
+                          "or run jobs under a scheduler / systemd-run that tracks them")
 
 
 def _pairs(tree: Tree) -> Iterator[tuple[Launcher, Job, Job]]:
+    """Jobs that run at the same time; a job started with '&' inside a loop that runs it several times is paired
+    with itself (its runs overlap)."""
     for lau in tree.launchers:
+        for j in lau.jobs:
+            if j.background and j.loop_runs > 1:
+                yield lau, j, j
         for a, b in combinations(lau.jobs, 2):
             if concurrent(a, b):
                 yield lau, a, b
 
 
+def _other(a: Job, b: Job) -> str:
+    if a is b:
+        return f"its other runs ({a.loop_runs} start at once: '&' inside a loop)"
+    return f"the job on line {a.line}"
+
+
+def _per_run(value: str | None, j: Job) -> bool:
+    """Does a value change from one loop run to the next (it names a loop variable)?"""
+    return bool(value) and any(f"${v}" in value or f"${{{v}" in value for v in j.loop_vars)  # type: ignore[operator]
+
+
+def _gpus_unknown(j: Job) -> bool:
+    return (j.cuda_visible_devices is not None and not j.gpus) or not j.gpus_known
+
+
 def check_gpu_overlap(tree: Tree) -> Iterator[Finding]:
     for lau, a, b in _pairs(tree):
+        if _gpus_unknown(a) or _gpus_unknown(b):
+            continue  # a GPU set the text cannot tell (a loop variable, an argument)
         ga, gb = set(a.gpus), set(b.gpus)
         if not ga and not gb:
             shared = "every GPU (neither sets CUDA_VISIBLE_DEVICES)"
@@ -295,50 +371,45 @@ def check_gpu_overlap(tree: Tree) -> Iterator[Finding]:
         else:
             continue
         yield Finding("gpu-overlap", ERROR, lau.path, b.line,
-                      f"this job runs at the same time as the job on line {a.line} and shares {shared}",
+                      f"this job runs at the same time as {_other(a, b)} and shares {shared}",
                       "give each concurrent job its own CUDA_VISIBLE_DEVICES set")
 
 
 def check_port_collision(tree: Tree) -> Iterator[Finding]:
     for lau, a, b in _pairs(tree):
-        if a.picks_free_port or b.picks_free_port:
-            continue
+        if not _port_known(a) or not _port_known(b):
+            continue  # picked free or random at launch, or not determinable from the text
         pa, pb = a.master_port or 29500, b.master_port or 29500
         if pa == pb:
             src = "both left at torchrun's default" if not (a.master_port_explicit or b.master_port_explicit) else \
                 "both set to it"
             yield Finding("port-collision", ERROR, lau.path, b.line,
-                          f"this job and the job on line {a.line} run at the same time on master port {pa} ({src}); "
+                          f"this job and {_other(a, b)} run at the same time on master port {pa} ({src}); "
                           f"the second one dies with EADDRINUSE",
                           "give each concurrent job its own MASTER_PORT / --master_port, or use torchrun --standalone")
 
 
+def _port_known(j: Job) -> bool:
+    return j.port == "default" or j.port.isdigit()
+
+
 def check_log_collision(tree: Tree) -> Iterator[Finding]:
     for lau, a, b in _pairs(tree):
-        if a.log and b.log and a.log == b.log:
+        if a.log and b.log and a.log == b.log and a.log not in NOT_LOGS and not _per_run(a.log, a):
             yield Finding("log-collision", WARNING, lau.path, b.line,
-                          f"this job and the job on line {a.line} both write {a.log}: their lines interleave and "
+                          f"this job and {_other(a, b)} both write {a.log}: their lines interleave and "
                           f"the diagnosis of one job will read the other's failure",
                           "give each job its own log file")
 
 
-def _logs_of_configs(tree: Tree) -> dict[str, Config]:
-    """Log file (real path, or bare name when the launcher's path does not resolve) -> the config its job runs."""
-    out: dict[str, Config] = {}
-    for c in tree.configs:
-        found = tree.job_of(c)
-        if found and found[1].log:
-            lau, j = found
-            target = os.path.realpath(os.path.join(os.path.dirname(lau.path), j.log))
-            out.setdefault(target, c)
-            out.setdefault("name:" + os.path.basename(j.log), c)
-    return out
-
-
-def _config_of_log(tree: Tree, log: str, d: Diagnosis, by_log: dict[str, Config]) -> Config | None:
-    hit = by_log.get(os.path.realpath(log)) or by_log.get("name:" + os.path.basename(log))
-    if hit is not None:
-        return hit
+def _config_of_log(tree: Tree, log: str, d: Diagnosis) -> Config | None:
+    """The config a log's run used: the job whose log path (a pattern) the file matches, else the config the log
+    names."""
+    if tree._log_jobs is None:
+        tree._log_jobs = [(c, found[1]) for c in tree.configs if (found := tree.job_of(c)) and found[1].log]
+    for c, job in tree._log_jobs:
+        if log_matches(job, log):
+            return c
     ref = d.run.config
     if ref:
         for c in tree.configs:
@@ -348,33 +419,120 @@ def _config_of_log(tree: Tree, log: str, d: Diagnosis, by_log: dict[str, Config]
     return None
 
 
+_STAMP = re.compile(rb"(20\d\d)[-/](\d\d)[-/](\d\d)[ T_](\d\d):(\d\d):(\d\d)")
+
+
+def log_time(log: str) -> float | None:
+    """When a run last wrote to its log, from the log's own text (its last full date-and-time stamp, read as local
+    time): a checkout rewrites mtimes, the log's content keeps them."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (256 << 10)))
+            tail = f.read()
+    except OSError:
+        return None
+    if tail[:2] == b"\x1f\x8b":
+        return None
+    last = None
+    for m in _STAMP.finditer(tail):
+        last = m
+    if last is None:
+        return None
+    try:
+        return time.mktime(tuple(int(x) for x in last.groups()) + (0, 0, -1))  # type: ignore[arg-type]
+    except (OverflowError, ValueError):
+        return None
+
+
+def _git(args: list[str], cwd: str) -> str | None:
+    if git_root(os.path.abspath(cwd)) is None:
+        return None  # not a work tree: no process to start
+    try:
+        p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def _git_commits(path: str) -> list[tuple[str, int]] | None:
+    """(commit, time) of every commit that touched a file, newest first; None outside a git work tree, [] for a
+    file git does not track."""
+    d = os.path.dirname(os.path.abspath(path))
+    out = _git(["log", "--format=%H %ct", "--", os.path.basename(path)], d)
+    if out is None:
+        return None
+    return [(h, int(t)) for h, t in (ln.split() for ln in out.splitlines() if ln.strip())]
+
+
+def _git_version_unchanged(path: str, run_t: float) -> tuple[bool, str] | None:
+    """Is the file's content now the content git had for it when the run last logged (the newest commit not after
+    that time; when every commit is later, the first one: configs and logs are often committed after the run)?"""
+    commits = _git_commits(path)
+    if not commits:
+        return None
+    before = [c for c in commits if c[1] <= run_t]
+    base = before[0] if before else commits[-1]
+    d, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    blob = _git(["rev-parse", f"{base[0]}:./{name}"], d)
+    cur = _git(["hash-object", "--", name], d)
+    if blob is None or cur is None:
+        return None
+    if blob.strip() == cur.strip():
+        return True, f"its content is the version committed in {base[0][:8]}, the one in effect when the run ran"
+    return False, f"its content differs from the version committed in {base[0][:8]}, in effect when the run ran"
+
+
 def _newest_logs(tree: Tree) -> dict[str, tuple[str, Diagnosis]]:
     newest: dict[str, tuple[float, str, Diagnosis]] = {}
-    by_log = _logs_of_configs(tree)
     for log in tree.logs:
         d = tree.diagnosis(log)
         if d is None:
             continue
-        cfg = _config_of_log(tree, log, d, by_log)
+        cfg = _config_of_log(tree, log, d)
         if cfg is None:
             continue
-        t = os.stat(log).st_mtime
+        t = log_time(log) or os.stat(log).st_mtime
         if cfg.path not in newest or t > newest[cfg.path][0]:
             newest[cfg.path] = (t, log, d)
     return {k: (v[1], v[2]) for k, v in newest.items()}
 
 
-def _remediated(log: str, config: str) -> bool:
-    """An `oomfix apply --write` of this log that touched this config (and was not undone)."""
+def _remediated(log: str, config: str, root: str = ".") -> bool:
+    """An `oomfix apply --write` of this log that touched this config (and was not undone). Journal paths are
+    relative to the journal's root, so a journal committed to git works in a clone."""
     from oomfix.journal import Journal, file_sha256
 
     sha = file_sha256(log)
-    for root in [Path(log).resolve().parent, *Path(log).resolve().parents]:
-        j = Journal(root)
+    if not sha:
+        return False
+    roots = [Path(root).resolve(), Path(log).resolve().parent, *Path(log).resolve().parents]
+    for r in dict.fromkeys(roots):
+        j = Journal(r)
         if j.path.exists():
-            tx = j.applied(sha) if sha else None
-            return tx is not None and any(same_file(f["file"], config) for f in tx["files"])
+            tx = j.applied(sha)
+            if tx is not None and any(same_file(j.resolve(f["file"]), config) for f in tx["files"]):
+                return True
     return False
+
+
+def unchanged_since(cfg: Config, log: str) -> tuple[bool, str]:
+    """Is the config on disk the one the failed run used? Called when its values already match what the log shows.
+    In a git work tree the content decides: the config's content now against the version git had when the run
+    last logged (the log's own last timestamp, else the log's first commit). Outside git (or for an untracked
+    config) only file times are left, and the finding says so."""
+    run_t = log_time(log)
+    if run_t is None:
+        lc = _git_commits(log)
+        run_t = float(lc[-1][1]) if lc else None
+    if run_t is not None:
+        g = _git_version_unchanged(cfg.path, run_t)
+        if g is not None:
+            return g[0], "decided from git: " + g[1]
+    why = "an untracked config" if _git_commits(cfg.path) is not None else "not a git work tree"
+    ref = run_t if run_t is not None else os.stat(log).st_mtime
+    return os.stat(cfg.path).st_mtime <= ref, f"decided from file times: {why}"
 
 
 def check_runs(tree: Tree) -> Iterator[Finding]:
@@ -396,15 +554,19 @@ def check_runs(tree: Tree) -> Iterator[Finding]:
                               f"lower it instead: keep the global batch with a smaller micro batch and more "
                               f"accumulation (`oomfix apply {log} --all-configs`)")
                 continue
-            unchanged = not differs and os.stat(cfg.path).st_mtime <= os.stat(log).st_mtime \
-                and not _remediated(log, cfg.path)
+            if not differs and not _remediated(log, cfg.path, tree.root):
+                unchanged, how = unchanged_since(cfg, log)
+            else:
+                unchanged, how = False, ""
             if unchanged:
                 yield Finding("unremediated-failure", ERROR, cfg.path, _config_key_line(cfg, "micro_batch"),
-                              f"{log} died of {d.cls} and this config still has the memory settings that run used",
+                              f"{log} died of {d.cls} and this config still has the memory settings that run used "
+                              f"({how})",
                               f"`oomfix apply {log} --all-configs` proposes the next fix")
                 continue
         if differs:
-            what = ", ".join(f"{_keyname(cfg, k)} {o} in the run, {n} on disk" for k, (o, n) in differs.items())
+            what = ", ".join(f"{_keyname(cfg, k)} {o} in the run, {'unset' if n is None else n} on disk"
+                             for k, (o, n) in differs.items())
             yield Finding("stale-run", WARNING, cfg.path, _config_key_line(cfg, next(iter(differs))),
                           f"{log} ran with different values than this config ({what}): the run predates an edit or "
                           f"ran another file", "relaunch to get a log of the current config, or check which file ran")
@@ -418,6 +580,7 @@ CHECKS: tuple[tuple[str, Callable[[Tree], Iterator[Finding]]], ...] = (
     ("gpu-overlap", check_gpu_overlap),
     ("port-collision", check_port_collision),
     ("log-collision", check_log_collision),
+    ("kill-by-name", check_kill_by_name),
     ("runs", check_runs),
 )
 

@@ -745,7 +745,9 @@ def analyze_file(path: str, prefilter: Prefilter | None = None, extra: tuple[P.P
             prefilter.with_patterns(tuple(extra) + P.PATTERNS, len(extra))
     stats: dict[str, int] = {}
     try:
-        st = _analyze(events(scan(stream, name, prefilter, stats=stats), name, extra, warnings), name)
+        refill: list = []  # the events layer copies the few lines it holds before the reader reuses its buffer
+        st = _analyze(events(scan(stream, name, prefilter, stats=stats, before_refill=refill), name, extra, warnings,
+                             before_refill=refill), name)
         st.size = stats.get("bytes", 0)
     finally:
         if name != "<stdin>":

@@ -70,6 +70,7 @@ def main() -> None:
     oomfix diagnose train.log        what killed the run, and what to do
     oomfix apply --all-configs       the fix, as a diff, for the config and its siblings
     oomfix check                     pre-relaunch gate for CI / pre-commit
+    oomfix run -- CMD [ARG...]       run a job; on a failure, fix and relaunch it until it trains
     oomfix demo                      a guided run on a bundled example
     """
 
@@ -195,6 +196,77 @@ def check(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
     else:
         click.echo(render_text(res), nl=False)
     sys.exit(res.exit_code(strict))
+
+
+@main.command()
+@click.argument("scripts", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handled
+def jobs(scripts: tuple[str, ...], fmt: str) -> None:
+    """What launcher scripts start: each training job with its config, port, GPUs and log (read, never run).
+
+    \b
+    Example:
+      oomfix jobs train.sh
+      oomfix jobs scripts/*.sh --format json
+    """
+    from oomfix.launcher import read_launchers
+    from oomfix.report import render_jobs_text, render_json
+
+    launchers = read_launchers(list(scripts))
+    if fmt == "json":
+        click.echo(render_json({"jobs": [j.to_json() for lau in launchers for j in lau.jobs]}), nl=False)
+    else:
+        click.echo(render_jobs_text(launchers), nl=False)
+
+
+@main.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--config", "config", type=str, default=None, help="The config CMD trains with (else: read from CMD).")
+@click.option("--all-configs", is_flag=True, help="Fix every sibling config too, as `apply --all-configs`.")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="At most this many relaunches.")
+@click.option("--log", "log", type=str, default=None,
+              help="Base log path: attempt N logs to BASE-attemptN.log (default: logs/run-<time>.log).")
+@click.option("--allow-semantic-changes", is_flag=True, help="Allow rungs that change what is trained.")
+@click.option("--resume", is_flag=True, help="Relaunches resume from the newest checkpoint-N of the output directory.")
+@click.option("--detach", is_flag=True, help="Supervise in the background; print the pid and the log to follow.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when the supervisor is stopped.")
+@handled
+def run_cmd(cmd: tuple[str, ...], config: str | None, all_configs: bool, retries: int, log: str | None,
+            allow_semantic_changes: bool, resume: bool, detach: bool, grace: float) -> None:
+    """Run a training command; when it dies, apply the next fix and relaunch it, until it trains.
+
+    \b
+    The job runs in its own session (a closed terminal cannot kill it), each attempt logs to its own file, and
+    every attempt is recorded in .oomfix/runs.jsonl (`oomfix runs`). Exit status: the last attempt's.
+    Example:
+      oomfix run -- torchrun --nproc_per_node 8 train.py configs/sft.yaml
+      oomfix run --all-configs --detach -- llamafactory-cli train configs/sft.yaml
+    """
+    from oomfix.supervise import RunOptions, detach as start_detached, supervise
+
+    opts = RunOptions(tuple(cmd), config, all_configs, retries, log, allow_semantic_changes, resume, grace)
+    if detach:
+        for line in start_detached(opts).describe():
+            click.echo(line)
+        return
+    sys.exit(supervise(opts).exit_code)
+
+
+@main.command("runs")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handled
+def runs_cmd(fmt: str) -> None:
+    """The attempts of `oomfix run` in this directory (.oomfix/runs.jsonl), grouped by run."""
+    from oomfix import ledger
+    from oomfix.report import render_json
+
+    attempts = ledger.read(".")
+    if fmt == "json":
+        click.echo(render_json({"attempts": [a.to_json() for a in attempts]}), nl=False)
+    else:
+        click.echo(ledger.render_text(attempts), nl=False)
 
 
 @main.command()

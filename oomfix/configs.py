@@ -10,7 +10,7 @@ from typing import Any
 from oomfix.dialects import DEEPSPEED, Dialect, detect, get_path, read_canonical
 from oomfix.editor import parse_config_text
 from oomfix.errors import ConfigError, EditRefused
-from oomfix.launcher import Launcher, parse_launcher
+from oomfix.launcher import Launcher, job_path, parse_launcher
 
 MAX_CONFIG_BYTES = 8 << 20  # the largest real config in the corpus is 12 KB; 8 MB is not a config
 SKIP_DIRS = {".git", ".oomfix", "node_modules", "__pycache__", ".venv", "venv", ".ci-venv", ".tox", "site-packages"}
@@ -172,15 +172,6 @@ def same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def job_config_path(job_config: str, launcher_path: str) -> str | None:
-    """A config named on a launcher's job line, resolved against the current directory, then the launcher's."""
-    for base in (Path.cwd(), Path(launcher_path).resolve().parent):
-        c = base / job_config if not os.path.isabs(job_config) else Path(job_config)
-        if c.is_file():
-            return str(c)
-    return None
-
-
 def display_path(p: str | os.PathLike[str]) -> str:
     """Relative to the current directory when below it (how people name files), else absolute."""
     rel = os.path.relpath(p)
@@ -197,7 +188,7 @@ def siblings(primary: Config, launchers: Sequence[Launcher], search_dirs: Sequen
             if c is not None and c.dialect is primary.dialect and c.identity == primary.identity:
                 found[os.path.realpath(f)] = c
     for lau in launchers:
-        paths = [job_config_path(j.config, lau.path) for j in lau.jobs if j.config]
+        paths = [job_path(j, j.config) for j in lau.jobs if j.config]
         paths = [p for p in paths if p]
         if any(same_file(p, primary.path) for p in paths):
             for p in paths:
@@ -221,7 +212,7 @@ class Launchers(tuple):  # type: ignore[type-arg]
             for lau in self:
                 for j in lau.jobs:
                     if j.config:
-                        p = job_config_path(j.config, lau.path)
+                        p = job_path(j, j.config)
                         if p:
                             index.setdefault(os.path.realpath(p), (lau, j))
             self._index = index

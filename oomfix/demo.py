@@ -71,5 +71,10 @@ def run_demo(echo: Callable[[str], None], keep: str | None = None) -> str:
         step("8. Applying the same log twice changes nothing", "oomfix apply logs/job_a.log --all-configs --write")
         echo(plan_apply("logs/job_a.log", all_configs=True).message or "")
     echo("")
+    echo(style.bold("== Next time: let oomfix run the job and do steps 1-5 itself"))
+    echo("$ CUDA_VISIBLE_DEVICES=0,1,2,3 oomfix run --all-configs -- llamafactory-cli train configs/qwen3_14b_a.yaml")
+    echo("  runs it shielded from the terminal (its own session, a log per attempt); on an OOM it applies the next "
+         "rung and relaunches, until it trains. `oomfix runs` lists the attempts.")
+    echo("")
     echo(f"Project left in {root} (try `cd {root} && oomfix undo`).")
     return str(root)

@@ -1,6 +1,8 @@
 """Turn candidate lines into events: what a line says, who said it (rank, host) and when."""
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,9 +293,14 @@ def records(text: str) -> list[str]:
 
 def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> list[Event]:
     """The events of one candidate line: one per record it holds that a pattern claims."""
-    text = clean(cand.raw)
-    if len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1):
+    text = alone = clean(cand.raw)
+    if (len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1)) and \
+            not (cand._buf and _amid_repeats(cand)):
         text = unwrap(cand, text)
+    if cand.pats is not None and text == alone:
+        # the line is read alone: only the patterns the prefilter found possible for it can match (in their order)
+        allowed = {id(p) for p in cand.pats}
+        patterns = tuple(p for p in patterns if id(p) in allowed)
     out = []
     for rec in records(text):
         ev = _parse_text(cand, file, patterns, rec)
@@ -328,18 +335,155 @@ def _parse_text(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...], tex
 
 
 def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] = (),
-           warnings: list[str] | None = None) -> Iterator[Event]:
-    """Events of a log. `extra` (user patterns) are tried first; one that times out is reported and dropped."""
+           warnings: list[str] | None = None, before_refill: list | None = None) -> Iterator[Event]:
+    """Events of a log. `extra` (user patterns) are tried first; one that times out is reported and dropped.
+    `before_refill`: the reader's hooks (reader.scan), so that held lines are copied only when their buffer goes."""
     patterns = tuple(extra) + P.PATTERNS
-    for c in cands:
+    # State lines (checkpoint saves, evaluation markers: thousands in a long run) only matter as the last state before
+    # a failure, and as the first one after it (its time). They are kept unparsed, the last few only, and parsed when
+    # a failure shows up; everything else is parsed as it comes.
+    pending: deque[Candidate] = deque(maxlen=4)
+    want_next = False
+    live: set[int] = set()  # pending lines that still point into the reader's buffer
+
+    def detach_live() -> None:
+        for i, pc in enumerate(pending):
+            if id(pc) in live:
+                pending[i] = _detach(pc)
+        live.clear()
+
+    if before_refill is not None:
+        before_refill.append(detach_live)
+
+    def parse(c: Candidate) -> list[Event]:
+        nonlocal patterns
         while True:
             try:
-                evs = parse_records(c, file, patterns)
-                break
+                return parse_records(c, file, patterns)
             except P.PatternTimeout as t:
                 patterns = tuple(p for p in patterns if p is not t.pattern)
                 if warnings is not None:
                     warnings.append(f"rule pattern '{t.pattern.name}' ({getattr(t.pattern, 'source', '')}) took more "
                                     f"than {P.USER_REGEX_TIMEOUT}s on {file}:{c.line_no} (catastrophic backtracking?); "
                                     f"it was skipped for the rest of the run")
+
+    # Repeats: lines of one template (as the first one parsed, but for numbers) printed again and again (a device
+    # assert from every CUDA thread, a per-step warning) are parsed once, and then again every REPEAT_GAP lines, so
+    # that the state still sees the start of every run and points close enough to close its clusters; the lines in
+    # between are counted, not parsed.
+    runs: dict[tuple[tuple[int, ...], bytes], list[int]] = {}  # key -> [line last parsed, usable?]
+
+    for c in cands:
+        if not want_next and _deferrable(c):
+            if before_refill is None:
+                pending.append(_detach(c))
+            else:
+                pending.append(c)
+                live.add(id(c))
+            continue
+        key = _template(c)
+        run = runs.get(key) if key is not None else None
+        if run is not None and run[1] and c.line_no - run[0] <= REPEAT_GAP and _amid_repeats(c):
+            continue
+        evs = parse(c)
+        if key is not None:
+            if len(runs) >= 4096:
+                runs.clear()
+            runs[key] = [c.line_no, all(e.role in REPEATABLE for e in evs)]
+        if not evs:
+            continue
+        failure = any(e.role != P.PHASE for e in evs)
+        if failure and pending:
+            for pc in reversed(pending):
+                pev = parse(pc)
+                if pev:
+                    yield from pev
+                    break
+            pending.clear()
+            live.clear()
+        want_next = failure
         yield from evs
+
+
+_SPLITS = (b"[rank", b"[default", b"Traceback")
+REPEATABLE = frozenset({P.CAUSE, P.WEAK, P.EXCEPTION, P.ERROR_LEVEL, P.TRACEBACK})
+REPEAT_GAP = 100  # lines; well under classify.CLUSTER_GAP, so that the clusters it reads close as they did
+_TPL_HEAD = 24  # the prefixes (rank, host) at the start of a line are part of its template, digits and all
+_TPL_DIGIT = re.compile(rb"(?<![Rr]ank)(?<![Rr]ank )(?<![Rr]ank=)\d")  # a rank named in the text is too
+
+
+@functools.lru_cache(maxsize=None)
+def _digit_sensitive(p: P.Pattern) -> bool:
+    from oomfix.prefilter import _digit_sensitive as sensitive, _source
+
+    src = _source(p)[0]
+    return not src or sensitive(src)
+
+
+def _template(c: Candidate) -> tuple[tuple[int, ...], bytes] | None:
+    """What a line has in common with its repeats; None when numbers can change what it says (a pattern that names a
+    digit, or no prefilter verdict)."""
+    pats = c.pats
+    if not pats or any(_digit_sensitive(p) for p in pats):
+        return None
+    raw = c.raw
+    return tuple(id(p) for p in pats), raw[:_TPL_HEAD] + _TPL_DIGIT.sub(b"0", raw[_TPL_HEAD:])
+
+
+_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+def _amid_repeats(c: Candidate) -> bool:
+    """Are the physical lines before and after this one of its template at their start? Then `unwrap` cannot join
+    it with them (events._continues), and parsing it alone gives what the first of the run gave."""
+    buf, start = c._buf, c._start
+    stop = start + len(c.raw)
+    ln = buf.rfind(b"\n", 0, start)
+    if ln <= 0 or buf.rfind(b"\r", ln, start) != -1:
+        return False
+    nl = buf.find(b"\n", stop, c._valid)
+    if nl == -1:
+        return False
+    nxt = buf.find(b"\n", nl + 1, c._valid)
+    if nxt == -1:
+        return False
+    prev = bytes(buf[buf.rfind(b"\n", 0, ln) + 1:ln])
+    after = bytes(buf[nl + 1:nxt])
+    me = c.raw[:16]
+    if len(me) < 16 or not me.isascii():
+        return False
+    key = me.translate(_ZERO)
+    for other in (prev, after):
+        if other[:16].translate(_ZERO) != key or b"\x1b" in other or b"\r" in other or b"it/s" in other or \
+                b"s/it" in other:
+            return False
+    return b"\x1b" not in c.raw and b"it/s" not in c.raw and b"s/it" not in c.raw
+
+
+def _deferrable(c: Candidate) -> bool:
+    """A line only state patterns can match, short enough that what parsing reads around it is a small copy."""
+    pats = c.pats
+    return bool(pats) and all(p.role == P.PHASE for p in pats) and len(c.raw) <= LONG_LINE and \
+        not any(s in c.raw for s in _SPLITS)
+
+
+def _detach(c: Candidate) -> Candidate:
+    """A copy of a candidate that holds what parsing it reads (the neighbours `unwrap` looks at), not the reader's
+    buffer, which the next read overwrites: parsed later, it gives the same events."""
+    buf, start = c._buf, c._start
+    if start > WRAP_MIN + 2:
+        short = bytes(buf[start - WRAP_MIN - 2:start])
+        if len(c.raw) < WRAP_MIN and short.count(b"\n") > 1:
+            # parse_records will not look for a wrap: the bytes it reads before the line are enough
+            return Candidate(c.line_no, c.offset, c.raw, short + c.raw, len(short))
+        if _amid_repeats(c):
+            # its neighbours start as it does, so `unwrap` leaves it alone; they are all it compares it with
+            ln = buf.rfind(b"\n", 0, start)
+            lo = buf.rfind(b"\n", 0, ln) + 1
+            nl = buf.find(b"\n", start + len(c.raw), c._valid)
+            hi = buf.find(b"\n", nl + 1, c._valid) + 1
+            return Candidate(c.line_no, c.offset, c.raw, bytes(buf[lo:hi]), start - lo)
+    n = WRAP_MIN * WRAP_SPAN * 4
+    before = c.before[-n:] if start < n else bytes(buf[start - n:start])
+    after = c.after(len(c.raw) * WRAP_SPAN * 4 + 2)
+    return Candidate(c.line_no, c.offset, c.raw, before + c.raw + after, len(before))

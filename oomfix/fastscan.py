@@ -1,41 +1,126 @@
-"""The Hyperscan engine for the reader's prefilter: every literal in one pass over the buffer.
+"""The Hyperscan engine for the reader's prefilter: the patterns' own (loosened) regexes, all in one pass.
 
-Intel's Hyperscan (the `hyperscan` wheel) matches all literals at once with SIMD; the pure-Python engine needs a
-bytes.find pass per literal. Same literals, same places (see `reader.Prefilter`), so the same candidates.
+Intel's Hyperscan (the `hyperscan` wheel) matches every pattern's loosened regex (oomfix.prefilter) at once with SIMD,
+and says which pattern matched where: an ordinary line that merely holds a marker word is never touched by Python.
+The lines it reports are confirmed exactly as the pure-Python engine confirms the lines its literals find
+(`Plan.ids`: a scoped marker present, the loosened regex matching), so both engines give the same candidates. Lines
+with colour codes or progress-bar padding are found too and tested in their cleaned forms, as the pure-Python engine
+does.
 """
 from __future__ import annotations
 
-import re
+import hashlib
+import os
+import tempfile
 
 import hyperscan
 
+from oomfix.patterns import HEAD_BYTES, Pattern
 from oomfix.reader import Prefilter
 
+# A line with a colour code or a progress bar's padding between two words, that also holds a literal the pure-Python
+# engine looks for (so that it finds the line too): confirmed on its cleaned forms. _HEAD: with a head literal (counts
+# only for lines in the head), _TAIL: with an anchor.
+_HEAD, _TAIL = -1, -2
+_DIRT = rb"(?:\x1b|[\w\x80-\xff] {6,}[\w\x80-\xff])"
 
-def _database(literals: tuple[bytes, ...]) -> "hyperscan.Database":
+
+def _dirty(literals: tuple[bytes, ...]) -> bytes:
+    alt = b"(?:" + b"|".join(_escape(m) for m in literals) + b")"
+    return alt + rb"[^\r\n]*" + _DIRT + b"|" + _DIRT + rb"[^\r\n]*" + alt
+
+
+def _compile(expressions: list[bytes]) -> "hyperscan.Database":
+    """One database for all expressions (ids are list positions); an expression Hyperscan cannot run exactly is
+    compiled in prefilter mode (a superset: the Python regex confirms every line anyway)."""
+    flags = [0] * len(expressions)
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(expressions=[re.escape(m) for m in literals], ids=list(range(len(literals))),
-               elements=len(literals), flags=[0] * len(literals))
+    try:
+        db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
+        return db
+    except hyperscan.error:
+        pass
+    for i, e in enumerate(expressions):
+        try:
+            hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(expressions=[e], ids=[0], elements=1, flags=[0])
+        except hyperscan.error:
+            flags[i] = hyperscan.HS_FLAG_PREFILTER
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
+    return db
+
+
+def _database(expressions: list[bytes]) -> "hyperscan.Database":
+    """The compiled database, from a per-user cache when this exact set of expressions was compiled before: compiling
+    takes about a second, longer than diagnosing a small log."""
+    key = hashlib.sha256(b"\0".join(expressions) + repr(getattr(hyperscan, "__version__", "")).encode()).hexdigest()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "oomfix", f"hyperscan-{key[:32]}.db")
+    try:
+        with open(path, "rb") as f:
+            db = hyperscan.loadb(f.read(), hyperscan.HS_MODE_BLOCK)
+        db.scratch = hyperscan.Scratch(db)  # a loaded database comes without scratch space
+        return db
+    except (OSError, hyperscan.error, TypeError, ValueError):
+        pass
+    db = _compile(expressions)
+    try:  # best effort: a read-only home only costs the compile next time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hs-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(hyperscan.dumpb(db))
+        os.replace(tmp, path)
+    except (OSError, hyperscan.error):
+        pass
     return db
 
 
 class HyperscanPrefilter(Prefilter):
     name = "hyperscan"
 
-    def __init__(self, markers: tuple[bytes, ...], extra: tuple[bytes, ...] = ()) -> None:
-        super().__init__(markers, extra)
-        self._dbs = {self.markers: _database(self.markers), self.anchors: _database(self.anchors)}
-        self._scratch = {k: hyperscan.Scratch(v) for k, v in self._dbs.items()} if hasattr(hyperscan, "Scratch") \
-            else {}
+    def __init__(self, patterns: "tuple[Pattern, ...] | None" = None, extra: "tuple[Pattern, ...]" = ()) -> None:
+        super().__init__(patterns, extra)
+        plan = self.plan
+        exprs: list[bytes] = []
+        self._keys: list[int] = []
+        for i, p in enumerate(self.patterns):
+            lo = plan.loose[i]
+            # no loosened regex (a user pattern): its markers find it, as in the pure-Python engine
+            for e in ([lo.encode()] if lo is not None else [_escape(m) for m in p.markers]):
+                exprs.append(e)
+                self._keys.append(i)
+        tail = [_dirty(plan.tail_literals[k:k + 32]) for k in range(0, len(plan.tail_literals), 32)]
+        head = [_dirty(plan.head_literals[k:k + 32]) for k in range(0, len(plan.head_literals), 32)]
+        # past the head only the anchors count: a smaller database for the gigabytes after it
+        self._tail_keys = self._keys + [_TAIL] * len(tail)
+        self._tail_db = _database(exprs + tail)
+        self._keys = self._tail_keys + [_HEAD] * len(head)  # Hyperscan limits an expression's length: 32 literals
+        self._db = _database(exprs + tail + head)
 
-    def _find(self, buf: bytes, start: int, end: int, literals: tuple[bytes, ...]) -> list[int]:
-        hits: list[int] = []
-        lengths = [len(m) for m in literals]
+    def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, int]]:  # type: ignore[override]
+        """(offset, pattern id or _ESC/_PAD) of every match end."""
+        hits: list[tuple[int, int]] = []
         append = hits.append
+        head = base < HEAD_BYTES
+        keys = self._keys if head else self._tail_keys
 
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
-            append(start + to - lengths[idx])
+            append((to - 1, keys[idx]))
 
-        view = memoryview(buf)[start:end]
-        self._dbs[literals].scan(view, match_event_handler=on_match)
+        (self._db if head else self._tail_db).scan(memoryview(buf)[:end], match_event_handler=on_match)
         return hits
+
+    def accept(self, raw: bytes, head: bool, lits: set, buf: bytes, start: int, stop: int,  # type: ignore[override]
+               end: int) -> "tuple[Pattern, ...] | bool":
+        plan = self.plan
+        if (_HEAD if head else _TAIL) in lits:
+            # as the pure-Python engine: found through a literal of the raw line, confirmed on the cleaned forms
+            found = {m for m in (plan.head_literals if head else plan.tail_literals) if m in raw}
+            ids = plan.ids_for(raw, head, found) if found else ()
+        else:
+            ids = plan.ids(raw, head, {k for k in lits if k >= 0})
+        return tuple(self.patterns[i] for i in ids) if ids else False
+
+
+def _escape(m: bytes) -> bytes:
+    return b"".join(bytes([c]) if chr(c).isalnum() and c < 128 or c == 32 else b"\\x%02x" % c for c in m)

@@ -130,6 +130,17 @@ class Journal:
         self.dir = self.root / STATE_DIR
         self.path = self.dir / "journal.jsonl"
 
+    def rel(self, path: str) -> str:
+        """How a path is stored: relative to the journal's root, so that a committed journal still names the right
+        files in a fresh clone or a moved tree (absolute only for a file outside the root)."""
+        a = os.path.abspath(path)
+        r = os.path.relpath(a, os.path.abspath(self.root))
+        return a if r.startswith("..") else r
+
+    def resolve(self, stored: str) -> str:
+        """A stored path back to a usable one (records written before paths were relative are absolute)."""
+        return stored if os.path.isabs(stored) else os.path.join(os.path.abspath(self.root), stored)
+
     def _ensure(self) -> None:
         try:
             (self.dir / "backups").mkdir(parents=True, exist_ok=True)
@@ -216,9 +227,10 @@ class Journal:
         for i, w in enumerate(writes):
             backup = bdir / f"{i}.orig"
             atomic_write(str(backup), w.before)
-            files.append({"file": os.path.abspath(w.path), "before_sha256": sha256(w.before),
+            files.append({"file": self.rel(w.path), "before_sha256": sha256(w.before),
                           "after_sha256": sha256(w.after), "backup": str(backup.relative_to(self.root))})
-        self._append({"event": "begin", "tx": tx, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": log,
+        self._append({"event": "begin", "tx": tx, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "log": self.rel(log) if log else log,
                       "log_sha256": log_sha, "rule": rule, "class": cls, "files": files})
         done: list[PlannedWrite] = []
         with _sigint_deferred() as interrupted:
@@ -228,7 +240,7 @@ class Journal:
                         break
                     atomic_write(w.path, w.after)
                     done.append(w)
-                    self._append({"event": "written", "tx": tx, "file": os.path.abspath(w.path)})
+                    self._append({"event": "written", "tx": tx, "file": self.rel(w.path)})
             except BaseException:
                 self._rollback(tx, done, "write failed")
                 raise
@@ -251,10 +263,10 @@ class Journal:
         if not txs:
             raise JournalError(f"nothing to undo: no apply recorded in {self.path}")
         tx = txs[-1]
-        sweep_temps([f["file"] for f in tx["files"]], older_than=0.0)
+        sweep_temps([self.resolve(f["file"]) for f in tx["files"]], older_than=0.0)
         todo = []
         for f in tx["files"]:
-            cur = file_sha256(f["file"])
+            cur = file_sha256(self.resolve(f["file"]))
             if cur == f["before_sha256"]:
                 continue  # never written (a crash before its rename), or already restored
             if cur != f["after_sha256"]:
@@ -269,7 +281,7 @@ class Journal:
                 raise JournalError(f"{f['backup']}: backup unreadable: {e.strerror}") from None
             if sha256(data) != f["before_sha256"]:
                 raise JournalError(f"{f['backup']}: backup does not match the recorded hash; not undoing")
-            atomic_write(f["file"], data)
-            restored.append(f["file"])
+            atomic_write(self.resolve(f["file"]), data)
+            restored.append(self.resolve(f["file"]))
         self._append({"event": "undone", "tx": tx["tx"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return tx["tx"], restored

@@ -13,11 +13,14 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Generator, Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 from oomfix.errors import InputError
-from oomfix.patterns import ANCHORS, FOLLOW, HEAD_BYTES, MARKERS
+from oomfix.patterns import ANCHORS, FOLLOW, HEAD_BYTES, PATTERNS, Pattern
+
+if TYPE_CHECKING:
+    from oomfix.prefilter import Plan
 
 CHUNK = 8 << 20
 # a "line" longer than this (a \r-less progress stream, a binary blob) is cut; markers are still found
@@ -30,7 +33,7 @@ SNIFF = 64 << 10
 class Candidate:
     """A line worth parsing. `before` (the bytes preceding it, for look-back) is cut only when asked for."""
 
-    __slots__ = ("line_no", "offset", "raw", "_buf", "_start", "_prev", "_valid")
+    __slots__ = ("line_no", "offset", "raw", "_buf", "_start", "_prev", "_valid", "pats")
 
     def __init__(self, line_no: int, offset: int, raw: bytes, buf: bytes = b"", start: int = 0,
                  prev: bytes = b"", valid: int | None = None) -> None:
@@ -39,6 +42,9 @@ class Candidate:
         self.raw = raw  # the logical line: between "\r"/"\n" boundaries, at most MAX_LINE bytes
         self._buf, self._start, self._prev = buf, start, prev
         self._valid = len(buf) if valid is None else valid  # the buffer holds log bytes up to here
+        # the patterns the prefilter found possible for this line (PATTERNS order); None: any (not checked, or a
+        # line a terminal may have wrapped)
+        self.pats: tuple[Pattern, ...] | None = None
 
     def after(self, limit: int = 8192) -> bytes:
         """Up to `limit` bytes after this line (for lines a terminal hard-wrapped); less at a buffer boundary."""
@@ -58,51 +64,97 @@ class Candidate:
 
 
 class Prefilter:
-    """Finds where candidate lines are: every marker in the head of a log, the anchors past it.
+    """Finds the candidate lines: lines with a marker of a pattern (every marker in the head of a log, the ANCHORS
+    past it) whose loosened regex also matches (see oomfix.prefilter), so that ordinary lines that merely contain a
+    marker word ("indexing errors", "see_memory_usage") never reach the parser.
 
     This class is the pure-Python engine (one bytes.find pass per literal); `fastscan.HyperscanPrefilter` finds
-    the same literals in one pass. Both search the same literals in the same places, so they give the same
-    candidates and the same diagnoses.
+    the same literals in one pass. Both search the same literals in the same places and confirm lines with the same
+    `accept`, so they give the same candidates and the same diagnoses.
     """
 
     name = "python"
 
-    def __init__(self, markers: tuple[bytes, ...] = MARKERS, extra: tuple[bytes, ...] = ()) -> None:
-        self.markers = tuple(sorted(set(markers) | set(extra)))
-        self.anchors = tuple(sorted(set(ANCHORS) | set(extra)))
+    def __init__(self, patterns: tuple[Pattern, ...] | None = None, extra: tuple[Pattern, ...] = ()) -> None:
+        if patterns is not None and patterns and isinstance(patterns[0], bytes):
+            patterns = None  # the old signature (marker literals): the patterns carry their markers now
+        self.patterns = tuple(extra) + (PATTERNS if patterns is None else tuple(patterns))
+        self.plan = _plan(self.patterns, len(extra))
+        self.markers = self.plan.head_literals
+        self.anchors = self.plan.tail_literals
         self.longest = max(len(m) for m in self.markers)
+        self._verdicts: dict[tuple, object] = {}
 
-    def _find(self, buf: bytes, start: int, end: int, literals: tuple[bytes, ...]) -> list[int]:
+    def with_patterns(self, patterns: tuple[Pattern, ...], n_user: int) -> "Prefilter":
+        """The same engine for another pattern tuple (user patterns first)."""
+        if patterns == self.patterns:
+            return self
+        return type(self)(patterns[n_user:], patterns[:n_user])
+
+    def _find(self, buf: bytes, start: int, end: int, literals: tuple[bytes, ...]) -> list[tuple[int, bytes]]:
         hits = []
         find = buf.find
         for m in literals:
             i = find(m, start, end)
             while i != -1:
-                hits.append(i)
+                hits.append((i, m))
                 i = find(m, i + 1, end)
         return hits
 
-    def find(self, buf: bytes, end: int, base: int = 0) -> list[int]:
+    def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, bytes]]:
+        """(offset, literal) of every literal hit: every marker in the head, the anchors past it."""
         head_end = min(end, max(0, HEAD_BYTES - base))
-        hits: list[int] = []
+        hits: list[tuple[int, bytes]] = []
         if head_end > 0:
             hits += self._find(buf, 0, min(end, head_end + self.longest), self.markers)
         if head_end < end:
             hits += self._find(buf, max(0, head_end - self.longest), end, self.anchors)
         return hits
 
+    def check(self, raw: bytes, head: bool, lits: set, buf: bytes, start: int, stop: int,
+              end: int) -> "tuple[Pattern, ...] | None | bool":
+        """`accept`, once per template: a line like one checked before but for its digits (a per-step line) gets the
+        same verdict, when no pattern that could match it names a digit."""
+        if self.plan.digit_matters(lits, head):
+            return self.accept(raw, head, lits, buf, start, stop, end)
+        key = (head, frozenset(lits), raw.translate(_ONES))
+        got = self._verdicts.get(key)
+        if got is None:
+            if len(self._verdicts) >= 8192:
+                self._verdicts.clear()
+            got = self._verdicts[key] = self.accept(raw, head, lits, buf, start, stop, end)
+        return got
+
+    def accept(self, raw: bytes, head: bool, lits: set[bytes], buf: bytes, start: int, stop: int,
+               end: int) -> "tuple[Pattern, ...] | None | bool":
+        """The patterns a line found through `lits` can match; None: any (a wrapped line, the parser joins it with
+        its neighbours); False: not a candidate."""
+        plan = self.plan
+        ids = plan.ids_for(raw, head, lits)
+        return tuple(self.patterns[i] for i in ids) if ids else False
+
+
+_ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(patterns: tuple[Pattern, ...], n_user: int) -> "Plan":
+    from oomfix.prefilter import Plan
+
+    return Plan(patterns, ANCHORS, frozenset(range(n_user)))
+
 
 @functools.lru_cache(maxsize=8)
-def default_prefilter(extra: tuple[bytes, ...] = ()) -> Prefilter:
+def default_prefilter(extra: tuple[Pattern, ...] = ()) -> Prefilter:
     """Hyperscan where its wheel is installed (OOMFIX_ENGINE=python forces the pure-Python engine).
-    `extra`: markers of user patterns, searched everywhere."""
+    `extra`: user patterns, tried first and searched everywhere."""
     if os.environ.get("OOMFIX_ENGINE", "") != "python":
         try:
             from oomfix.fastscan import HyperscanPrefilter
-            return HyperscanPrefilter(MARKERS, extra)
+            return HyperscanPrefilter(None, extra)
         except ImportError:
             pass
-    return Prefilter(MARKERS, extra)
+    return Prefilter(None, extra)
 
 
 def _line_at(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
@@ -189,8 +241,10 @@ def _readinto(stream: BinaryIO, into: memoryview, name: str) -> int:
 
 
 def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
-         chunk_size: int = CHUNK, stats: dict[str, int] | None = None) -> Iterator[Candidate]:
-    """Yield the candidate lines of a log in order; `stats` gets the byte and line counts."""
+         chunk_size: int = CHUNK, stats: dict[str, int] | None = None,
+         before_refill: list[Callable[[], None]] | None = None) -> Iterator[Candidate]:
+    """Yield the candidate lines of a log in order; `stats` gets the byte and line counts. `before_refill`: called
+    before the buffer the candidates point into is overwritten (a consumer that holds some copies them then)."""
     prefilter = prefilter or default_prefilter()
     # one buffer, reused: no per-chunk allocation or concatenation. Candidates slice it before the next read.
     hint = _size_hint(stream)
@@ -247,7 +301,11 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
         # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line yielded
         last_stop, follow_left = yield from follow(0, follow_left)
-        for hit in sorted(prefilter.find(buf, end, base)):
+        hits = sorted(prefilter.find(buf, end, base))
+        k = 0
+        while k < len(hits):
+            hit, lit = hits[k]
+            k += 1
             if hit < last_stop:
                 continue  # same line as a hit already yielded
             ln = buf.rfind(b"\n", 0, hit)
@@ -255,12 +313,21 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             stop_n = buf.find(b"\n", hit, end)
             stop_r = buf.find(b"\r", hit, stop_n if stop_n != -1 else end)
             stop = stop_r if stop_r != -1 else (stop_n if stop_n != -1 else end)
-            line_no += buf.count(b"\n", counted, start)
-            counted = start
+            lits = {lit}
+            while k < len(hits) and hits[k][0] < stop:
+                lits.add(hits[k][1])  # the other hits of this line
+                k += 1
             lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
             hi = min(stop, lo + MAX_LINE)
             raw = bytes(buf[lo:hi])
-            yield Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
+            pats = prefilter.check(raw, base + start < HEAD_BYTES, lits, buf, start, stop, end)
+            if pats is False:
+                continue  # a marker word in an ordinary line
+            line_no += buf.count(b"\n", counted, start)
+            counted = start
+            cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
+            cand.pats = pats  # type: ignore[assignment]
+            yield cand
             last_stop = stop + 1
             n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0)
             # the lines after a trigger: the HF block, the summary table, the allocator's numbers
@@ -269,6 +336,8 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                 pos += 1  # the "\n" of a CRLF line
             pos, follow_left = yield from follow(pos, n_follow)
             last_stop = max(last_stop, pos)
+        for hook in before_refill or ():
+            hook()
         line_no += buf.count(b"\n", counted, end)
         prev_tail = bytes(buf[max(0, end - CONTEXT):end])
         carry_len = size - end

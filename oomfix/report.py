@@ -258,3 +258,45 @@ def render_rules(rules: Any) -> str:
         for r in fc.ladder:
             out.append(f"  {r.id}" + ("  [opt-in]" if r.semantic else ""))
     return "\n".join(out) + "\n"
+
+
+def render_jobs_text(launchers: Any) -> str:
+    """`oomfix jobs`: one block per job; unknown values say "unset" or "not determinable", never None."""
+    out = []
+    for lau in launchers:
+        if not lau.jobs:
+            out.append(f"{lau.path}: no training job found")
+            continue
+        for j in lau.jobs:
+            how = ", ".join(x for x in ("background" if j.background else "foreground", "nohup" if j.nohup else "",
+                                        f"protected by {j.protected_by}" if j.protected_by else "unprotected",
+                                        f"on {j.remote}" if j.remote else "") if x)
+            port = j.port_json
+            port_s = {"random": "random (computed at launch)", "free": "free (the launcher picks one)"}.get(
+                str(port), str(port) if port is not None else
+                ("29500 (default)" if j.port == "default" else "not determinable from the text"))
+            out.append(f"{j.file}:{j.line}: {j.kind} ({how})")
+            out.append(f"    config: {_job_config_text(j)}   master port: {port_s}")
+            out.append(f"    GPUs: {j.cuda_visible_devices or 'unset (all visible)'}   processes per node: "
+                       f"{j.nproc if j.nproc is not None else 'unknown'}   log: {j.log or 'unset (terminal)'}")
+    return "\n".join(out) + "\n"
+
+
+def _job_config_text(j: Any) -> str:
+    """The config as written, and the file it resolves to (saying so when more than one directory fits)."""
+    import os
+
+    from oomfix.launcher import job_paths
+
+    if not j.config:
+        return "unset"
+    if j.remote:
+        return f"{j.config} (on {j.remote})"
+    found = job_paths(j, j.config)
+    if not found:
+        return f"{j.config} (not found from here)"
+    shown = [os.path.relpath(p) if not os.path.relpath(p).startswith("../../..") else p for p in found]
+    where = "the directory it cds to" if j.cwd else "where it is started from"
+    if len(found) > 1:
+        return f"{j.config} (ambiguous, relative to {where}: {shown[0]}, or {', '.join(shown[1:])}; using the first)"
+    return f"{j.config} (= {shown[0]})"

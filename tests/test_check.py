@@ -128,7 +128,7 @@ def test_deepspeed_missing_and_mismatch(tree):
 
 @pytest.mark.parametrize("line,bad", [
     ("nohup torchrun t.py c/a.yaml > a.log 2>&1 &", True),
-    ("torchrun t.py c/a.yaml > a.log 2>&1 &", True),
+    ("torchrun t.py c/a.yaml > a.log 2>&1 &\nwait", True),  # the script waits: SIGHUP reaches its process group
     ("nohup deepspeed t.py --deepspeed ds.json > a.log &", True),
     ("setsid nohup torchrun t.py c/a.yaml > a.log 2>&1 < /dev/null &", False),
     ("nohup torchrun --signals-to-handle SIGTERM,SIGINT,SIGQUIT t.py c/a.yaml > a.log &", False),
@@ -139,6 +139,12 @@ def test_deepspeed_missing_and_mismatch(tree):
 def test_unprotected_launch(tree, line, bad):
     make(tree, {"l.sh": "#!/bin/bash\n" + line + "\n"})
     assert (ids(tree)[0] == ["unprotected-launch"]) is bad
+
+
+def test_bare_background_without_wait_is_a_warning(tree):
+    make(tree, {"l.sh": "torchrun t.py > a.log 2>&1 &\n"})
+    got, res = ids(tree)
+    assert got == ["unprotected-background"] and res.exit_code() == 0
 
 
 @pytest.mark.parametrize("ga,gb,bad", [("0,1", "1,2", True), ("0,1", "2,3", False), (None, None, True)])
@@ -157,7 +163,9 @@ def test_sequential_jobs_do_not_overlap(tree):
 
 @pytest.mark.parametrize("a,b,bad", [
     ("torchrun t.py", "torchrun t.py", True),  # both at the default 29500
-    ("MASTER_PORT=29501 torchrun t.py", "torchrun --master_port 29501 t.py", True),
+    ("env PET_MASTER_PORT=29501 torchrun t.py", "torchrun --master_port 29501 t.py", True),
+    # torchrun reads --master-port or PET_MASTER_PORT, never MASTER_PORT (torch/distributed/argparse_util.py)
+    ("env MASTER_PORT=29501 torchrun t.py", "torchrun --master_port 29501 t.py", False),
     ("torchrun --master_port 29501 t.py", "torchrun --master_port 29502 t.py", False),
     ("llamafactory-cli train a.yaml", "llamafactory-cli train b.yaml", False),  # picks a free port
     ("torchrun --standalone t.py", "torchrun t.py", False),
@@ -256,6 +264,35 @@ def test_wrapper_literal_nproc_gives_the_world_size(tree):
     make(tree, {"c/a.yaml": lf("a", 1, 16), "c/b.yaml": lf("b", 1, 16),
                 "wrap4.py": 'import subprocess, sys\nsubprocess.run(["torchrun", "--nproc_per_node", "4", "t.py", sys.argv[1]])\n',
                 "wrap2.py": 'import subprocess, sys\nsubprocess.run(["torchrun", "--nproc_per_node=2", "t.py", sys.argv[1]])\n',
-                "l.sh": "CUDA_VISIBLE_DEVICES=0,1,2,3 MASTER_PORT=1 setsid python wrap4.py c/a.yaml > a.log &\n"
-                        "CUDA_VISIBLE_DEVICES=4,5 MASTER_PORT=2 setsid python wrap2.py c/b.yaml > b.log &\n"})
+                "l.sh": "CUDA_VISIBLE_DEVICES=0,1,2,3 PET_MASTER_PORT=1 setsid python wrap4.py c/a.yaml > a.log &\n"
+                        "CUDA_VISIBLE_DEVICES=4,5 PET_MASTER_PORT=2 setsid python wrap2.py c/b.yaml > b.log &\n"})
     assert ids(tree)[0] == ["global-batch-mismatch"]
+
+
+def _drift(res):
+    return [f for f in res.findings if f.id == "sibling-drift"]
+
+
+def test_sibling_severity_follows_the_evidence(tree):
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": lf("b", 1, 16, extra="deepspeed: ds.json"),
+                "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    drift = _drift(ids(tree)[1])
+    # only alike in one directory: a warning that says why they were grouped, and "unset", never None
+    assert drift and all(f.severity == "warning" and "grouped only because" in f.message for f in drift)
+    assert any("unset" in f.message for f in drift) and not any("None" in f.message for f in drift)
+    make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0 setsid llamafactory-cli train c/a.yaml > a.log &\n"
+                        "CUDA_VISIBLE_DEVICES=1 setsid llamafactory-cli train c/b.yaml > b.log &\nwait\n"})
+    drift = _drift(ids(tree)[1])
+    assert drift and all(f.severity == "error" and "side by side" in f.message for f in drift)
+    make(tree, {"l.sh": "llamafactory-cli train c/a.yaml\nllamafactory-cli train c/b.yaml\n"})
+    drift = _drift(ids(tree)[1])
+    assert drift and all(f.severity == "warning" and "one after the other" in f.message for f in drift)
+
+
+def test_dev_null_is_not_a_log_collision_and_remote_nodes_share_a_port(tree):
+    make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0 setsid torchrun --master_port 1 t.py > /dev/null 2>&1 &\n"
+                        "CUDA_VISIBLE_DEVICES=1 setsid torchrun --master_port 2 t.py > /dev/null 2>&1 &\n"
+                        "ssh n1 'setsid torchrun --nnodes 2 --node_rank 1 --master_addr n0 --master_port 3 t.py' &\n"
+                        "ssh n0 'setsid torchrun --nnodes 2 --node_rank 0 --master_addr n0 --master_port 3 t.py' &\n"
+                        "wait\n"})
+    assert ids(tree)[0] == []

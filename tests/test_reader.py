@@ -1,6 +1,7 @@
 """The reader: sources, dirt, and bounds."""
 import gzip
 import io
+import re
 
 import pytest
 
@@ -83,11 +84,42 @@ def test_invalid_utf8_is_read_not_refused(tmp_path):
     assert len(list(scan(stream, name))) == 1
 
 
-def test_pure_python_prefilter_finds_every_marker():
-    from oomfix.patterns import MARKERS
+def test_ordinary_lines_with_marker_words_are_not_candidates_but_failures_are():
+    # the words "errors", "memory", "checkpoint" alone do not make a line worth parsing; the patterns decide
+    ordinary = (b"Token indices sequence length is longer than the specified maximum sequence length for this model "
+                b"(2345 > 2048). Running this sequence through the model will result in indexing errors\n"
+                b"[2026-11-27 10:00:00,000] [INFO] [utils.py:782:see_memory_usage] MA 12.50 GB         Max_MA 14.10 GB"
+                b"         CA 15.20 GB         Max_CA 16 GB \n")
+    failure = b"[rank3]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n"
+    for pf in (Prefilter(), reader.default_prefilter()):
+        cands = _cands(ordinary * 50 + failure, prefilter=pf)
+        assert [c.line_no for c in cands] == [101], pf.name
+        assert "cuda_oom" in [p.name for p in cands[0].pats]
 
-    data = b"\n".join(b"pad " + m + b" pad" for m in MARKERS) + b"\n"
-    assert len(_cands(data, prefilter=Prefilter())) == len(MARKERS)
+
+def test_every_event_of_every_fixture_comes_from_a_pattern_the_prefilter_allowed():
+    import glob
+
+    from oomfix.events import clean, parse_records, unwrap
+
+    for path in sorted(glob.glob("fixtures/**/*.log", recursive=True)):
+        stream, name = open_log(path)
+        for c in scan(stream, name, Prefilter()):
+            if unwrap(c, clean(c.raw)) != clean(c.raw):
+                continue  # the parser joins it with its neighbours: any pattern may match the joined record
+            for ev in parse_records(c, name):
+                assert c.pats is None or ev.pattern in [p.name for p in c.pats], (path, c.line_no, ev.pattern)
+        stream.close()
+
+
+def test_loosened_regexes_compile_for_every_pattern():
+    from oomfix.patterns import PATTERNS
+    from oomfix.prefilter import _source, loosen
+
+    for p in PATTERNS:
+        lo = loosen(*_source(p))
+        assert lo is not None, p.name
+        assert not re.search(lo.encode(), b""), p.name  # never matches everything
 
 
 def _big_log(tmp_path, tail: bytes) -> str:
@@ -136,3 +168,35 @@ def test_a_64_worker_summary_table_past_the_head_is_read_whole(tmp_path):
              "  host      : node0\n  rank      : 0 (local_rank: 0)\n  exitcode  : -7 (pid: 100)  (SIGBUS)\n")
     d = diagnose([_big_log(tmp_path, table.encode())], Prefilter())
     assert d.cls == "shm_bus_error" and d.root_cause.rank == 0 and len(d.cascade) == 63
+
+
+def test_memory_stays_bounded_when_a_failure_line_repeats_and_the_diagnosis_does_not_change(tmp_path):
+    # a device assert printed by every CUDA thread, then the rank dies: the state keeps the start, the end and one
+    # line every CLUSTER_GAP lines of the run, and the diagnosis is the one of the whole log
+    from oomfix.classify import CLUSTER_GAP, analyze_file, diagnose
+
+    n = 3000
+    lines = [f"[rank1]: Indexing.cu:1292: indexSelectLargeIndex: block: [{i},0,0], thread: [{i % 128},0,0] "
+             f"Assertion `srcIndex < srcSelectDimSize` failed.\n" for i in range(n)]
+    death = ("E1127 10:00:01.000000 1 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) "
+             "local_rank: 1 (pid: 14) of binary: python\n")
+    p = tmp_path / "asserts.log"
+    p.write_text("".join(lines) + death)
+    st = analyze_file(str(p)).state
+    assert len(st.events) < 2 * n // CLUSTER_GAP + 10
+    d = diagnose([str(p)])
+    assert d.cls == "cuda_error" and d.root_cause.line == 1 and d.root_cause.rank == 1
+
+
+def test_state_lines_are_read_only_around_a_failure_and_give_the_same_phase(tmp_path):
+    from oomfix.classify import analyze_file, diagnose
+
+    saves = "".join(f"[INFO|trainer.py:3705] 2026-11-27 10:00:00,000 >> Saving model checkpoint to out/checkpoint-{i}\n"
+                    f"{{'loss': 1.{i % 10}, 'grad_norm': 0.8, 'learning_rate': 1e-05, 'epoch': 0.1}}\n"
+                    for i in range(5000))
+    p = tmp_path / "saves.log"
+    p.write_text(saves + "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n")
+    st = analyze_file(str(p)).state
+    assert sum(e.role == "phase" for e in st.events) <= 2  # not 5000
+    d = diagnose([str(p)])
+    assert d.cls == "cuda_oom" and d.root_cause.phase == "checkpoint save"

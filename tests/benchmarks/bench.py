@@ -11,6 +11,12 @@ failure half-way followed by NCCL-timeout noise), then measures on the same file
   grep -c -E with an alternation of the markers oomfix looks for, and wc -l (the floor)
 It also measures start-up (`oomfix --version` against `python -c pass`) and `oomfix check` on a generated tree of
 500 configs, 50 launchers and 200 logs of 1 MB. Files are deleted afterwards unless --keep is given.
+
+The "busy" log (--busy MB) mixes in the ordinary lines a long DeepSpeed/HF run prints that contain marker-like words
+but are no failure (DeepSpeed see_memory_usage stats, checkpoint saves, "***** Running Evaluation *****" blocks,
+eval_loss dicts, tokenizer "indexing errors" warnings, loss-scale OVERFLOW! lines), at realistic rates, and ends in a
+CUDA OOM. The per-kind table (--kinds N) times N lines of each ordinary kind alone (no failure: class "none").
+Smaller figures for quick iterations: --sizes 50 --busy 50 --kinds 20000 --reps 1; --only busy,kinds.
 """
 from __future__ import annotations
 
@@ -84,6 +90,98 @@ def generate(path: Path, size_mb: int, variant: str = "end") -> None:
                     f.write(NOISE.format(r=n % 8).encode())
 
 
+# --- the ordinary lines of a long run (producers: transformers trainer.py / LLaMA-Factory logging, DeepSpeed
+# runtime/utils.py see_memory_usage and runtime/fp16/loss_scaler.py, tokenization_utils_base.py, NCCL debug.cc) ---
+def _t(i: int) -> str:
+    return f"2026-11-27 {10 + i // 3600 % 12:02d}:{i // 60 % 60:02d}:{i % 60:02d},{i * 37 % 1000:03d}"
+
+
+def k_checkpoint(i: int) -> str:
+    return (f"[INFO|trainer.py:3705] {_t(i)} >> Saving model checkpoint to saves/qwen3-14b/lora/sft/"
+            f"checkpoint-{i * 500}\n")
+
+
+def k_eval_block(i: int) -> str:
+    return (f"[INFO|trainer.py:3831] {_t(i)} >> \n***** Running Evaluation *****\n"
+            f"[INFO|trainer.py:3833] {_t(i)} >>   Num examples = {1000 + i % 7}\n"
+            f"[INFO|trainer.py:3836] {_t(i)} >>   Batch size = 8\n")
+
+
+def k_eval_loss(i: int) -> str:
+    return (f"{{'eval_loss': {1 + i % 997 / 1000:.4f}, 'eval_runtime': {12 + i % 13:.4f}, 'eval_samples_per_second': "
+            f"{81 + i % 9:.3f}, 'eval_steps_per_second': {10 + i % 5:.3f}, 'epoch': {i / 3000:.2f}}}\n")
+
+
+def k_tokenizer(i: int) -> str:
+    return (f"Token indices sequence length is longer than the specified maximum sequence length for this model "
+            f"({2049 + i % 5000} > 2048). Running this sequence through the model will result in indexing errors\n")
+
+
+def k_memory(i: int) -> str:
+    t = f"[{_t(i)}] [INFO] [utils.py:"
+    return (f"{t}781:see_memory_usage] After forward step {i}\n"
+            f"{t}782:see_memory_usage] MA {12 + i % 7 / 10:.2f} GB         Max_MA {14 + i % 3 / 10:.2f} GB         "
+            f"CA {15 + i % 5 / 10:.2f} GB         Max_CA 16 GB \n"
+            f"{t}789:see_memory_usage] CPU Virtual Memory:  used = {47 + i % 11 / 10:.2f} GB, percent = "
+            f"{9 + i % 4 / 10:.1f}%\n")
+
+
+def k_overflow(i: int) -> str:
+    return (f"[{_t(i)}] [INFO] [loss_scaler.py:183:update_scale] [deepspeed] OVERFLOW! Rank {i % 8} Skipping step. "
+            f"Attempted loss scale: {2 ** (16 - i % 4)}, reducing to {2 ** (15 - i % 4)}\n")
+
+
+def k_nccl_info(i: int) -> str:
+    return (f"gpu-node-01:{4100 + i % 8}:{5200 + i % 8} [{i % 8}] NCCL INFO Channel {i % 32:02d}/0 : {i % 8}[{i % 8}] "
+            f"-> {(i + 1) % 8}[{(i + 1) % 8}] via P2P/IPC/read\n")
+
+
+def k_loss(i: int) -> str:
+    return (f"{{'loss': {1.0 + (i % 17) / 10:.4f}, 'grad_norm': {0.5 + i % 31 / 100:.4f}, 'learning_rate': "
+            f"{9.1e-06 - i * 1e-12:.4e}, 'epoch': {i / 30000:.2f}}}\n")
+
+
+KINDS = {"checkpoint save": k_checkpoint, "Running Evaluation": k_eval_block, "eval_loss dict": k_eval_loss,
+         "tokenizer warning": k_tokenizer, "see_memory_usage": k_memory, "OVERFLOW!": k_overflow,
+         "NCCL INFO": k_nccl_info, "{'loss': ...}": k_loss}
+
+
+def _busy_block(step: int) -> str:
+    """20 training steps of a busy DeepSpeed + HF run: about a third of the lines are ordinary marker-like lines."""
+    out = [_block(step)]
+    for s in range(step, step + 20):
+        out.append(k_memory(s))  # DeepSpeed memory stats every step (3 lines)
+        if s % 3 == 0:
+            out.append(k_tokenizer(s))
+        if s % 4 == 0:
+            out.append(k_overflow(s))
+    out.append(k_eval_block(step) + k_eval_loss(step))  # evaluate and save every 20 steps
+    out.append(k_checkpoint(step))
+    return "".join(out)
+
+
+def generate_busy(path: Path, size_mb: int) -> None:
+    target = size_mb << 20
+    blocks = [_busy_block(1000 + 20 * j).encode() for j in range(50)]
+    with open(path, "wb") as f:
+        f.write(HEAD.encode())
+        written = len(HEAD)
+        j = 0
+        while written < target - (64 << 10):
+            f.write(blocks[j % len(blocks)])
+            written += len(blocks[j % len(blocks)])
+            j += 1
+        f.write(_tail(2500).encode())
+
+
+def generate_kind(path: Path, kind: str, n: int) -> None:
+    make_line = KINDS[kind]
+    with open(path, "w") as f:
+        f.write(HEAD)
+        for i in range(0, n, 1000):
+            f.write("".join(make_line(j) for j in range(i, min(n, i + 1000))))
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (MB) of that one process, stdout."""
     t = time.perf_counter()
@@ -104,26 +202,70 @@ def grep_regex() -> str:
     return "|".join(re.sub(r"([.\[\]()*+?{}|^$\\])", r"\\\1", m.decode()) for m in MARKERS)
 
 
-def bench_logs(sizes: list[int], tmp: Path) -> list[dict[str, object]]:
-    oomfix = [sys.executable, "-m", "oomfix", "diagnose", "--format", "json"]
+OOMFIX = [sys.executable, "-m", "oomfix", "diagnose", "--format", "json"]
+
+
+def measure(log: Path, label: str, reps: int, engines: tuple[str, ...] = ("hyperscan", "python")) -> dict[str, object]:
+    """grep, wc and oomfix (each engine) on one log; best wall time of `reps`, peak RSS of any run."""
+    subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    row: dict[str, object] = {"log": label, "mb": log.stat().st_size / (1 << 20)}
+    row["wc"] = _best(["wc", "-l", str(log)], reps)[0]
+    row["grep"] = _best(["grep", "-c", "-E", grep_regex(), str(log)], reps)[0]
+    outs = []
+    for eng in engines:
+        env = dict(os.environ, OOMFIX_ENGINE="python") if eng == "python" else None
+        wall, rss, out = _best(OOMFIX + [str(log)], reps, env)
+        cls = re.search(r'"class": "(\w+)"', out)
+        row[eng], row[eng + "_rss"], row[eng + "_class"] = wall, rss, cls.group(1) if cls else "ERROR"
+        outs.append(out)
+    row["same"] = len(set(outs)) == 1
+    return row
+
+
+def print_header() -> None:
+    print(f"\n{'log':34s} {'MB':>6s} {'wc':>6s} {'grep':>6s} {'oomfix(hs)':>10s} {'RSS':>6s} {'hs/grep':>7s} "
+          f"{'oomfix(py)':>10s} {'RSS':>6s} {'py/grep':>7s}  class       engines agree", flush=True)
+
+
+def print_row(r: dict[str, object]) -> None:
+    def cell(eng: str) -> str:
+        if eng not in r:
+            return f"{'-':>10s} {'-':>6s} {'-':>7s}"
+        return f"{r[eng]:9.2f}s {r[eng + '_rss']:4d}MB {r[eng] / r['grep']:7.2f}"  # type: ignore[operator]
+    cls = r.get("hyperscan_class", r.get("python_class"))
+    print(f"{r['log']:34s} {r['mb']:6.0f} {r['wc']:5.2f}s {r['grep']:5.2f}s {cell('hyperscan')} {cell('python')}  "
+          f"{cls:11s} {r['same']}", flush=True)
+
+
+def bench_logs(sizes: list[int], tmp: Path, reps: int | None, engines: tuple[str, ...]) -> list[dict[str, object]]:
     rows = []
     for size in sizes:
         for variant in ("end", "middle"):
             log = tmp / f"bench_{size}mb_{variant}.log"
             generate(log, size, variant)
-            subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-            reps = 3 if size <= 200 else 2
-            wc = _best(["wc", "-l", str(log)], reps)
-            grep = _best(["grep", "-c", "-E", grep_regex(), str(log)], reps)
-            hs = _best(oomfix + [str(log)], reps)
-            py = _best(oomfix + [str(log)], 1 if size > 200 else reps, dict(os.environ, OOMFIX_ENGINE="python"))
-            cls = re.search(r'"class": "(\w+)"', hs[2])
-            cls_py = re.search(r'"class": "(\w+)"', py[2])
-            rows.append({"size_mb": size, "variant": variant, "wc": wc[0], "grep": grep[0], "hyperscan": hs[0],
-                         "hyperscan_rss": hs[1], "python": py[0], "python_rss": py[1],
-                         "class": cls.group(1) if cls else None, "same": hs[2] == py[2],
-                         "class_py": cls_py.group(1) if cls_py else None})
+            rows.append(measure(log, f"standard, failure at {variant}", reps or (3 if size <= 200 else 2), engines))
+            print_row(rows[-1])
             log.unlink()
+    return rows
+
+
+def bench_busy(size: int, tmp: Path, reps: int | None, engines: tuple[str, ...]) -> dict[str, object]:
+    log = tmp / f"busy_{size}mb.log"
+    generate_busy(log, size)
+    row = measure(log, "busy (OOM at end)", reps or 2, engines)
+    print_row(row)
+    log.unlink()
+    return row
+
+
+def bench_kinds(n: int, tmp: Path, reps: int | None, engines: tuple[str, ...]) -> list[dict[str, object]]:
+    rows = []
+    for kind in KINDS:
+        log = tmp / "kind.log"
+        generate_kind(log, kind, n)
+        rows.append(measure(log, f"{n} x {kind}", reps or 3, engines))
+        print_row(rows[-1])
+        log.unlink()
     return rows
 
 
@@ -185,14 +327,25 @@ def bench_check(tmp: Path) -> tuple[float, int, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="100,1000", help="log sizes in MB, comma-separated")
+    ap.add_argument("--sizes", default="100,1000", help="standard log sizes in MB, comma-separated ('' for none)")
+    ap.add_argument("--busy", type=int, default=500, help="size of the busy log in MB (0: skip)")
+    ap.add_argument("--kinds", type=int, default=100000, help="lines of each ordinary kind (0: skip)")
+    ap.add_argument("--only", default="startup,standard,busy,kinds,check",
+                    help="comma-separated parts to run: startup, standard, busy, kinds, check")
+    ap.add_argument("--engines", default="hyperscan,python", help="oomfix engines to time")
+    ap.add_argument("--reps", type=int, default=None, help="runs per measurement (default: 2-3 by size)")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--keep", default=None, help="generate into this directory and keep the files")
     a = ap.parse_args()
+    parts = set(a.only.split(","))
+    engines = tuple(a.engines.split(","))
     tmp = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="oomfix-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.platform()}")
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"machine: {platform.machine()} {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python "
+          f"{platform.python_version()}, {platform.platform()}")
     try:
         import hyperscan  # noqa: F401
         print("hyperscan: installed")
@@ -200,17 +353,18 @@ def main() -> int:
         print("hyperscan: NOT installed (the 'hyperscan' column is the pure-Python engine too)")
     print(f"markers: {len(MARKERS)}")
     try:
-        base, ver, diag = bench_startup()
-        print(f"\nstart-up: python -c pass {base * 1000:.0f} ms; oomfix --version {ver * 1000:.0f} ms "
-              f"(x{ver / base:.2f}); oomfix diagnose <small log> {diag * 1000:.0f} ms")
-        print("\n size variant      wc     grep   oomfix(hs)  RSS   oomfix(py)  RSS   hs/grep  py/grep  hs/wc  class"
-              "       engines agree")
-        for r in bench_logs([int(s) for s in a.sizes.split(",")], tmp):
-            print(f"{r['size_mb']:5d} {r['variant']:7s} {r['wc']:6.2f}s {r['grep']:6.2f}s {r['hyperscan']:8.2f}s "
-                  f"{r['hyperscan_rss']:4d}MB {r['python']:8.2f}s {r['python_rss']:4d}MB "
-                  f"{r['hyperscan'] / r['grep']:7.2f} {r['python'] / r['grep']:7.2f} {r['hyperscan'] / r['wc']:6.2f}  "
-                  f"{r['class']:11s} {r['same']}")
-        if not a.skip_check:
+        if "startup" in parts:
+            base, ver, diag = bench_startup()
+            print(f"\nstart-up: python -c pass {base * 1000:.0f} ms; oomfix --version {ver * 1000:.0f} ms "
+                  f"(x{ver / base:.2f}); oomfix diagnose <small log> {diag * 1000:.0f} ms")
+        print_header()
+        if "standard" in parts and a.sizes:
+            bench_logs([int(s) for s in a.sizes.split(",")], tmp, a.reps, engines)
+        if "busy" in parts and a.busy:
+            bench_busy(a.busy, tmp, a.reps, engines)
+        if "kinds" in parts and a.kinds:
+            bench_kinds(a.kinds, tmp, a.reps, engines)
+        if "check" in parts and not a.skip_check:
             wall, rss, out = bench_check(tmp)
             n = out.count('"id":')
             print(f"\ncheck on 500 configs, 50 launchers, 200 logs of 1 MB: {wall:.2f}s, peak RSS {rss} MB, "

@@ -1,0 +1,463 @@
+"""`oomfix run` / `oomfix runs` (oomfix/supervise.py, oomfix/ledger.py).
+
+The end-to-end tests start a genuine `torchrun --nproc_per_node 2` (gloo, CPU) on tests/e2e/stand_in_train.py and
+skip when torch is absent; CI installs torch 2.13.0 for CPU (`.ci/run`). The others need no torch.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from oomfix import ledger
+from oomfix.cli import main
+from oomfix.supervise import (Terminal, attempt_log, child_argv, config_of_command, exit_status, newest_checkpoint,
+                              resume_argv, RunOptions, supervisor_log, with_port)
+
+ROOT = Path(__file__).resolve().parent.parent
+STAND_IN = ROOT / "tests" / "e2e" / "stand_in_train.py"
+OOMFIX = [sys.executable, "-m", "oomfix"]
+LF_CONFIG = textwrap.dedent("""\
+    ### model
+    model_name_or_path: Qwen/Qwen3-0.6B
+    stage: sft
+    do_train: true
+    finetuning_type: lora
+    ### train
+    per_device_train_batch_size: {micro}   # what fits on one device
+    gradient_accumulation_steps: {accum}
+    max_steps: {steps}
+    output_dir: out
+    """)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", **extra)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+# --- names, ports, resume: pure helpers ----------------------------------------------------------------------------
+
+def test_attempt_logs_are_numbered_and_kept_apart():
+    assert attempt_log("logs/train.log", 1) == "logs/train-attempt1.log"
+    assert attempt_log("logs/train.log", 12) == "logs/train-attempt12.log"
+    assert attempt_log("out/train", 2) == "out/train-attempt2.log"
+    assert supervisor_log("logs/train.log") == "logs/train-supervisor.log"
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["torchrun", "--master_port", "29500", "t.py"], ["torchrun", "--master_port", "4242", "t.py"]),
+    (["torchrun", "--master-port=29500", "t.py"], ["torchrun", "--master-port=4242", "t.py"]),
+    (["torchrun", "--rdzv-endpoint", "node1:29400", "t.py"], ["torchrun", "--rdzv-endpoint", "node1:4242", "t.py"]),
+    (["accelerate", "launch", "--main_process_port", "1", "t.py"],
+     ["accelerate", "launch", "--main_process_port", "4242", "t.py"]),
+    (["torchrun", "--nproc_per_node", "2", "t.py", "c.yaml"], ["torchrun", "--nproc_per_node", "2", "t.py", "c.yaml"]),
+])
+def test_with_port_replaces_only_the_port(argv, expect):
+    assert list(with_port(argv, 4242)) == expect
+
+
+def test_exit_status_follows_the_shell():
+    assert exit_status(0) == 0 and exit_status(1) == 1 and exit_status(-15) == 143 and exit_status(-9) == 137
+
+
+def test_newest_checkpoint_is_the_largest_step(tmp_path):
+    for n in (5, 40, 100):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    (tmp_path / "checkpoint-999").write_text("a file, not a checkpoint")
+    (tmp_path / "checkpoint-final").mkdir()
+    assert newest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-100")
+    assert newest_checkpoint(str(tmp_path / "missing")) is None
+
+
+def test_resume_llamafactory_override_for_one_attempt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("sft.yaml").write_text(LF_CONFIG.format(micro=2, accum=4, steps=3))
+    argv = ["llamafactory-cli", "train", "sft.yaml"]
+    assert resume_argv(argv, "sft.yaml")[0] is None  # no checkpoint yet
+    Path("out/checkpoint-10").mkdir(parents=True)
+    Path("out/checkpoint-20").mkdir()
+    new, why = resume_argv(argv, "sft.yaml")
+    assert new == ("llamafactory-cli", "train", "sft.yaml", "resume_from_checkpoint=out/checkpoint-20")
+    assert "sft.yaml" in Path("sft.yaml").read_text() or True
+    assert "resume_from_checkpoint" not in Path("sft.yaml").read_text()  # the config is not edited
+    # an output_dir override on the command line is where the checkpoints are
+    Path("other/checkpoint-3").mkdir(parents=True)
+    new, _ = resume_argv([*argv, "output_dir=other"], "sft.yaml")
+    assert new[-1] == "resume_from_checkpoint=other/checkpoint-3"
+    # HF Trainer flags
+    new, _ = resume_argv(["torchrun", "run_clm.py", "--output_dir", "out", "--do_train"], None)
+    assert new[-2:] == ("--resume_from_checkpoint", "out/checkpoint-20")
+    # a config that is not last (a script's own flags follow it) takes no overrides
+    new, why = resume_argv(["torchrun", "train.py", "sft.yaml", "--seed", "1"], "sft.yaml")
+    assert new is None and "not the last argument" in why
+
+
+def test_config_is_read_from_the_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("configs").mkdir()
+    Path("configs/sft.yaml").write_text(LF_CONFIG.format(micro=2, accum=4, steps=3))
+    assert config_of_command(["llamafactory-cli", "train", "configs/sft.yaml"]) == "configs/sft.yaml"
+    assert config_of_command(["torchrun", "--nproc_per_node", "2", "train.py", "configs/sft.yaml"]) == \
+        "configs/sft.yaml"
+    Path("train.sh").write_text("#!/bin/bash\nFORCE_TORCHRUN=1 llamafactory-cli train configs/sft.yaml\n")
+    assert config_of_command(["bash", "train.sh"]) == "configs/sft.yaml"
+    assert config_of_command(["python", "-c", "pass"]) is None
+
+
+def test_child_argv_repeats_the_options_without_detach():
+    opts = RunOptions(("torchrun", "t.py", "c.yaml"), config="c.yaml", all_configs=True, retries=2, resume=True,
+                      grace=5)
+    argv = child_argv(opts, "logs/x.log")
+    assert argv[1:4] == ["-m", "oomfix", "run"] and "--detach" not in argv
+    assert argv[argv.index("--"):] == ["--", "torchrun", "t.py", "c.yaml"]
+    assert {"--all-configs", "--resume", "--config"} <= set(argv) and "--allow-semantic-changes" not in argv
+
+
+def test_terminal_that_went_away_stops_the_echo_not_the_supervisor():
+    r, w = os.pipe()
+    spare = os.dup(w)
+    os.close(r)  # nobody reads any more: EPIPE
+    term = Terminal(out_fd=w, err_fd=spare)
+    term.out(b"hello\n")
+    assert not term.alive
+    term.say("still fine")  # no exception: the descriptors now point at /dev/null
+    os.close(w)
+    os.close(spare)
+
+
+def test_demo_mentions_run(tmp_path):
+    r = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "demo")])
+    assert r.exit_code == 0 and "oomfix run" in r.output and "oomfix runs" in r.output
+
+
+# --- usage errors -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,msg", [
+    (["run"], "Missing argument"),
+    (["run", "--retries", "-1", "--", "true"], "--retries"),
+    (["run", "--grace", "-3", "--", "true"], "--grace"),
+    (["run", "--", "no-such-program-oomfix"], "command not found"),
+    (["run", "--config", "missing.yaml", "--", "true"], "config not found"),
+])
+def test_usage_errors_exit_2_and_start_nothing(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    r = subprocess.run([*OOMFIX, *args], capture_output=True, text=True, env=_env())
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert not Path(".oomfix").exists() and not Path("logs").exists()
+
+
+# --- the supervisor with plain processes (no torch) ----------------------------------------------------------------
+
+def test_failure_without_remedy_stops_after_one_attempt(tmp_path):
+    job = "import sys; print('Traceback (most recent call last):'); print('KeyError: 42'); sys.exit(3)"
+    r = subprocess.run([*OOMFIX, "run", "--log", "logs/j.log", "--", sys.executable, "-c", job], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "stopping:" in r.stderr and "KeyError" in r.stderr
+    (a,) = ledger.read(tmp_path)
+    assert a.exit_code == 3 and a.rule is None and a.files == () and a.log == "logs/j-attempt1.log"
+    assert (tmp_path / "logs/j-attempt1.log").read_text().startswith("Traceback")
+    assert r.stdout.startswith("Traceback")  # the log is echoed while the terminal lasts
+
+
+def test_a_job_that_ignores_the_edit_is_not_edited_again(tmp_path):
+    # the job replays a genuine torchrun OOM log (micro batch 4) whatever the config says: after the first rung,
+    # the second log still shows micro batch 4, so the loop stops instead of climbing the ladder blindly
+    log = ROOT / "tests" / "e2e" / "genuine_oom_micro4.log"
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))
+    job = f"import sys; sys.stdout.write(open({str(log)!r}).read()); sys.exit(1)"
+    r = subprocess.run([*OOMFIX, "run", "--config", "sft.yaml", "--", sys.executable, "-c", job], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "did not pick up the last edit" in r.stderr
+    first, second = ledger.read(tmp_path)
+    assert first.rule == "cuda-oom-split-micro-batch" and second.rule is None
+    assert "per_device_train_batch_size: 2 " in (tmp_path / "sft.yaml").read_text()  # one edit, not two
+
+
+OOM_REPLAY = textwrap.dedent("""\
+    # replays a genuine torchrun OOM log with the batch numbers the config has now, and fails
+    import re, sys, yaml
+    cfg = yaml.safe_load(open("sft.yaml"))
+    text = open(sys.argv[1]).read()
+    text = text.replace("batch size per device = 4", f"batch size per device = {cfg['per_device_train_batch_size']}")
+    text = text.replace("Gradient Accumulation steps = 2", f"Gradient Accumulation steps = {cfg['gradient_accumulation_steps']}")
+    sys.stdout.write(text)
+    sys.exit(1)
+    """)
+
+
+def test_retries_bound_the_relaunches(tmp_path):
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))
+    (tmp_path / "replay.py").write_text(OOM_REPLAY)
+    log = str(ROOT / "tests" / "e2e" / "genuine_oom_micro4.log")
+    r = subprocess.run([*OOMFIX, "run", "--retries", "1", "--config", "sft.yaml", "--", sys.executable, "replay.py",
+                        log], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "no relaunch left (--retries 1)" in r.stderr
+    attempts = ledger.read(tmp_path)
+    assert [(a.cls, a.rule) for a in attempts] == [("cuda_oom", "cuda-oom-split-micro-batch"), ("cuda_oom", None)]
+    assert "per_device_train_batch_size: 2 " in (tmp_path / "sft.yaml").read_text()  # no edit without a relaunch
+
+
+def test_a_ladder_with_no_rung_left_stops_with_the_diagnosis(tmp_path):
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=1, accum=8, steps=2))
+    (tmp_path / "replay.py").write_text(OOM_REPLAY)
+    before = (tmp_path / "sft.yaml").read_bytes()
+    log = str(ROOT / "tests" / "e2e" / "genuine_oom_micro4.log")
+    r = subprocess.run([*OOMFIX, "run", "--config", "sft.yaml", "--", sys.executable, "replay.py", log], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "class: cuda_oom" in r.stderr and "no applicable rung" in r.stderr and "--allow-semantic-changes" in r.stderr
+    assert (tmp_path / "sft.yaml").read_bytes() == before
+    (a,) = ledger.read(tmp_path)
+    assert a.cls == "cuda_oom" and a.rule is None
+
+
+def test_exit_status_of_a_signal_death_is_128_plus_the_signal(tmp_path):
+    job = "import os, signal; print('going', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    r = subprocess.run([*OOMFIX, "run", "--", sys.executable, "-c", job], cwd=tmp_path, capture_output=True,
+                       text=True, env=_env(), timeout=60)
+    assert r.returncode == 137, r.stderr
+    (a,) = ledger.read(tmp_path)
+    assert a.exit_code == 137 and a.rule is None
+
+
+def test_job_runs_in_its_own_session_with_stdin_from_dev_null(tmp_path):
+    job = ("import os, sys; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), "
+           "os.path.realpath('/proc/self/fd/0'))")
+    r = subprocess.run([*OOMFIX, "run", "--log", "logs/s.log", "--", sys.executable, "-c", job], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "logs/s-attempt1.log").read_text().split() == ["True", "True", "/dev/null"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_kills_what_ignores_sigterm_after_the_grace_period(tmp_path, sig):
+    # the job starts a child in a session of its own that ignores SIGTERM (as torchrun's workers live in their own
+    # sessions): SIGTERM reaches the job's group, the grace period passes, SIGKILL reaches the straggler too
+    job = textwrap.dedent("""\
+        import signal, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import signal, time, os; "
+                                  "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                  "open('child.pid', 'w').write(str(os.getpid())); time.sleep(600)"],
+                                 start_new_session=True)
+        print("READY", flush=True)
+        time.sleep(600)
+        """)
+    sup = subprocess.Popen([*OOMFIX, "run", "--grace", "1.5", "--log", "logs/t.log", "--", sys.executable, "-c", job],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    _wait_for(tmp_path / "logs/t-attempt1.log", "READY")
+    _wait_for_file(tmp_path / "child.pid")
+    child = int((tmp_path / "child.pid").read_text())
+    t0 = time.monotonic()
+    sup.send_signal(sig)
+    _, err = sup.communicate(timeout=30)
+    assert sup.returncode == 128 + sig, err
+    assert 1.5 <= time.monotonic() - t0 < 10  # the straggler got the whole grace period, then SIGKILL
+    assert "grace period is over: SIGKILL" in err
+    assert not _running(child)
+    (a,) = ledger.read(tmp_path)
+    assert a.stopped_by == sig.name and a.rule is None
+
+
+def test_detach_prints_the_pid_and_the_log_and_keeps_going(tmp_path):
+    r = subprocess.run([*OOMFIX, "run", "--detach", "--log", "logs/d.log", "--", sys.executable, "-c",
+                        "print('trained')"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split("pid ")[1].split()[0])
+    assert "tail -F logs/d-supervisor.log" in r.stdout
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (a,) = ledger.read(tmp_path)
+    assert a.exit_code == 0 and a.log == "logs/d-attempt1.log"
+    assert "attempt 1 trained" in (tmp_path / "logs/d-supervisor.log").read_text()
+
+
+# --- genuine torchrun ------------------------------------------------------------------------------------------------
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def _wait_for_file(path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _wait_for(path: Path, marker: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists() and marker in path.read_text(errors="replace"):
+            return
+        assert time.monotonic() < deadline, f"{marker!r} never appeared in {path}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def torchrun():
+    pytest.importorskip("torch")
+    exe = Path(sys.executable).with_name("torchrun")
+    if not exe.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    return str(exe)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job(torchrun: str, port: int | None = None) -> list[str]:
+    return [torchrun, "--nproc_per_node", "2", "--master_port", str(port or _free_port()), str(STAND_IN), "sft.yaml"]
+
+
+def test_e2e_oom_ladder_until_it_trains(torchrun, tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))
+    r = subprocess.run([*OOMFIX, "run", "--log", "logs/train.log", "--", *_job(torchrun)], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(STAND_IN_FITS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = cfg.read_text()
+    assert "per_device_train_batch_size: 1   # what fits on one device" in text
+    assert "gradient_accumulation_steps: 8\n" in text
+    assert text.replace("1   #", "4   #").replace("steps: 8\n", "steps: 2\n") == \
+        LF_CONFIG.format(micro=4, accum=2, steps=2)  # every other byte as it was
+    attempts = ledger.read(tmp_path)
+    assert [(a.attempt, a.exit_code, a.cls, a.rule, a.files) for a in attempts] == [
+        (1, 1, "cuda_oom", "cuda-oom-split-micro-batch", ("sft.yaml",)),
+        (2, 1, "cuda_oom", "cuda-oom-split-micro-batch", ("sft.yaml",)),
+        (3, 0, "none", None, ()),
+    ]
+    logs = [(tmp_path / a.log).read_text() for a in attempts]
+    assert "batch size per device = 4" in logs[0] and "torch.OutOfMemoryError: CUDA out of memory" in logs[0]
+    assert "batch size per device = 2" in logs[1]
+    assert "batch size per device = 1" in logs[2] and "'train_loss'" in logs[2]
+    for log, global_batch in zip(logs, (16, 16, 16)):
+        assert f"(w. parallel, distributed & accumulation) = {global_batch}" in log
+    assert "global batch 16 -> 16 (world size 2)" in r.stderr
+    # the journal has both applies: `oomfix undo` takes back the last one
+    u = subprocess.run([*OOMFIX, "undo"], cwd=tmp_path, capture_output=True, text=True, env=_env())
+    assert u.returncode == 0 and "per_device_train_batch_size: 2 " in cfg.read_text()
+
+
+def test_e2e_python_exception_stops_without_an_edit(torchrun, tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))
+    before = cfg.read_bytes()
+    r = subprocess.run([*OOMFIX, "run", "--", *_job(torchrun)], cwd=tmp_path, capture_output=True, text=True,
+                       env=_env(STAND_IN_MODE="value_error", STAND_IN_FITS="1"), timeout=300)
+    assert r.returncode != 0
+    assert "class: python_exception" in r.stderr and "ValueError: Please specify dataset for training." in r.stderr
+    assert cfg.read_bytes() == before
+    (a,) = ledger.read(tmp_path)
+    assert a.cls == "python_exception" and a.rule is None and a.files == () and a.exit_code == r.returncode
+
+
+def test_e2e_terminal_hangup_does_not_reach_the_job(torchrun, tmp_path):
+    import fcntl
+    import pty
+    import termios
+
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=1, accum=2, steps=4))
+    master, slave = pty.openpty()
+
+    def controlling_tty() -> None:  # a login shell's session: the pty is the supervisor's controlling terminal
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    sup = subprocess.Popen([*OOMFIX, "run", "--log", "logs/h.log", "--", *_job(torchrun)], cwd=tmp_path,
+                           stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty,
+                           env=_env(STAND_IN_SLEEP="0.5"))
+    os.close(slave)
+    stop = threading.Event()
+    seen = bytearray()
+
+    def drain() -> None:  # the terminal's reader, until it goes away
+        while not stop.is_set():
+            if select.select([master], [], [], 0.05)[0]:
+                try:
+                    seen.extend(os.read(master, 65536))
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    _wait_for(tmp_path / "logs/h-attempt1.log", "READY")
+    os.killpg(sup.pid, signal.SIGHUP)  # what the closing terminal sends to its session's process group
+    stop.set()
+    reader.join()
+    os.close(master)  # and the terminal is gone: writes to it fail with EIO from now on
+    assert sup.wait(timeout=120) == 0
+    assert b"oomfix run: attempt 1:" in seen
+    (a,) = ledger.read(tmp_path)
+    assert a.exit_code == 0 and a.stopped_by is None
+    assert "'train_loss'" in (tmp_path / a.log).read_text()
+
+
+def test_e2e_sigterm_stops_the_job_within_the_grace_period(torchrun, tmp_path):
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=1, accum=2, steps=200))
+    (tmp_path / "pids").mkdir()
+    sup = subprocess.Popen([*OOMFIX, "run", "--grace", "10", "--log", "logs/t.log", "--", *_job(torchrun)],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=_env(STAND_IN_SLEEP="0.2", STAND_IN_PIDS=str(tmp_path / "pids")))
+    _wait_for(tmp_path / "logs/t-attempt1.log", "READY")
+    workers = [int((tmp_path / "pids" / f"rank{r}.pid").read_text()) for r in (0, 1)]
+    assert all(_running(p) for p in workers)
+    t0 = time.monotonic()
+    sup.send_signal(signal.SIGTERM)
+    _, err = sup.communicate(timeout=60)
+    assert sup.returncode == 143, err
+    assert time.monotonic() - t0 < 10 + 5
+    assert not any(_running(p) for p in workers)
+    (a,) = ledger.read(tmp_path)  # no retry
+    assert a.stopped_by == "SIGTERM" and a.rule is None
+
+
+def test_e2e_busy_master_port_relaunches_on_a_free_one(torchrun, tmp_path):
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=1, accum=2, steps=2))
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([*OOMFIX, "run", "--", *_job(torchrun, port)], cwd=tmp_path, capture_output=True,
+                           text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    first, second = ledger.read(tmp_path)
+    assert (first.cls, first.rule, first.files) == ("port_in_use", "port-in-use-free-master-port", ())
+    new = int(second.command.split("MASTER_PORT=")[1].split()[0])
+    assert new != port and f"--master_port {new} " in second.command and second.exit_code == 0
+
+
+def test_e2e_resume_from_the_newest_checkpoint_for_that_attempt_only(torchrun, tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(LF_CONFIG.format(micro=2, accum=1, steps=3) + "save_steps: 1\n")
+    r = subprocess.run([*OOMFIX, "run", "--resume", "--", *_job(torchrun)], cwd=tmp_path, capture_output=True,
+                       text=True, env=_env(STAND_IN_FITS="1", STAND_IN_OOM_STEP="2"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    first, second = ledger.read(tmp_path)
+    assert first.cls == "cuda_oom" and "resume_from_checkpoint" not in first.command
+    assert second.command.endswith("sft.yaml resume_from_checkpoint=out/checkpoint-1")
+    assert "Continuing training from global step 1" in (tmp_path / second.log).read_text()
+    assert "resume_from_checkpoint" not in cfg.read_text()
