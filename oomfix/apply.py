@@ -406,8 +406,9 @@ def _port_edit(lau: Launcher) -> FileEdit | None:
     changed = []
     taken: set[int] = set()
     for j in jobs:
-        clash = any(concurrent(j, k) and not k.picks_free_port and not j.picks_free_port and
-                    (j.master_port or 29500) == (k.master_port or 29500) for k in jobs if k is not j)
+        known = [x for x in jobs if x.port == "default" or x.port.isdigit()]  # not free, random or unknown
+        clash = j in known and any(concurrent(j, k) and (j.master_port or 29500) == (k.master_port or 29500)
+                                   for k in known if k is not j)
         port = j.master_port or 29500
         if not clash or port not in taken:
             taken.add(port)
@@ -420,13 +421,21 @@ def _port_edit(lau: Launcher) -> FileEdit | None:
         m = re.search(r"(--master[_-]port[= ])(\d+)", line)
         if m:
             line = line[: m.start(2)] + str(new) + line[m.end(2):]
-        else:
+        elif j.kind in ("llamafactory-cli", "python-wrapper"):
+            # these read MASTER_PORT from the environment (a wrapper only when its source does)
             mm = _PROG.search(line)
-            if not mm:
+            if not mm or (j.kind == "python-wrapper" and not j.reads_master_port):
                 continue
             line = line[: mm.start()] + f"MASTER_PORT={new} " + line[mm.start():]
-            if j.kind != "llamafactory-cli" and "MASTER_PORT" not in j.env and j.kind == "torchrun":
-                line = line.replace("torchrun", f"torchrun --master_port {new}", 1).replace(f"MASTER_PORT={new} ", "", 1)
+        else:
+            # torchrun, torch.distributed.launch and deepspeed read --master_port, never MASTER_PORT;
+            # accelerate reads --main_process_port
+            opt = "--main_process_port" if j.kind == "accelerate" else "--master_port"
+            mm = re.search(r"(?<![\w./-])(torchrun|torch\.distributed\.launch|torch\.distributed\.run|deepspeed|"
+                           r"accelerate\s+launch)(?=\s|$)", line)
+            if not mm:
+                continue
+            line = line[: mm.end()] + f" {opt} {new}" + line[mm.end():]
         lines[idx] = line
         changed.append((f"line {j.line}", port, new))
     if not changed:

@@ -83,6 +83,7 @@ class Job:
     loop_runs: int = 1
     gpus_known: bool = True  # False: the GPU set lives in a file this reading cannot see
     branches: tuple[tuple[int, int], ...] = ()  # the if/case branches it is in
+    reads_master_port: bool = False  # the port can be set with MASTER_PORT in its environment
 
     @property
     def world_size(self) -> int | None:
@@ -210,7 +211,7 @@ def _script_args(kind: str, args: list[Value]) -> tuple[Value | None, list[Value
 
 def _config_of(args: list[Value]) -> str | None:
     """The training config among a script's arguments: `--config X` (and spellings), else the first positional
-    argument that is a config file (`.yaml`, `.yml`, `.json`, or an mmcv-style `.py`)."""
+    argument that is a config file (`.yaml`, `.yml`, `.json`, or an mmcv-style `configs/....py`)."""
     v, _ = _opt(args, ("--config", "--config_file", "--config-file", "--cfg", "--config_path", "--config-path",
                        "--train_config", "--yaml"))
     if v is not None:
@@ -227,8 +228,8 @@ def _config_of(args: list[Value]) -> str | None:
         prev = t
         if t.startswith("-") or "=" in t:
             continue
-        if a.any_known and t.endswith(_CONFIG_EXT + (".py",)):
-            return t
+        if a.any_known and (t.endswith(_CONFIG_EXT) or (t.endswith(".py") and "config" in t.lower())):
+            return t  # a `.py` config is mmcv style: it lives under configs/
     return None
 
 
@@ -587,6 +588,8 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         if (wrapper is not None and wrapper.submits) or (wrapper is None and _opt(cli_args, ("--partition",
                                                                                               "--qos"))[0]):
             out["protected_by"] = "sbatch"  # a submitit / Slurm wrapper: the job runs under the scheduler
+    out["reads_master_port"] = kind == "llamafactory-cli" or prog in _WRAPPER_CLIS or \
+        (wrapper is not None and wrapper.reads_master_port)
     out["port"] = port
     out["master_port"] = int(port) if port.isdigit() else None
     out["master_port_explicit"] = port.isdigit()

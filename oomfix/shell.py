@@ -30,6 +30,8 @@ class Part:
     text: str  # the text when known; as written when unknown
     known: bool = True
     random: bool = False  # computed from $RANDOM / shuf: unknown, and different on every run
+    alias: str | None = None  # inside a named unknown value (`$RDZV` = unknown host + ":29292"): shown as this,
+    first: bool = False  # once, at the region's first part; the parts keep what is known (the port)
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,19 @@ class Value:
 
     @property
     def any_known(self) -> bool:
-        return any(p.known and p.text for p in self.parts)
+        """Does any of what is shown come from known text (not only names of unknown values)?"""
+        return any(p.known and p.text and p.alias is None for p in self._flat())
 
     def show(self) -> str:
-        if self.alias is not None and not self.known:
-            return self.alias
-        return "".join(p.text for p in self.parts)
+        out = []
+        prev: Part | None = None
+        for p in self._flat():
+            if p.alias is None:
+                out.append(p.text)
+            elif p.first or prev is None or prev.alias != p.alias:
+                out.append(p.alias)  # a named region is shown once, by its name
+            prev = p
+        return "".join(out)
 
     def pattern(self) -> re.Pattern[str]:
         """A regex a real path matches when it could be this value (unknown parts match anything)."""
@@ -78,17 +87,20 @@ class Value:
         return Value(_merge(self._flat() + other._flat()))
 
     def _flat(self) -> tuple[Part, ...]:
+        """The parts, a named unknown value's parts marked as its region (shown by the name, known text kept)."""
         if self.alias is not None and not self.known:
-            return (Part(self.alias, False, self.random),)
+            if not self.parts:
+                return (Part(self.alias, False, False, self.alias, True),)
+            return tuple(Part(p.text, p.known, p.random, self.alias, k == 0) for k, p in enumerate(self.parts))
         return self.parts
 
 
 def _merge(parts: tuple[Part, ...]) -> tuple[Part, ...]:
     out: list[Part] = []
     for p in parts:
-        if not p.text and p.known:
+        if not p.text and p.known and p.alias is None:
             continue
-        if out and out[-1].known and p.known:
+        if out and out[-1].known and p.known and out[-1].alias is None and p.alias is None:
             joined = out[-1].text + p.text
             # a value that grows past any real path or command is not worth carrying: unknown
             out[-1] = Part(joined) if len(joined) < 1_000_000 else Part("${...}", False)
@@ -238,7 +250,8 @@ class Walker:
         if body.isdigit():
             n = int(body)
             if n == 0:
-                return Value.lit(self.path)
+                zero = st.vars.get("0")
+                return zero if isinstance(zero, Value) else Value.lit(self.path)
             if st.positional is None:
                 return _unknown_ref(raw)
             return st.positional[n - 1] if n <= len(st.positional) else Value()
@@ -845,6 +858,10 @@ class Walker:
             if heredoc is not None and not [a for a in args if not (a.text or "-").startswith("-")]:
                 self._heredoc_script(heredoc, st, ctx, base)
                 return
+            files = [a for a in args if not (a.text or "-").startswith("-")]
+            if files and self._run_script(files[0], files[1:], prefix, st, ctx, base):
+                self.emit(argv, prefix, st, ctx)
+                return
         self.emit(argv, prefix, st, ctx)
         if base == "wait":
             return
@@ -1026,32 +1043,67 @@ class Walker:
         else:
             st.cwd, st.cwd_rel = None, None
 
-    def _source(self, target: Value, args: list[Value], st: State, ctx: "Walker.Ctx") -> None:
+    def _script_file(self, target: Value, st: State) -> tuple[str, str] | None:
+        """Another script of the tree a command runs or sources: (real path, text); never one that is already
+        running in this walk (a launcher that re-runs itself would otherwise never end)."""
         p = target.text
-        if p is None:
-            return
-        cands = []
-        if p.startswith("/"):
-            cands.append(p)
-        else:
+        if p is None or p.startswith("~"):
+            return None
+        cands = [p] if p.startswith("/") else []
+        if not cands:
             if st.cwd:
                 cands.append(posixpath.join(st.cwd, p))
-            cands.append(posixpath.join(os.path.dirname(self.path), p))
+            d = os.path.dirname(self.path)
+            for _ in range(6):  # started from the script's directory or one of its ancestors
+                cands.append(posixpath.join(d, p))
+                if os.path.dirname(d) == d:
+                    break
+                d = os.path.dirname(d)
         for c in cands:
             real = os.path.realpath(c)
             if os.path.isfile(real) and real not in self.sources_seen and real != self.path and \
-                    os.path.getsize(real) < 1_000_000 and real.endswith((".sh", ".bash", ".env")):
-                self.sources_seen.add(real)
+                    real.endswith((".sh", ".bash", ".env")) and os.path.getsize(real) < 1_000_000:
                 try:
-                    text = open(real, encoding="utf-8", errors="replace").read()
+                    return real, open(real, encoding="utf-8", errors="replace").read()
                 except OSError:
-                    return
-                saved = st.positional
-                if args:
-                    st.positional = list(args)
-                self.run_string(text, st, ctx)
-                st.positional = saved
-                return
+                    return None
+        return None
+
+    def _source(self, target: Value, args: list[Value], st: State, ctx: "Walker.Ctx") -> None:
+        found = self._script_file(target, st)
+        if found is None:
+            return
+        saved = st.positional
+        if args:
+            st.positional = list(args)
+        self.sources_seen.add(found[0])
+        try:
+            self.run_string(found[1], st, ctx)
+        finally:
+            self.sources_seen.discard(found[0])
+            st.positional = saved
+
+    def _run_script(self, target: Value, args: list[Value], prefix: dict[str, Value], st: State,
+                    ctx: "Walker.Ctx", shell: str) -> bool:
+        """`bash other.sh ARGS`: the other script runs in a child shell (exported variables, its own $0 and
+        arguments, the caller's directory); its jobs are the caller's, at the calling line."""
+        found = self._script_file(target, st)
+        if found is None:
+            return False
+        real, text = found
+        child = st.copy()
+        child.vars = {k: v for k, v in st.vars.items() if k in st.exported}
+        child.vars.update(prefix)
+        child.vars["0"] = Value.lit(real)
+        child.vars["BASH_SOURCE"] = [Value.lit(real)]
+        child.positional = list(args)
+        child.funcs = {}
+        self.sources_seen.add(real)
+        try:
+            self.run_string(text, child, replace(ctx, via=ctx.via + (shell,)))
+        finally:
+            self.sources_seen.discard(real)
+        return True
 
 
 _WRAPPER_VALUE_OPTS = {
@@ -1190,7 +1242,7 @@ def _drop_prefix(v: Value, n: int) -> Value:
         if skip <= 0:
             out.append(p)
         elif p.known and len(p.text) > skip:
-            out.append(Part(p.text[skip:]))
+            out.append(Part(p.text[skip:], alias=p.alias, first=p.first))
             skip = 0
         elif p.known:
             skip -= len(p.text)

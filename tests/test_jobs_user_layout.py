@@ -234,3 +234,30 @@ def test_sighup_fix_goes_into_the_function_that_starts_the_job(tmp_path, monkeyp
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run.sh").read_text().splitlines()[1] == \
         '    setsid nohup llamafactory-cli train "$1" > "logs/$2.log" 2>&1'
+
+
+PORT_LOG = """\
+Running: torchrun --nproc_per_node 4 --master_port 29500 src/train.py model/training/configs/qwen3_14b_b.yaml
+torch.distributed.DistNetworkError: The server socket has failed to listen on any local network address. The server \
+socket has failed to bind to [::]:29500 (errno: 98 - Address already in use).
+"""
+
+
+def test_port_fix_uses_what_each_launcher_reads(tmp_path, monkeypatch):
+    root = build(tmp_path / "repo", same_port=True)
+    monkeypatch.chdir(root)
+    (root / LOGS / "train_gpu4567_20261127_120000.log").write_text(PORT_LOG)
+    r = cli("apply", f"{LOGS}/train_gpu4567_20261127_120000.log", "--write")
+    assert r.exit_code == 0, r.output
+    line = (root / "model/training/start_finetune.sh").read_text().splitlines()[10]
+    assert line.startswith("CUDA_VISIBLE_DEVICES=4,5,6,7 MASTER_PORT=29501 nohup python")  # the wrapper reads it
+    assert not any(f[0] == "port-collision" for f in findings()[1])
+    # torchrun ignores MASTER_PORT: it gets --master_port
+    (tmp_path / "t").mkdir()
+    monkeypatch.chdir(tmp_path / "t")
+    (tmp_path / "t/l.sh").write_text("CUDA_VISIBLE_DEVICES=0 setsid torchrun t.py > a.log 2>&1 &\n"
+                                     "CUDA_VISIBLE_DEVICES=1 setsid torchrun t.py > b.log 2>&1 &\n")
+    (tmp_path / "t/b.log").write_text(PORT_LOG)
+    assert cli("apply", "b.log", "--write").exit_code == 0
+    assert (tmp_path / "t/l.sh").read_text().splitlines()[1] == \
+        "CUDA_VISIBLE_DEVICES=1 setsid torchrun --master_port 29501 t.py > b.log 2>&1 &"

@@ -302,3 +302,22 @@ def test_jobs_in_different_branches_of_one_if_never_overlap(tmp_path):
         fi
     """)
     assert [(a.line, b.line) for i, a in enumerate(js) for b in js[i + 1:] if concurrent(a, b)] == [(6, 7)]
+
+
+def test_a_named_unknown_value_keeps_what_is_known_inside_it(tmp_path):
+    j = one(tmp_path, """\
+        HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+        RDZV="${HEAD}:29292"
+        args=("--rdzv-endpoint=${RDZV}" "--nproc-per-node=8" "--rdzv-backend=c10d")
+        exec torchrun "${args[@]}" train.py > "$LOGS/run.log"
+    """)
+    assert (j.port_json, j.nproc, j.rendezvous, j.log) == (29292, 8, "${RDZV}", "$LOGS/run.log")
+
+
+def test_a_script_run_by_the_launcher_is_followed_once_per_call_never_into_itself(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts/one.sh").write_text('cd "$(dirname "$0")/.."\n'
+                                             "CUDA_VISIBLE_DEVICES=$1 torchrun --master_port $2 t.py > logs/$2.log\n")
+    js = jobs(tmp_path, "nohup bash scripts/one.sh 0,1 29500 &\nnohup bash scripts/one.sh 2,3 29501 &\nbash l.sh\n")
+    assert [(j.line, j.cuda_visible_devices, j.port_json, j.log, j.nohup, j.cwd) for j in js] == [
+        (1, "0,1", 29500, "logs/29500.log", True, str(tmp_path)), (2, "2,3", 29501, "logs/29501.log", True, str(tmp_path))]
