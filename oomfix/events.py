@@ -295,7 +295,7 @@ def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = 
     """The events of one candidate line: one per record it holds that a pattern claims."""
     text = alone = clean(cand.raw)
     if (len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1)) and \
-            not (cand._buf and _amid_repeats(cand)):
+            not (cand._buf and _amid_repeats(cand)) and _may_unwrap(cand, text):
         text = unwrap(cand, text)
     if cand.pats is not None and text == alone:
         # the line is read alone: only the patterns the prefilter found possible for it can match (in their order)
@@ -307,6 +307,38 @@ def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = 
         if ev is not None:
             out.append(ev)
     return out
+
+
+def _phys(seg: bytes) -> str:
+    return clean(seg.rstrip(b"\r").rsplit(b"\r", 1)[-1])
+
+
+def _may_unwrap(cand: Candidate, text: str) -> bool:
+    """Could `unwrap` change this line? Only when it continues the physical line before it or is continued by the one
+    after it (its head or tail would be empty otherwise): decided on those two lines, not the eighty it reads."""
+    n = len(text)
+    b = cand.before[-WRAP_MIN * WRAP_SPAN * 4:] if cand.before else b""
+    i = b.rfind(b"\n")
+    prev = _phys(b[b.rfind(b"\n", 0, i) + 1:i]) if i != -1 else ""
+    if len(prev) >= WRAP_MIN and len(prev) >= n:
+        width = len(prev)
+    elif n >= WRAP_MIN:
+        width = n
+    else:
+        return False
+    a = cand.after(width * WRAP_SPAN * 4 + 2) if n == width else b""
+    # a wrap recurs: unwrap needs a second line of the width around (its lines are at most as long in characters as
+    # their last "\r" segment is in bytes)
+    around = b.split(b"\n")[:-1][-WRAP_SPAN:] + a.split(b"\n")[1:WRAP_SPAN + 1]
+    if sum(len(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) >= width for x in around) < 1:
+        return False
+    if i != -1 and len(prev) == width and _continues(prev, text):
+        return True
+    j = a.find(b"\n")
+    if j == -1:
+        return False
+    k = a.find(b"\n", j + 1)
+    return _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
 
 
 def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:

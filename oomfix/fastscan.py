@@ -22,7 +22,9 @@ from oomfix.reader import Prefilter
 # engine looks for (so that it finds the line too): confirmed on its cleaned forms. _HEAD: with a head literal (counts
 # only for lines in the head), _TAIL: with an anchor.
 _HEAD, _TAIL = -1, -2
-_DIRT = rb"(?:\x1b|[\w\x80-\xff] {6,}[\w\x80-\xff])"
+# a superset of "colour code or padding between words" (any six spaces) with literal factors: fast to find; a line
+# it wrongly routes to the cleaned-forms check gets the verdict the pure-Python engine gives it anyway
+_DIRT = rb"(?:\x1b|      )"
 
 
 def _dirty(literals: tuple[bytes, ...]) -> bytes:
@@ -89,12 +91,17 @@ class HyperscanPrefilter(Prefilter):
             for e in ([lo.encode()] if lo is not None else [_escape(m) for m in p.markers]):
                 exprs.append(e)
                 self._keys.append(i)
-        tail = [_dirty(plan.tail_literals[k:k + 32]) for k in range(0, len(plan.tail_literals), 32)]
-        head = [_dirty(plan.head_literals[k:k + 32]) for k in range(0, len(plan.head_literals), 32)]
+        def chunks(lits: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
+            return [lits[k:k + 32] for k in range(0, len(lits), 32)]  # Hyperscan limits an expression's length
+
+        tail = [_dirty(c) for c in chunks(plan.tail_literals)]
+        tail_keys = [_TAIL] * len(tail)
+        head = [_dirty(c) for c in chunks(plan.head_literals)]
+        head_keys = [_HEAD] * len(head)
         # past the head only the anchors count: a smaller database for the gigabytes after it
-        self._tail_keys = self._keys + [_TAIL] * len(tail)
+        self._tail_keys = self._keys + tail_keys
         self._tail_db = _database(exprs + tail)
-        self._keys = self._tail_keys + [_HEAD] * len(head)  # Hyperscan limits an expression's length: 32 literals
+        self._keys = self._tail_keys + head_keys
         self._db = _database(exprs + tail + head)
 
     def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, int]]:  # type: ignore[override]

@@ -125,10 +125,16 @@ def _trim(seq: list) -> list:
         seq.pop(0)
     while seq and _nullable(seq[-1]) and not _boundary(seq[-1]):
         seq.pop()
+    # "x+" at an end matches where "x" does: fewer match ends for Hyperscan to report
+    for k in {0, len(seq) - 1} if seq else ():
+        op, av = seq[k]
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT) and av[0] >= 1:
+            seq[k] = (C.MAX_REPEAT, (av[0], -1, av[2]))  # -1: exactly the minimum (see _emit)
     return seq
 
 
-def _emit(seq: list, ignore: bool) -> str:
+def _emit(seq: list, ignore: bool, groups: "dict[int, str] | None" = None) -> str:
+    groups = {} if groups is None else groups
     out = []
     for op, av in seq:
         if op is C.LITERAL:
@@ -148,20 +154,26 @@ def _emit(seq: list, ignore: bool) -> str:
             out.append(_cat(av, False))
         elif op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT):
             lo, hi, body = av
-            inner = _emit(body, ignore)
+            inner = _emit(body, ignore, groups)
             if not inner:
+                continue
+            if hi == -1:  # a trimmed end: at least `lo` bytes of the match are there when `lo` characters are
+                out.append("(?:" + inner + "){%d}" % lo)
                 continue
             # a multi-byte character counts once in str and up to four times in bytes
             hi_s = "" if hi == C.MAXREPEAT else str(hi * 4)
             q = "*" if (lo == 0 and not hi_s) else "+" if (lo == 1 and not hi_s) else "{%d,%s}" % (lo, hi_s)
             out.append("(?:" + inner + ")" + q)
         elif op is C.SUBPATTERN:
-            _group, add, _del, body = av
-            out.append("(?:" + _emit(body, ignore or bool(add & re.IGNORECASE)) + ")")
+            group, add, _del, body = av
+            inner = _emit(body, ignore or bool(add & re.IGNORECASE), groups)
+            if group is not None:
+                groups[group] = inner
+            out.append("(?:" + inner + ")")
         elif op is C.ATOMIC_GROUP:
-            out.append("(?:" + _emit(av, ignore) + ")")
+            out.append("(?:" + _emit(av, ignore, groups) + ")")
         elif op is C.BRANCH:
-            out.append("(?:" + "|".join(_emit(b, ignore) for b in av[1]) + ")")
+            out.append("(?:" + "|".join(_emit(b, ignore, groups) for b in av[1]) + ")")
         elif op is C.AT:
             name = str(av)
             if name.endswith("_BOUNDARY") and "NON" not in name:
@@ -170,7 +182,8 @@ def _emit(seq: list, ignore: bool) -> str:
         elif op in (C.ASSERT, C.ASSERT_NOT):
             continue  # lookarounds: dropped (a superset)
         elif op is C.GROUPREF:
-            out.append(".*")
+            # a backreference matches what its group matched: anything its group can match is a superset
+            out.append("(?:" + groups[av] + ")" if av in groups else "[^\\n]*")
         else:
             raise _Unsupported(str(op))
     return "".join(out)
@@ -190,7 +203,8 @@ def loosen(source: str, flags: int = 0) -> str | None:
             branches = [_trim(b) for b in seq[0][1][1]]
             if any(not b for b in branches):
                 return None
-            out = "|".join(_emit(b, ignore) for b in branches)
+            groups: dict[int, str] = {}
+            out = "|".join(_emit(b, ignore, groups) for b in branches)
         else:
             if not seq:
                 return None
@@ -286,7 +300,7 @@ class Plan:
             if isinstance(h, bytes):
                 if self._lit_sensitive.get((head, h), True):
                     return True
-            elif h < 0 or h in self.digit_sensitive:
+            elif h in (-1, -2) or h in self.digit_sensitive:  # -1, -2: a line checked on its cleaned forms
                 return True
         return False
 

@@ -1,8 +1,9 @@
 """Read logs as streams of bytes and hand out only the lines that can matter.
 
 A multi-GB log is mostly tqdm bars and loss dicts. The reader never decodes or splits those: a prefilter
-finds the offsets of marker literals in large binary buffers, and only the lines around those offsets are
-cut out, decoded and cleaned. Memory is bounded by the buffer size, whatever the log's size or line length.
+finds, in large binary buffers, the lines that one of the patterns can match (oomfix.prefilter: a marker and the
+pattern's loosened regex), and only those lines are cut out, decoded and cleaned, each with the patterns it can
+match. Memory is bounded by the buffer size, whatever the log's size or line length.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ class Prefilter:
               end: int) -> "tuple[Pattern, ...] | None | bool":
         """`accept`, once per template: a line like one checked before but for its digits (a per-step line) gets the
         same verdict, when no pattern that could match it names a digit."""
-        if self.plan.digit_matters(lits, head):
+        if self.plan.digit_matters(lits, head) or b"\x1b" in raw or b"      " in raw:
             return self.accept(raw, head, lits, buf, start, stop, end)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)

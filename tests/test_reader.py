@@ -200,3 +200,60 @@ def test_state_lines_are_read_only_around_a_failure_and_give_the_same_phase(tmp_
     assert sum(e.role == "phase" for e in st.events) <= 2  # not 5000
     d = diagnose([str(p)])
     assert d.cls == "cuda_oom" and d.root_cause.phase == "checkpoint save"
+
+
+def test_both_engines_give_the_same_candidates_and_patterns_on_dirty_and_ordinary_lines(tmp_path):
+    hs = reader.default_prefilter()
+    if hs.name != "hyperscan":
+        pytest.skip("hyperscan not installed")
+    esc = "\x1b"
+    lines = [
+        f"{esc}[31mERROR{esc}[0m CUDA error: an illegal memory access was encountered",
+        "ERROR: Unexpected segment          ation fault encountered in worker.",
+        "[2026-11-27 10:00:00,000] [INFO] [utils.py:782:see_memory_usage] MA 12.50 GB         Max_MA 14.10 GB",
+        "Token indices sequence length is longer than the specified maximum sequence length for this model "
+        "(2345 > 2048). Running this sequence through the model will result in indexing errors",
+        "[2026-11-27 10:00:00,000] [INFO] [loss_scaler.py:183:update_scale] [deepspeed] OVERFLOW! Rank 0 Skipping step."
+        " Attempted loss scale: 2, reducing to 1",
+        "[INFO|trainer.py:3705] 2026-11-27 10:00:00,000 >> Saving model checkpoint to out/checkpoint-500",
+        "{'loss': nan, 'grad_norm': nan, 'learning_rate': 1e-05, 'epoch': 0.5}",
+        "[rank3]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    filler = b"".join(f"\r {i % 100:3d}%|#    | {i}/99999 [01:00<10:00,  1.00it/s]".encode() for i in range(3000)) + b"\n"
+    data = body + filler * ((reader.HEAD_BYTES // len(filler)) + 1) + body  # the same lines in the head and past it
+
+    def seen(pf):
+        return [(c.line_no, None if c.pats is None else [p.name for p in c.pats]) for c in _cands(data, prefilter=pf)]
+
+    assert seen(Prefilter()) == seen(hs)
+    assert len(seen(hs)) >= 8
+
+
+def test_loosening_keeps_a_superset_through_backreferences_anchors_and_lookarounds():
+    from oomfix.prefilter import loosen
+
+    lo = loosen(r"^Attempted loss scale: (?P<a>[\d.]+), reducing to (?:(?P=a)|1)\s*$")
+    assert lo is not None and "P=" not in lo
+    assert re.search(lo.encode(), b"[rank0]: Attempted loss scale: 2, reducing to 2 [repeated 3x]")
+    assert not re.search(lo.encode(), b"Attempted loss scale: 2, reducing")
+    lo = loosen(r"^(?!.*\bINFO\b).*\b(?:Error|failed)\b")
+    assert re.search(lo.encode(), b"x INFO failed") and not re.search(lo.encode(), b"indexing errors")
+
+
+def test_hyperscan_database_cache_is_best_effort(tmp_path, monkeypatch):
+    pytest.importorskip("hyperscan")
+    from oomfix import fastscan
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ro / "cache"))
+    pf = fastscan.HyperscanPrefilter()  # cannot write the cache: compiles, works
+    assert [c.line_no for c in _cands(b"x\n[rank1]: torch.OutOfMemoryError: CUDA out of memory.\n", prefilter=pf)] == [2]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fastscan.HyperscanPrefilter()
+    for f in (tmp_path / "cache" / "oomfix").iterdir():
+        f.write_bytes(b"garbage")  # a corrupt cache entry is compiled again
+    pf = fastscan.HyperscanPrefilter()
+    assert len(_cands(b"Received 1 death signal, shutting down workers\n", prefilter=pf)) == 1
