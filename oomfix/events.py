@@ -438,6 +438,7 @@ def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] =
 
 
 _SPLITS = (b"[rank", b"[default", b"Traceback")
+_SPLITS_RX = re.compile(b"|".join(re.escape(x) for x in _SPLITS))
 REPEATABLE = frozenset({P.CAUSE, P.WEAK, P.EXCEPTION, P.ERROR_LEVEL, P.TRACEBACK})
 REPEAT_GAP = 100  # lines; well under classify.CLUSTER_GAP, so that the clusters it reads close as they did
 _TPL_HEAD = 24  # the prefixes (rank, host) at the start of a line are part of its template, digits and all
@@ -496,7 +497,7 @@ def _deferrable(c: Candidate) -> bool:
     """A line only state patterns can match, short enough that what parsing reads around it is a small copy."""
     pats = c.pats
     return bool(pats) and all(p.role == P.PHASE for p in pats) and len(c.raw) <= LONG_LINE and \
-        not any(s in c.raw for s in _SPLITS)
+        not _SPLITS_RX.search(c.raw)
 
 
 def _detach(c: Candidate) -> Candidate:

@@ -114,7 +114,13 @@ class HyperscanPrefilter(Prefilter):
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             append((to - 1, keys[idx]))
 
-        (self._db if head else self._tail_db).scan(memoryview(buf)[:end], match_event_handler=on_match)
+        try:
+            (self._db if head else self._tail_db).scan(memoryview(buf)[:end], match_event_handler=on_match)
+        except hyperscan.error as e:
+            # a Ctrl-C that lands in the match callback comes back as Hyperscan's own error: it is an interrupt
+            if isinstance(e.__context__, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
         return hits
 
     def accept(self, raw: bytes, head: bool, lits: set, buf: bytes, start: int, stop: int,  # type: ignore[override]

@@ -306,7 +306,7 @@ PATTERNS: tuple[Pattern, ...] = (
     # "OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 1, reducing to 1"; fairseq "overflow detected, setting
     # loss scale to: 0.000244140625"; apex "reducing loss scale to 1.52587890625e-05". One overflow is routine.
     _p("loss_scale_floor", [b"reducing to", b"setting loss scale to", b"reducing loss scale to"],
-       r"Attempted loss scale: (?P<a>[\d.]+), reducing to (?:(?P=a)|1(?:\.0+)?)\s*$|"
+       r"Attempted loss scale: 1(?:\.0+)?, reducing to 1(?:\.0+)?\s*$|"
        r"(?:setting|reducing) loss scale to:? (?:0\.000\d*|0\.0*[1-9]?\d*e-\d+|\d(?:\.\d+)?e-0?(?:[4-9]|[1-9]\d))\b",
        WEAK, "nan_loss", "medium"),
     # torch.utils.tensorboard / tensorboardX: a warning, but a symptom of the same divergence

@@ -11,6 +11,7 @@ import functools
 import gzip
 import io
 import os
+import re
 import stat
 import sys
 import zlib
@@ -135,6 +136,7 @@ class Prefilter:
         return tuple(self.patterns[i] for i in ids) if ids else False
 
 
+_FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
 _ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
 
 
@@ -330,7 +332,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             cand.pats = pats  # type: ignore[assignment]
             yield cand
             last_stop = stop + 1
-            n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0)
+            n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
             # the lines after a trigger: the HF block, the summary table, the allocator's numbers
             pos = last_stop
             if pos < end and buf[pos:pos + 1] == b"\n":
