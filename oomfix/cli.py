@@ -1,6 +1,8 @@
 """The command line: parse, call the library, render, exit. Nothing else lives here."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -19,6 +21,20 @@ def _fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line and 130. Exit at once: a second interrupt still pending (a SIGINT that landed inside
+    Hyperscan's C scan is re-raised on the way out) must not turn the exit into a death by SIGINT. Writes are already
+    whole or rolled back (journal.py) by the time we get here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    click.echo("oomfix: interrupted", err=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
 def handled(fn: F) -> F:
     """The one place where errors become one line on stderr and an exit code."""
 
@@ -29,8 +45,7 @@ def handled(fn: F) -> F:
         except OomfixError as e:
             _fail(str(e), exit_code_for(e))
         except KeyboardInterrupt:
-            click.echo("oomfix: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _interrupted()
         except BrokenPipeError:
             sys.exit(EXIT_ERROR)
         except MemoryError:
@@ -54,8 +69,7 @@ class _Group(click.Group):
             hint = f" (see `oomfix {e.ctx.info_name} --help`)" if e.ctx and e.ctx.parent else " (see `oomfix --help`)"
             _fail(e.format_message() + hint, EXIT_ERROR)
         except click.exceptions.Abort:
-            click.echo("oomfix: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _interrupted()
         except click.exceptions.ClickException as e:
             _fail(e.format_message(), EXIT_ERROR)
         sys.exit(rv if isinstance(rv, int) else 0)
