@@ -7,7 +7,8 @@ directory (`cd`, `$(dirname "$0")`, `${BASH_SOURCE[0]%/*}`), function calls and 
 `Command`: its words after expansion, its environment, redirections, the line it starts on in the script file, and
 the wrappers it sits inside.
 
-Values the text cannot determine stay unknown and are never guessed: `$(date ...)`, `$RANDOM`, positional
+Values the text cannot determine stay unknown and are never guessed: `$(date ...)`, `$RANDOM` (unless the script
+seeds it with `RANDOM=n`: then bash's own generator gives fixed values, computed here), positional
 arguments, the environment, a variable that two branches of an `if` set differently. An unknown piece keeps the text
 it was written as (`${TS}`), so a log path with unknown parts is still a pattern; a name the script gave an unknown
 value is shown by that name (`$gpu`, not `$4`).
@@ -156,14 +157,26 @@ class State:
     positional: list[Value] | None  # None at top level: the script's own arguments are unknown
     funcs: dict[str, Node]
     locals_stack: list[dict[str, object]] = field(default_factory=list)
+    rand_seed: int | None = None  # `RANDOM=n` seeds bash's generator: every $RANDOM after it is fixed
 
     def copy(self) -> "State":
         return State(dict(self.vars), set(self.exported), self.cwd, self.cwd_rel,
                      list(self.positional) if self.positional is not None else None, dict(self.funcs),
-                     [dict(x) for x in self.locals_stack])
+                     [dict(x) for x in self.locals_stack], self.rand_seed)
 
 
 _NEVER = object()
+
+
+def bash_random(seed: int) -> tuple[int, int]:
+    """bash >= 5.1's $RANDOM after `RANDOM=seed` (variables.c brand/intrand32: Park-Miller minimal standard, then the
+    two 16-bit halves xored): (the value, the next seed). Older bash used another generator; 5.1 is in every current
+    distribution."""
+    last = seed & 0xFFFFFFFF or 123459876
+    h, lo = divmod(last, 127773)
+    t = 16807 * lo - 2836 * h
+    nxt = t + 0x7FFFFFFF if t < 0 else t
+    return ((nxt >> 16) ^ (nxt & 65535)) & 32767, nxt
 
 
 def _unknown_ref(raw: str, random: bool = False) -> Value:
@@ -222,6 +235,10 @@ class Walker:
         return st.vars.get(name, _NEVER)
 
     def assign(self, name: str, val: object, st: State, local: bool = False) -> None:
+        if name == "RANDOM":
+            text = getattr(val, "text", None)
+            st.rand_seed = int(text) if isinstance(text, str) and text.strip().isdigit() else None
+            return
         if local and st.locals_stack:
             st.locals_stack[-1][name] = val
             return
@@ -238,6 +255,9 @@ class Walker:
         else:
             body = raw[1:]
         if body == "RANDOM":
+            if st.rand_seed is not None:
+                value, st.rand_seed = bash_random(st.rand_seed)
+                return Value.lit(str(value))
             return _unknown_ref(raw, random=True)
         if body in ("PWD",):
             return Value.lit(st.cwd) if st.cwd else _unknown_ref(raw)
@@ -469,6 +489,9 @@ class Walker:
             nonlocal random, unknown
             name = m.group(1) or m.group(2)
             if name == "RANDOM":
+                if st.rand_seed is not None:
+                    value, st.rand_seed = bash_random(st.rand_seed)
+                    return str(value)
                 random = True
                 return "1"
             v = self.lookup(name, st)

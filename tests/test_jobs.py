@@ -85,3 +85,13 @@ def test_background_job_in_a_loop_collides_with_itself(tmp_path, monkeypatch):
                                    "--master_port $((29500 + g)) t.py > run_$g.log &\ndone\nwait\n")
     r = cli("check", "--format", "json")
     assert json.loads(r.output)["findings"] == []
+
+
+def test_a_seeded_random_port_is_a_fixed_port(tmp_path, monkeypatch):
+    # timm's distributed_train.sh shape: `RANDOM=1485` then `--master_port=$RANDOM`: every run picks 21703
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.sh").write_text("#!/bin/bash\nNUM_PROC=$1\nRANDOM=1485\nshift\n"
+                                   "python3 -m torch.distributed.launch --nproc_per_node=$NUM_PROC "
+                                   "--master_port=$RANDOM train.py \"$@\"\n")
+    r = cli("jobs", "d.sh", "--format", "json")
+    assert json.loads(r.output)["jobs"][0]["master_port"] == 21703

@@ -50,3 +50,21 @@ def test_lines_are_the_outer_commands():
 def test_recursion_and_size_are_bounded():
     walk_script("/r/x.sh", "f() { f; }\nf\n")
     walk_script("/r/x.sh", "a=x\n" + "a=$a$a\n" * 40 + "echo $a\n")
+
+
+def test_a_seeded_random_is_fixed_as_bash_computes_it(tmp_path):
+    """`RANDOM=n` seeds bash's generator: two copies of the script pick the same "random" port (bash >= 5.1)."""
+    import shutil
+    import subprocess
+
+    from oomfix.shell import bash_random
+
+    seed, got = 1485, []
+    for _ in range(3):
+        value, seed = bash_random(seed)
+        got.append(value)
+    if shutil.which("bash"):
+        out = subprocess.run(["bash", "-c", "RANDOM=1485; echo $RANDOM $RANDOM $RANDOM"], capture_output=True,
+                             text=True).stdout.split()
+        assert [int(x) for x in out] == got
+    assert got[0] == 21703
