@@ -15,7 +15,7 @@ import tempfile
 
 import hyperscan
 
-from oomfix.patterns import HEAD_BYTES, Pattern
+from oomfix.patterns import ANCHORS, HEAD_BYTES, Pattern
 from oomfix.reader import Prefilter
 
 # A line with a colour code or a progress bar's padding between two words, that also holds a literal the pure-Python
@@ -94,7 +94,9 @@ class HyperscanPrefilter(Prefilter):
         def chunks(lits: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
             return [lits[k:k + 32] for k in range(0, len(lits), 32)]  # Hyperscan limits an expression's length
 
-        tail = [_dirty(c) for c in chunks(plan.tail_literals)]
+        # lines with colour codes or padding past the head: found through the anchors (the failure patterns' own
+        # regexes above find their clean text in the raw bytes; colour codes sit around a message, not inside it)
+        tail = [_dirty(c) for c in chunks(tuple(m for m in plan.tail_literals if m in ANCHORS))]
         tail_keys = [_TAIL] * len(tail)
         head = [_dirty(c) for c in chunks(plan.head_literals)]
         head_keys = [_HEAD] * len(head)

@@ -299,7 +299,8 @@ PATTERNS: tuple[Pattern, ...] = (
     # "train_loss=inf"; weak: a diverged loss is only the class when nothing else failed
     # (transformers 5 logs the values as strings: "'grad_norm': 'nan'"; Megatron "| grad norm: nan |")
     # fairseq's progress "gnorm=inf"
-    _p("nan_loss", [b"nan", b"NaN", b"inf", b"Inf"],
+    _p("nan_loss", [b": nan", b"= nan", b"=nan", b"'nan'", b": NaN", b"= NaN", b": inf", b"= inf", b"=inf", b"'inf'",
+                    b": Inf", b": -inf", b"=-inf", b": Infinity", b"is nan", b"is NaN", b"is inf", b"is Inf"],
        r"(?i:(?:\b|_)(?:loss|grad[_ ]norm|gnorm)['\"]?\s*(?:[:=]|is)?\s*['\"]?[-+]?(?:nan|inf(?:inity)?)\b)", WEAK,
        "nan_loss", "medium"),
     # a dynamic loss scale stuck at its floor: DeepSpeed (runtime/fp16/loss_scaler.py, min_loss_scale 1 by default)

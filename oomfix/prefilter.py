@@ -249,7 +249,8 @@ class Plan:
         self.tail_markers: list[tuple[bytes, ...]] = [
             tuple(m for m in p.markers if i in everywhere or any(a in m for a in anchors)) for i, p in enumerate(patterns)]
         self.head_literals = tuple(sorted({m for ms in self.head_markers for m in ms} | set(self.anchors)))
-        self.tail_literals = self.anchors
+        # a literal that contains another one is found through it (its markers are tested on the line): one pass less
+        self.tail_literals = tuple(x for x in self.anchors if not any(o != x and o in x for o in self.anchors))
         # literal -> the patterns one of whose (scoped) markers contains it
         self.head_lit_pats = {lit: tuple(i for i in range(n) if any(lit in m for m in self.head_markers[i]))
                               for lit in self.head_literals}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from oomfix.errors import InputError
+from oomfix import patterns as _P
 from oomfix.patterns import ANCHORS, FOLLOW, HEAD_BYTES, PATTERNS, Pattern
 
 if TYPE_CHECKING:
@@ -140,11 +141,19 @@ _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # on
 _ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
 
 
+_FAILURE_ROLES = frozenset({_P.CAUSE, _P.WEAK, _P.EXCEPTION, _P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION,
+                            _P.TRACEBACK, _P.ERROR_LEVEL})
+
+
 @functools.lru_cache(maxsize=16)
 def _plan(patterns: tuple[Pattern, ...], n_user: int) -> "Plan":
     from oomfix.prefilter import Plan
 
-    return Plan(patterns, ANCHORS, frozenset(range(n_user)))
+    # Past the head, a pattern that reports a failure counts through every one of its markers, like a user pattern:
+    # a failure is found wherever it is in a multi-GB log. Only state and run-parameter patterns (phases, the HF
+    # block, the OOM's numbers) are limited to the head, to their anchors and to the lines after a FOLLOW trigger.
+    failure = frozenset(i for i, p in enumerate(patterns) if i < n_user or p.role in _FAILURE_ROLES)
+    return Plan(patterns, ANCHORS, failure)
 
 
 @functools.lru_cache(maxsize=8)

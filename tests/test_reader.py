@@ -7,7 +7,7 @@ import pytest
 
 from oomfix import reader
 from oomfix.errors import InputError
-from oomfix.reader import Candidate, Prefilter, open_log, scan
+from oomfix.reader import HEAD_BYTES, Candidate, Prefilter, open_log, scan
 
 
 def _cands(data: bytes, **kw) -> list[Candidate]:
@@ -257,3 +257,28 @@ def test_hyperscan_database_cache_is_best_effort(tmp_path, monkeypatch):
         f.write_bytes(b"garbage")  # a corrupt cache entry is compiled again
     pf = fastscan.HyperscanPrefilter()
     assert len(_cands(b"Received 1 death signal, shutting down workers\n", prefilter=pf)) == 1
+
+
+FAILURE_LINES = {
+    "port_in_use": "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+                   "address. port: 29500, useIpv6: 0, code: -98, name: EADDRINUSE, message: address already in use\n",
+    "nccl_timeout": "[rank3]:[E429 13:55:49.384372190 ProcessGroupNCCL.cpp:1743] [PG ID 0 PG GUID 0(default_pg) Rank 3] "
+                    "ProcessGroupNCCL's watchdog got stuck for 480 seconds without making progress\n",
+    "cuda_error": "/pytorch/aten/src/ATen/native/cuda/IndexKernel.cu:92: operator(): block: [7,0,0], thread: [1,0,0] "
+                  "Assertion `index >= -sizes[i]` failed.\n",
+    "nan_loss": "epoch 3 step 100 loss = nan\n",
+    "nccl_error": "node-0:3468:3905 [4] transport/net_ib.cc:1615 NCCL WARN NET/IB : Got completion from peer "
+                  "10.0.0.2<54862> with status=12 opcode=0\n",
+}
+
+
+@pytest.mark.parametrize("cls", sorted(FAILURE_LINES))
+def test_a_failure_past_the_head_is_found_by_both_engines(tmp_path, cls):
+    """Past the first HEAD_BYTES only anchors used to count; a failure pattern counts through all its markers."""
+    from oomfix.classify import diagnose
+
+    filler = "{'loss': 1.2345, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}\n"
+    p = tmp_path / "big.log"
+    p.write_text(filler * (HEAD_BYTES // len(filler) + 1000) + FAILURE_LINES[cls])
+    assert diagnose([str(p)]).cls == cls
+    assert diagnose([str(p)], prefilter=Prefilter()).cls == cls
