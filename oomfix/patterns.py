@@ -396,12 +396,11 @@ MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.marker
 
 # --- what the reader looks for, where ---------------------------------------------------------------------------
 # The first HEAD_BYTES of a log (start-up: launch command, run parameters, preprocessing) are searched for every
-# marker. Past the head, a log is gigabytes of progress bars, and only ANCHORS are searched: short literals that
-# every failure marker contains ("rror" is in every *Error and "NCCL error"), so that a handful of passes replace
-# ninety. A line an anchor finds is parsed with the full patterns, so a coarse anchor costs time, never accuracy.
-# Markers that no anchor covers (run parameters, launch commands, NCCL WARN, traceback frames) only count in the
-# head, or in the lines that FOLLOW a trigger: the HF Trainer block after "***** Running training", the summary
-# table after ChildFailedError, the allocator's numbers after a CUDA OOM.
+# marker. Past the head, a log is gigabytes of progress bars: a pattern that reports a failure still counts through
+# every marker it has (reader._plan: a failure is found wherever it is), while state and run-parameter patterns
+# (phases, the HF block, the OOM's numbers) count only through markers that contain one of the ANCHORS below, or in
+# the lines that FOLLOW a trigger: the HF Trainer block after "***** Running training", the summary table after
+# ChildFailedError, the allocator's numbers after a CUDA OOM.
 HEAD_BYTES = 4 << 20
 # Each anchor is a bytes.find pass for the pure-Python engine, so the list is short: "rror" also finds
 # "Fatal Python error: Segmentation fault", SLURM's "error: Detected 1 oom_kill event" and the "DistNetworkError" of
