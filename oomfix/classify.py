@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from oomfix import patterns as P
-from oomfix.events import SIGNALS, Event, events, signal_name, strip_prefixes
+from oomfix.events import REPEATABLE, SIGNALS, Event, events, signal_name, strip_prefixes
 from oomfix.model import CascadeEntry, Diagnosis, Evidence, MemoryInfo, RootCause, RunParams
 from oomfix.reader import Prefilter, default_prefilter, open_log, scan
 
@@ -297,8 +297,7 @@ def launch_facts(tokens: list[str]) -> dict[str, object]:
     return out
 
 
-_REPEATABLE = frozenset({P.CAUSE, P.WEAK, P.EXCEPTION, P.ERROR_LEVEL, P.TRACEBACK})
-_TEMPLATE = re.compile(r"0x[0-9a-fA-F]+|\d+")
+_TEMPLATE = re.compile(r"0x[0-9a-fA-F]+|\d+")  # the numbers of a line: ranks, pids, thread and block indices, times
 
 
 class _Retention:
@@ -315,7 +314,7 @@ class _Retention:
         self.repeats = 0
 
     def add(self, ev: Event) -> None:
-        if ev.role not in _REPEATABLE:
+        if ev.role not in REPEATABLE:
             self.out.append(ev)
             return
         key = (ev.pattern, ev.rank, _TEMPLATE.sub("0", ev.text))
@@ -536,7 +535,7 @@ def _pick(st: _FileState) -> _Cause | None:
     causes, weak = _causes(st)
     if not causes:
         if weak and (st.failed or all(w.cls == "nan_loss" for w in weak)):
-            return weak[0]
+            return _cuda_before_nccl(weak[0], [])
         return None
     root = _root_death(st)
     # an unexplained death ("DataLoader worker exited unexpectedly") is what the main process saw; the worker's own
@@ -545,8 +544,8 @@ def _pick(st: _FileState) -> _Cause | None:
     if chosen.event.time and root is None:
         # lines pasted or flushed out of order: the earliest stamped failure is the origin
         timed = [c for c in causes if c.event.time and c.death is None and c.cls != "unknown"]
-        earliest = min(timed, key=lambda c: c.event.time or "", default=chosen)
-        if (earliest.event.time or "") < chosen.event.time:
+        earliest = min(timed, key=lambda c: c.event.time, default=chosen)
+        if earliest.event.time < chosen.event.time:
             chosen = earliest
     if chosen.cls == "unknown":
         chosen = next((c for c in causes if c.cls != "unknown" and abs(c.event.line - chosen.event.line) <= CLUSTER_GAP),
@@ -580,8 +579,11 @@ def _pick(st: _FileState) -> _Cause | None:
 
 
 def _cuda_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:
-    """An NCCL failure with a CUDA error of the same rank printed with it: the CUDA error came first (NCCL's
-    "unhandled cuda error", the watchdog rethrowing a CUDA error); the NCCL failure is how it surfaced."""
+    """A CUDA error is the root cause when NCCL is how it surfaced: an NCCL failure with a CUDA error of the same rank
+    printed with it (NCCL's "unhandled cuda error", the watchdog rethrowing a CUDA error) is reported as that CUDA
+    error; a CUDA error in the watchdog's own line says so in a note."""
+    if chosen.cls == "cuda_error" and chosen.note is None and "watchdog" in chosen.event.text.lower():
+        chosen.note = "the CUDA error surfaced through the NCCL watchdog; it is the root cause, not NCCL"
     if chosen.cls != "nccl_error":
         return chosen
     for c in causes:
@@ -688,12 +690,9 @@ def _cascade(st: _FileState, root_pid: int | None) -> list[CascadeEntry]:
     return sorted(out.values(), key=lambda c: (c.rank is None, c.rank if c.rank is not None else 0, c.pid or 0))
 
 
-_NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
-
-
 def _template(text: str) -> str:
     """A line with its numbers masked: ranks, pids, thread and block indices, times."""
-    return _NUMBERS.sub("N", strip_prefixes(text).body)[:300]
+    return _TEMPLATE.sub("N", strip_prefixes(text).body)[:300]
 
 
 def _evidence(st: _FileState, chosen: _Cause) -> list[Evidence]:
@@ -834,8 +833,6 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
     reason = chosen.reason if confidence != "high" else None
     if confidence != "high" and reason is None:
         reason = _default_reason(chosen)
-    if chosen.cls == "cuda_error" and chosen.note is None and "watchdog" in chosen.event.text.lower():
-        chosen.note = "the CUDA error surfaced through the NCCL watchdog; it is the root cause, not NCCL"
     if chosen.note:
         reason = chosen.note if reason is None else f"{chosen.note}; {reason}"
     return Diagnosis(chosen.cls, confidence, reason, root, tuple(cascade), tuple(_evidence(st, chosen)), run, memory,

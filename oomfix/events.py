@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import re
 
 from oomfix import patterns as P
 from oomfix.reader import Candidate
@@ -33,22 +32,13 @@ class Event:
     frame: str | None = None  # innermost traceback frame before this line: "path:line in func"
 
 
-def physical(raw: bytes) -> str:
-    """The line as a terminal showed it: decoded, without colour codes."""
+def clean(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace")
     if "\x1b" in text:
         text = P.ANSI.sub("", text)
-    return text.rstrip("\r\n")
-
-
-def untqdm(text: str) -> str:
     if "]" in text and "/" in text:
-        return P.TQDM_PREFIX.sub("", text, count=1)
-    return text
-
-
-def clean(raw: bytes) -> str:
-    return untqdm(physical(raw))
+        text = P.TQDM_PREFIX.sub("", text, count=1)
+    return text.rstrip("\r\n")
 
 
 def signal_name(value: str | int | None) -> str | None:
@@ -100,8 +90,9 @@ class Prefixes:
     src: str | None = None  # glog source file: "ProcessGroupNCCL.cpp"
 
 
-def _md(md: str) -> str:
-    return md.zfill(4)  # c10 prints the month without padding ("E429" = April 29)
+def _stamp(month: str, day: str, hms: str, frac: str | None) -> str:
+    """A time as events compare them across the logs of one job: "MMDD HH:MM:SS.f"."""
+    return f"{month}{day} {hms}.{frac or '0'}"
 
 
 def strip_prefixes(text: str) -> Prefixes:
@@ -120,7 +111,7 @@ def strip_prefixes(text: str) -> Prefixes:
         m = P.CLOCK_PREFIX.match(body)
         if m:
             if time is None and m["y"]:
-                time = f"{m['mo']}{m['d']} {m['hms']}.{m['f'] or '0'}"
+                time = _stamp(m["mo"], m["d"], m["hms"], m["f"])
             body = body[m.end():]
         m = P.RAY_PREFIX.match(body)
         if m:
@@ -130,11 +121,11 @@ def strip_prefixes(text: str) -> Prefixes:
             level = level or g["lvl"]
             src = src or g["src"].rsplit("/", 1)[-1]
             if time is None and g["md"]:
-                time = f"{_md(g['md'])} {g['hms']}"
+                time = f"{g['md'].zfill(4)} {g['hms']}"  # c10 prints the month unpadded ("E429" = April 29)
             body = body[g.end():]
         m = P.DS_TIME.match(body)
         if m and time is None:
-            time = f"{m['m']}{m['d']} {m['hms']}.{(m['f'] or '0')}"
+            time = _stamp(m["m"], m["d"], m["hms"], m["f"])
         m = P.PREFIX.match(body)
         if m and m.end() > 0:
             if m["rank"] is not None:
@@ -245,9 +236,12 @@ def unwrap(cand: Candidate, text: str) -> str:
     return "".join(reversed(head)) + text + "".join(tail)
 
 
+# the start of an exception line and of a glog header, wherever a record can begin
+_EXC_NAME = r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): "
+_GLOG_HEAD = r"\[?[IWEF]\d{3,4} \d\d:"
 # lines that start a record of their own: never the continuation of a wrapped one
-_RECORD_START = re.compile(r"^\s*(?:Traceback \(|File \"|\[?rank\d+\]|\[?[IWEF]\d{3,4} \d\d:|\[?\d{4}-\d\d-\d\d[ T_]|"
-                           r"(?:WARNING|INFO|ERROR|DEBUG)[:\s]|frame #\d|(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): )")
+_RECORD_START = re.compile(rf"^\s*(?:Traceback \(|File \"|\[?rank\d+\]|{_GLOG_HEAD}|\[?\d{{4}}-\d\d-\d\d[ T_]|"
+                           rf"(?:WARNING|INFO|ERROR|DEBUG)[:\s]|frame #\d|{_EXC_NAME})")
 
 
 _DIGITS = re.compile(r"\d")
@@ -267,8 +261,7 @@ def _continues(first: str, second: str) -> bool:
 # whole log flattened onto one line by a paste. A record starts at a rank prefix, a traceback header, a glog header
 # or (in a long line) an exception name.
 _RECORD_SPLIT = re.compile(r"(?<=\S)(?=\[(?:rank|default)\d+\]:)|(?<=.)(?=Traceback \(most recent call last\))")
-_LONG_RECORD_SPLIT = re.compile(r"(?<=\s)(?=(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): |"
-                                r"\[?[IWEF]\d{3,4} \d\d:\d\d:\d\d)")
+_LONG_RECORD_SPLIT = re.compile(rf"(?<=\s)(?={_EXC_NAME}|{_GLOG_HEAD}\d\d:\d\d)")
 LONG_LINE = 400
 
 

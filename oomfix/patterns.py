@@ -458,7 +458,6 @@ NCCL_PREFIX = re.compile(r"^\s*(?P<host>[\w.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?
 # c10d's log prefix (ProcessGroupNCCL createLogPrefix): "[Rank 3]" (<= 2.2), "[PG 0 Rank 3]" (2.3-2.4),
 # "[PG 0 (default_pg) Rank 1]" (2.5), "[PG ID 0 PG GUID 0(default_pg) Rank 3]" (2.6+)
 RANK_IN_TEXT = re.compile(r"\[(?:PG (?:ID )?\d+(?: PG GUID \d+)?(?: ?\([^)]*\))? )?Rank (?P<rank>\d+)\]")
-GLOG = re.compile(r"^(?P<lvl>[IWEF])(?P<md>\d{4}) (?P<hms>\d\d:\d\d:\d\d(?:\.\d+)?) +\d+ (?P<src>[^\]]+)\] ")
 DS_TIME = re.compile(r"^\[(?:\w+\|)?\d{4}-(?P<m>\d\d)-(?P<d>\d\d)[ _T](?P<hms>\d\d:\d\d:\d\d)(?:[,.](?P<f>\d+))?")
 TABLE_TIME = re.compile(r"\d{4}-(?P<m>\d\d)-(?P<d>\d\d)_(?P<hms>\d\d:\d\d:\d\d)")
 # a bar with no description ("Loading checkpoint shards: 8/8 ..." is not a training step): HF Trainer's
