@@ -100,14 +100,14 @@ class HyperscanPrefilter(Prefilter):
         tail_keys = [_TAIL] * len(tail)
         head = [_dirty(c) for c in chunks(plan.head_literals)]
         head_keys = [_HEAD] * len(head)
-        # past the head only the anchors count: a smaller database for the gigabytes after it
+        # past the head the head-only literals drop out: a smaller database for the gigabytes after it
         self._tail_keys = self._keys + tail_keys
         self._tail_db = _database(exprs + tail)
         self._keys = self._tail_keys + head_keys
         self._db = _database(exprs + tail + head)
 
     def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, int]]:  # type: ignore[override]
-        """(offset, pattern id or _ESC/_PAD) of every match end."""
+        """(offset, pattern id, or _HEAD/_TAIL for a line with colour codes or padding) of every match end."""
         hits: list[tuple[int, int]] = []
         append = hits.append
         head = base < HEAD_BYTES
@@ -125,8 +125,7 @@ class HyperscanPrefilter(Prefilter):
             raise
         return hits
 
-    def accept(self, raw: bytes, head: bool, lits: set, buf: bytes, start: int, stop: int,  # type: ignore[override]
-               end: int) -> "tuple[Pattern, ...] | bool":
+    def accept(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":  # type: ignore[override]
         plan = self.plan
         if (_HEAD if head else _TAIL) in lits:
             # as the pure-Python engine: found through a literal of the raw line, confirmed on the cleaned forms

@@ -1,7 +1,7 @@
 """The precise prefilter: which patterns can match a raw line, derived from PATTERNS themselves.
 
-A line is a candidate when it contains one of a pattern's markers (every marker in the head of a log, markers that
-contain an ANCHOR past it) AND a loosened form of that pattern's own regex matches its raw bytes. The loosened regex
+A line is a candidate when it contains one of a pattern's markers (every marker in the head of a log; past it, every
+marker of a failure pattern, and for the others the markers that contain an ANCHOR: reader._plan) AND a loosened form of that pattern's own regex matches its raw bytes. The loosened regex
 is a superset of the pattern (anchors, lookarounds and backreferences dropped, `\\w`/`\\s` widened to non-ASCII
 bytes, bounded repeats widened for multi-byte characters, nullable ends trimmed), so it never rejects a line the
 pattern would accept, and it is plain enough for Hyperscan. The candidate carries the ids of the patterns that passed:
@@ -20,7 +20,7 @@ import re._parser as sre  # noqa: PLC2701
 
 from oomfix import patterns as P
 
-ANSI_B = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
+ANSI_B = re.compile(P.ANSI.pattern.encode())  # patterns.ANSI, on bytes
 # events._PADDING on bytes, with non-ASCII bytes counted as word characters (a superset of str \w)
 PADDED_B = re.compile(rb"[\w\x80-\xff] {6,}[\w\x80-\xff]")
 _SQUEEZE_B = re.compile(rb"(?<=[\w\x80-\xff]) {6,}(?=[\w\x80-\xff])")
@@ -243,7 +243,7 @@ class Plan:
             lo = loosen(src, fl) if src else None
             self.loose.append(lo)
             self.prx.append(re.compile(lo.encode()) if lo else None)
-        # past the head, a pattern counts through its markers that contain an anchor (user patterns: all markers)
+        # past the head, a pattern counts through its markers that contain an anchor ("everywhere" ones: all markers)
         self.anchors = tuple(sorted(set(anchors) | {m for i in everywhere for m in patterns[i].markers}))
         self.head_markers: list[tuple[bytes, ...]] = [tuple(p.markers) for p in patterns]
         self.tail_markers: list[tuple[bytes, ...]] = [

@@ -67,8 +67,8 @@ class Candidate:
 
 
 class Prefilter:
-    """Finds the candidate lines: lines with a marker of a pattern (every marker in the head of a log, the ANCHORS
-    past it) whose loosened regex also matches (see oomfix.prefilter), so that ordinary lines that merely contain a
+    """Finds the candidate lines: lines with a marker of a pattern (every marker in the head of a log; past it, every
+    marker of a failure pattern and the ANCHORS, see `_plan`) whose loosened regex also matches (see oomfix.prefilter), so that ordinary lines that merely contain a
     marker word ("indexing errors", "see_memory_usage") never reach the parser.
 
     This class is the pure-Python engine (one bytes.find pass per literal); `fastscan.HyperscanPrefilter` finds
@@ -79,8 +79,6 @@ class Prefilter:
     name = "python"
 
     def __init__(self, patterns: tuple[Pattern, ...] | None = None, extra: tuple[Pattern, ...] = ()) -> None:
-        if patterns is not None and patterns and isinstance(patterns[0], bytes):
-            patterns = None  # the old signature (marker literals): the patterns carry their markers now
         self.patterns = tuple(extra) + (PATTERNS if patterns is None else tuple(patterns))
         self.plan = _plan(self.patterns, len(extra))
         self.markers = self.plan.head_literals
@@ -105,7 +103,7 @@ class Prefilter:
         return hits
 
     def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, bytes]]:
-        """(offset, literal) of every literal hit: every marker in the head, the anchors past it."""
+        """(offset, literal) of every literal hit: every marker in the head, the tail literals past it."""
         head_end = min(end, max(0, HEAD_BYTES - base))
         hits: list[tuple[int, bytes]] = []
         if head_end > 0:
@@ -114,24 +112,21 @@ class Prefilter:
             hits += self._find(buf, max(0, head_end - self.longest), end, self.anchors)
         return hits
 
-    def check(self, raw: bytes, head: bool, lits: set, buf: bytes, start: int, stop: int,
-              end: int) -> "tuple[Pattern, ...] | None | bool":
+    def check(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":
         """`accept`, once per template: a line like one checked before but for its digits (a per-step line) gets the
         same verdict, when no pattern that could match it names a digit."""
         if self.plan.digit_matters(lits, head) or b"\x1b" in raw or b"      " in raw:
-            return self.accept(raw, head, lits, buf, start, stop, end)
+            return self.accept(raw, head, lits)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)
         if got is None:
             if len(self._verdicts) >= 8192:
                 self._verdicts.clear()
-            got = self._verdicts[key] = self.accept(raw, head, lits, buf, start, stop, end)
+            got = self._verdicts[key] = self.accept(raw, head, lits)
         return got
 
-    def accept(self, raw: bytes, head: bool, lits: set[bytes], buf: bytes, start: int, stop: int,
-               end: int) -> "tuple[Pattern, ...] | None | bool":
-        """The patterns a line found through `lits` can match; None: any (a wrapped line, the parser joins it with
-        its neighbours); False: not a candidate."""
+    def accept(self, raw: bytes, head: bool, lits: set[bytes]) -> "tuple[Pattern, ...] | bool":
+        """The patterns (in PATTERNS order) a line found through `lits` can match; False: not a candidate."""
         plan = self.plan
         ids = plan.ids_for(raw, head, lits)
         return tuple(self.patterns[i] for i in ids) if ids else False
@@ -332,7 +327,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
             hi = min(stop, lo + MAX_LINE)
             raw = bytes(buf[lo:hi])
-            pats = prefilter.check(raw, base + start < HEAD_BYTES, lits, buf, start, stop, end)
+            pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
             if pats is False:
                 continue  # a marker word in an ordinary line
             line_no += buf.count(b"\n", counted, start)
