@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oomfix import patterns as P
-from oomfix.reader import Candidate
+from oomfix.reader import STATE_KEEP, Candidate
 
 SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 7: "SIGBUS", 9: "SIGKILL", 11: "SIGSEGV",
            15: "SIGTERM"}
@@ -367,7 +367,7 @@ def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] =
     # State lines (checkpoint saves, evaluation markers: thousands in a long run) only matter as the last state before
     # a failure, and as the first one after it (its time). They are kept unparsed, the last few only, and parsed when
     # a failure shows up; everything else is parsed as it comes.
-    pending: deque[Candidate] = deque(maxlen=4)
+    pending: deque[Candidate] = deque(maxlen=STATE_KEEP)
     want_next = False
     live: set[int] = set()  # pending lines that still point into the reader's buffer
 

@@ -10,12 +10,14 @@ does.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 import os
 import tempfile
 
 import hyperscan
 
 from oomfix.patterns import ANCHORS, HEAD_BYTES, Pattern
+from oomfix.prefilter import PADDED_B
 from oomfix.reader import Prefilter
 
 # A line with a colour code or a progress bar's padding between two words, that also holds a literal the pure-Python
@@ -25,6 +27,7 @@ _HEAD, _TAIL = -1, -2
 # a superset of "colour code or padding between words" (any six spaces) with literal factors: fast to find; a line
 # it wrongly routes to the cleaned-forms check gets the verdict the pure-Python engine gives it anyway
 _DIRT = rb"(?:\x1b|      )"
+_STATE_REACH = 256  # longest state match looked for across a block's start
 
 
 def _dirty(literals: tuple[bytes, ...]) -> bytes:
@@ -85,18 +88,24 @@ class HyperscanPrefilter(Prefilter):
         plan = self.plan
         exprs: list[bytes] = []
         self._keys: list[int] = []
+        state: list[bytes] = []
+        self._state_keys: list[int] = []
         for i, p in enumerate(self.patterns):
             lo = plan.loose[i]
             # no loosened regex (a user pattern): its markers find it, as in the pure-Python engine
             for e in ([lo.encode()] if lo is not None else [_escape(m) for m in p.markers]):
-                exprs.append(e)
-                self._keys.append(i)
+                # state patterns have their own small database, searched around the candidates only (reader.scan)
+                (state if i in plan.lazy else exprs).append(e)
+                (self._state_keys if i in plan.lazy else self._keys).append(i)
         def chunks(lits: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
             return [lits[k:k + 32] for k in range(0, len(lits), 32)]  # Hyperscan limits an expression's length
 
         # lines with colour codes or padding past the head: found through the anchors (the failure patterns' own
-        # regexes above find their clean text in the raw bytes; colour codes sit around a message, not inside it)
-        tail = [_dirty(c) for c in chunks(tuple(m for m in plan.tail_literals if m in ANCHORS))]
+        # regexes above find their clean text in the raw bytes; colour codes sit around a message, not inside it).
+        # The anchors are reported as plain literals and `check` drops a clean line at once: a "dirt anywhere in the
+        # line" expression costs Hyperscan more than the few anchor lines cost Python, in logs where aligned columns
+        # (six spaces) or colour codes are on every line.
+        tail = [_escape(m) for m in plan.tail_literals if m in ANCHORS]
         tail_keys = [_TAIL] * len(tail)
         head = [_dirty(c) for c in chunks(plan.head_literals)]
         head_keys = [_HEAD] * len(head)
@@ -105,8 +114,13 @@ class HyperscanPrefilter(Prefilter):
         self._tail_db = _database(exprs + tail)
         self._keys = self._tail_keys + head_keys
         self._db = _database(exprs + tail + head)
+        self.dirt_only = {_TAIL}
+        self.window = 0  # every expression is searched everywhere, in one pass: no read-ahead, no windows
+        self._state_db = _database(state) if state else None
+        self._state_markers = [(i, self.patterns[i].markers) for i in sorted(plan.lazy)]
 
-    def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, int]]:  # type: ignore[override]
+    def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,  # type: ignore[override]
+             last: bool = True) -> list[tuple[int, int]]:
         """(offset, pattern id, or _HEAD/_TAIL for a line with colour codes or padding) of every match end."""
         hits: list[tuple[int, int]] = []
         append = hits.append
@@ -124,6 +138,46 @@ class HyperscanPrefilter(Prefilter):
                 raise KeyboardInterrupt from None
             raise
         return hits
+
+    def state_keys(self, raw: bytes) -> set:
+        return {i for i, ms in self._state_markers if any(m in raw for m in ms)}
+
+    def _state_scan(self, buf: bytes, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(offset, pattern id) of the state matches that end in buf[lo:hi]."""
+        got: list[tuple[int, int]] = []
+        if self._state_db is None or hi <= lo:
+            return got
+        start = max(0, lo - _STATE_REACH)  # a match that starts before lo and ends in the range
+        keys = self._state_keys
+
+        def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            if start + to > lo:
+                got.append((start + to - 1, keys[idx]))
+
+        self._state_db.scan(memoryview(buf)[start:hi], match_event_handler=on_match)
+        return got
+
+    def state_before(self, buf: bytes, lo: int, hi: int) -> "Iterator[tuple[int, object]]":
+        # backwards in growing blocks: only the last few state lines before a candidate are wanted
+        block = 64 << 10
+        while hi > lo:
+            b = max(lo, hi - block)
+            yield from sorted(self._state_scan(buf, b, hi), reverse=True)
+            hi, block = b, block * 4
+
+    def state_after(self, buf: bytes, lo: int, hi: int) -> "Iterator[tuple[int, object]]":
+        block = 64 << 10
+        while lo < hi:
+            b = min(hi, lo + block)
+            yield from sorted(self._state_scan(buf, lo, b))
+            lo, block = b, block * 4
+
+    def check(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":
+        if _TAIL in lits and b"\x1b" not in raw and not (b"      " in raw and PADDED_B.search(raw)):
+            lits = lits - {_TAIL}  # an anchor in a clean line: the patterns' own regexes decide
+            if not lits:
+                return False
+        return super().check(raw, head, lits)
 
     def accept(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":  # type: ignore[override]
         plan = self.plan

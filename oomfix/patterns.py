@@ -408,8 +408,8 @@ HEAD_BYTES = 4 << 20
 # Memory wordings are anchored on " memory"/"memory " and two spellings rather than "emory", which every DeepSpeed
 # see_memory_usage line (printed each step) contains.
 ANCHORS: tuple[bytes, ...] = (
-    b"rror", b"ignal", b" memory", b"memory ", b"Of Memory", b"MemoryPressure", b"xit", b"Kill", b"*****",
-    b"Saving model", b"_loss'", b"Watchdog", b"Segmentation", b"Traceback", b"CANCELLED", b": nan", b"ception",
+    b"rror", b"ignal", b" memory", b"memory ", b"Of Memory", b"MemoryPressure", b"xit", b"Kill",
+    b"***** Running training", b"Watchdog", b"Segmentation", b"Traceback", b"CANCELLED", b": nan", b"ception",
 )
 FOLLOW: tuple[tuple[bytes, int], ...] = (
     (b"***** Running training", 14),

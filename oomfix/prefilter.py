@@ -230,11 +230,18 @@ def _digit_sensitive(source: str) -> bool:
     return re.search(r"(?<![\\{,])[1-9]", re.sub(r"\{\d*,?\d*\}|\\x[0-9a-fA-F]{2}|\\\d", "", source)) is not None
 
 
+def _minimal(literals: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A literal that contains another one is found through it (its markers are tested on the line): one pass less."""
+    return tuple(x for x in literals if not any(o != x and o in x for o in literals))
+
+
 class Plan:
     """The prefilter derived from a pattern tuple: what each engine searches and how a raw line gets its ids."""
 
-    def __init__(self, patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere: frozenset[int]) -> None:
+    def __init__(self, patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere: frozenset[int],
+                 lazy: frozenset[int] = frozenset()) -> None:
         self.patterns = patterns
+        self.lazy = lazy  # state patterns: their lines are handed on only as the state around a failure (reader.scan)
         n = len(patterns)
         self.loose: list[str | None] = []
         self.prx: list[re.Pattern[bytes] | None] = []
@@ -243,30 +250,35 @@ class Plan:
             lo = loosen(src, fl) if src else None
             self.loose.append(lo)
             self.prx.append(re.compile(lo.encode()) if lo else None)
-        # past the head, a pattern counts through its markers that contain an anchor ("everywhere" ones: all markers)
-        self.anchors = tuple(sorted(set(anchors) | {m for i in everywhere for m in patterns[i].markers}))
+        # past the head, a pattern counts through its markers that contain an anchor ("everywhere" ones and state
+        # patterns: all markers)
         self.head_markers: list[tuple[bytes, ...]] = [tuple(p.markers) for p in patterns]
         self.tail_markers: list[tuple[bytes, ...]] = [
-            tuple(m for m in p.markers if i in everywhere or any(a in m for a in anchors)) for i, p in enumerate(patterns)]
-        self.head_literals = tuple(sorted({m for ms in self.head_markers for m in ms} | set(self.anchors)))
-        # a literal that contains another one is found through it (its markers are tested on the line): one pass less
-        self.tail_literals = tuple(x for x in self.anchors if not any(o != x and o in x for o in self.anchors))
+            tuple(m for m in p.markers if i in everywhere or i in lazy or any(a in m for a in anchors))
+            for i, p in enumerate(patterns)]
+        # what the engines search for candidates: every marker but the state patterns' own, and past the head the
+        # anchors and the markers of the "everywhere" patterns
+        self.anchors = tuple(sorted(set(anchors) | {m for i in everywhere if i not in lazy for m in patterns[i].markers}))
+        self.head_literals = tuple(sorted({m for i, ms in enumerate(self.head_markers) if i not in lazy for m in ms} |
+                                          set(self.anchors)))
+        self.tail_literals = _minimal(self.anchors)
+        # what the reader searches for state lines, around the candidates (reader.scan)
+        self.state_literals = _minimal(tuple(sorted({m for i in lazy for m in patterns[i].markers})))
         # literal -> the patterns one of whose (scoped) markers contains it
         self.head_lit_pats = {lit: tuple(i for i in range(n) if any(lit in m for m in self.head_markers[i]))
-                              for lit in self.head_literals}
+                              for lit in self.head_literals + self.state_literals}
         self.tail_lit_pats = {lit: tuple(i for i in range(n) if any(lit in m for m in self.tail_markers[i]))
-                              for lit in self.tail_literals}
+                              for lit in self.tail_literals + self.state_literals}
         self.all_ids = tuple(range(n))
         # literal -> one alternation of its patterns' loosened regexes: an ordinary line that merely holds a marker
         # word is rejected by one search (None: a pattern without a loosened regex, its markers alone decide)
-        self.head_lit_markers = self._lit_markers(self.head_literals, self.head_markers)
-        self.tail_lit_markers = self._lit_markers(self.tail_literals, self.tail_markers)
+        self.head_lit_markers = self._lit_markers(self.head_literals + self.state_literals, self.head_markers)
+        self.tail_lit_markers = self._lit_markers(self.tail_literals + self.state_literals, self.tail_markers)
         self.digit_sensitive = frozenset(i for i, p in enumerate(patterns) if _digit_sensitive(_source(p)[0]) or
                                          any(re.search(rb"[1-9]", m) for m in p.markers))
         self._lit_sensitive = {(head, lit): any(i in self.digit_sensitive for i in table[lit])
                                for head, table in ((True, self.head_lit_pats), (False, self.tail_lit_pats))
                                for lit in table}
-        self.deferrable = frozenset(i for i, p in enumerate(patterns) if p.role == P.PHASE)
 
     @staticmethod
     def _lit_markers(literals: tuple[bytes, ...], markers: list[tuple[bytes, ...]]) -> dict[bytes, list]:
@@ -281,8 +293,8 @@ class Plan:
     def ids_for(self, line: bytes, head: bool, lits: "set[bytes]") -> tuple[int, ...]:
         """`ids` for a line in which the literals `lits` were found."""
         vs = self.variants(line)
-        lits_all, table = (self.head_literals, self.head_lit_markers) if head else \
-            (self.tail_literals, self.tail_lit_markers)
+        lits_all, table = (self.head_literals + self.state_literals, self.head_lit_markers) if head else \
+            (self.tail_literals + self.state_literals, self.tail_lit_markers)
         if len(vs) > 1:
             lits = set(lits) | {lit for v in vs[1:] for lit in lits_all if lit in v}
         hinted: set[int] = set()
@@ -322,7 +334,8 @@ class Plan:
         vs = self.variants(line)
         if len(vs) > 1 and hinted is not None:
             # a cleaned form can hold a literal the raw line does not
-            lits, table = (self.head_literals, self.head_lit_pats) if head else (self.tail_literals, self.tail_lit_pats)
+            lits, table = (self.head_literals + self.state_literals, self.head_lit_pats) if head else \
+                (self.tail_literals + self.state_literals, self.tail_lit_pats)
             hinted = set(hinted)
             for v in vs[1:]:
                 for lit in lits:

@@ -31,6 +31,8 @@ MAX_CARRY = 1 << 20
 CONTEXT = 64 << 10  # bytes kept before each candidate for look-back (tracebacks, progress bars)
 MAX_LINE = 16 << 10  # a candidate line is cut to this many bytes around its marker
 SNIFF = 64 << 10
+WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
+STATE_KEEP = 4  # state lines handed on before each candidate (events holds as many)
 
 
 class Candidate:
@@ -85,6 +87,22 @@ class Prefilter:
         self.anchors = self.plan.tail_literals
         self.longest = max(len(m) for m in self.markers)
         self._verdicts: dict[tuple, object] = {}
+        self.state_literals = self.plan.state_literals
+        self.dirt_only: set = set()  # the keys of a hit that counts only on a line with colour codes or padding
+        self.lazy_pats = frozenset(id(self.patterns[i]) for i in self.plan.lazy)
+        # Past the head, one bytes.find pass per literal (over a hundred) would cost 25 x grep. The anchors are
+        # searched everywhere; the other literals only in a WINDOW above each line that ends a failure (a death, an
+        # exception, the agent's signal, the summary table) and at the end of the log, where a failure's cause is.
+        plan = self.plan
+        self.window = WINDOW
+        self.always = tuple(m for m in self.anchors if m in ANCHORS)
+        self.rest = tuple(m for m in self.anchors if m not in ANCHORS)
+        self._line_lits_of = plan.tail_literals + plan.state_literals
+        self._lits_seen: dict[bytes, frozenset[bytes]] = {}
+        if any(re.search(rb"[1-9]", m) for m in self._line_lits_of):
+            self._lits_seen = _NoCache()
+        self._ends = frozenset(m for m in self.always if any(
+            self.patterns[i].role in _ENDS for i in plan.tail_lit_pats[m]))
 
     def with_patterns(self, patterns: tuple[Pattern, ...], n_user: int) -> "Prefilter":
         """The same engine for another pattern tuple (user patterns first)."""
@@ -102,19 +120,91 @@ class Prefilter:
                 i = find(m, i + 1, end)
         return hits
 
-    def find(self, buf: bytes, end: int, base: int = 0) -> list[tuple[int, bytes]]:
-        """(offset, literal) of every literal hit: every marker in the head, the tail literals past it."""
+    def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
+             last: bool = True) -> list[tuple[int, bytes]]:
+        """(offset, literal) of the literal hits in buf[:end]: every marker in the head; past it the anchors, and the
+        other tail literals in the windows above the lines that end a failure and at the end of the log (`last`: the
+        buffer ends the log). buf[end:size] is read ahead for such lines, whose windows reach back before `end`."""
         head_end = min(end, max(0, HEAD_BYTES - base))
         hits: list[tuple[int, bytes]] = []
         if head_end > 0:
             hits += self._find(buf, 0, min(end, head_end + self.longest), self.markers)
         if head_end < end:
-            hits += self._find(buf, max(0, head_end - self.longest), end, self.anchors)
+            lo = max(0, head_end - self.longest)
+            ahead = self._find(buf, lo, max(end, size or end), self.always)
+            hits += [h for h in ahead if h[0] < end]
+            for a, b in self._windows(buf, ahead, lo, end, max(end, size or end), last):
+                hits += self._find(buf, a, b, self.rest)
         return hits
+
+    def _windows(self, buf: bytes, ahead: list[tuple[int, bytes]], lo: int, end: int, size: int,
+                 last: bool) -> list[tuple[int, int]]:
+        """The merged ranges of buf[lo:end] to search for every tail literal."""
+        spans = []
+        done = -1
+        for pos, lit in sorted(ahead):
+            if lit not in self._ends or pos <= done:
+                continue
+            start, stop = _bounds(buf, pos, size)
+            done = stop
+            pats = self.check(_cut(buf, start, stop, pos), False, {lit})
+            if pats and any(p.role in _ENDS for p in pats):
+                spans.append((max(lo, start - self.window), min(start, end)))
+        if last:
+            spans.append((max(lo, end - self.window), end))
+        out: list[tuple[int, int]] = []
+        for a, b in sorted(spans):
+            if b <= a:
+                continue
+            if out and a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], b))
+            else:
+                out.append((a, b))
+        return out
+
+    def _line_lits(self, raw: bytes) -> set[bytes]:
+        """Every tail literal of a line: a line found through one anchor gets every pattern its other literals
+        allow, as Hyperscan reports every pattern that matches."""
+        key = raw.translate(_ONES)  # no literal holds a digit 1-9 (checked in __init__): exact for lines like it
+        got = self._lits_seen.get(key)
+        if got is None:
+            if len(self._lits_seen) >= 8192:
+                self._lits_seen.clear()
+            got = self._lits_seen[key] = frozenset(m for m in self._line_lits_of if m in raw)
+        return set(got)
+
+    def state_keys(self, raw: bytes) -> set:
+        """The keys (here: literals) through which a state search would find this line."""
+        return {lit for lit in self.state_literals if lit in raw}
+
+    def state_before(self, buf: bytes, lo: int, hi: int) -> Iterator[tuple[int, object]]:
+        """(offset, key) of the state markers in buf[lo:hi], last first."""
+        at = {lit: buf.rfind(lit, lo, hi) for lit in self.state_literals}
+        while at:
+            lit, pos = max(at.items(), key=_second)
+            if pos == -1:
+                return
+            yield pos, lit
+            at[lit] = buf.rfind(lit, lo, pos + len(lit) - 1)
+
+    def state_after(self, buf: bytes, lo: int, hi: int) -> Iterator[tuple[int, object]]:
+        """(offset, key) of the state markers in buf[lo:hi], first first."""
+        at = {lit: buf.find(lit, lo, hi) for lit in self.state_literals}
+        at = {lit: pos for lit, pos in at.items() if pos != -1}
+        while at:
+            lit, pos = min(at.items(), key=_second)
+            yield pos, lit
+            nxt = buf.find(lit, pos + 1, hi)
+            if nxt == -1:
+                del at[lit]
+            else:
+                at[lit] = nxt
 
     def check(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":
         """`accept`, once per template: a line like one checked before but for its digits (a per-step line) gets the
         same verdict, when no pattern that could match it names a digit."""
+        if not head and self.window:
+            lits = self._line_lits(raw)
         if self.plan.digit_matters(lits, head) or b"\x1b" in raw or b"      " in raw:
             return self.accept(raw, head, lits)
         key = (head, frozenset(lits), raw.translate(_ONES))
@@ -132,10 +222,23 @@ class Prefilter:
         return tuple(self.patterns[i] for i in ids) if ids else False
 
 
+class _NoCache(dict):
+    """A cache that keeps nothing (for `_line_lits` when a literal holds a digit that the template key masks)."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def _second(item: tuple) -> int:
+    return item[1]
+
+
 _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
 _ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
 
 
+# the lines that end a failure: the pure-Python engine searches every literal in a WINDOW above them
+_ENDS = frozenset({_P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION, _P.EXCEPTION, _P.TRACEBACK})
 _FAILURE_ROLES = frozenset({_P.CAUSE, _P.WEAK, _P.EXCEPTION, _P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION,
                             _P.TRACEBACK, _P.ERROR_LEVEL})
 
@@ -148,7 +251,12 @@ def _plan(patterns: tuple[Pattern, ...], n_user: int) -> "Plan":
     # a failure is found wherever it is in a multi-GB log. Only state and run-parameter patterns (phases, the HF
     # block, the OOM's numbers) are limited to the head, to their anchors and to the lines after a FOLLOW trigger.
     failure = frozenset(i for i, p in enumerate(patterns) if i < n_user or p.role in _FAILURE_ROLES)
-    return Plan(patterns, ANCHORS, failure)
+    # State lines (checkpoint saves, evaluation markers: thousands in a long run) matter only as the last state before
+    # a failure and the first after it: the reader notes where they are and hands on only those (scan). A state
+    # pattern that triggers FOLLOW lines (the HF block after "***** Running training") is read as it comes.
+    lazy = frozenset(i for i, p in enumerate(patterns) if i >= n_user and p.role == _P.PHASE and
+                     not any(trig in m for m in p.markers for trig, _n in FOLLOW))
+    return Plan(patterns, ANCHORS, failure, lazy)
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,6 +279,30 @@ def _line_at(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     body_end = stop - 1 if stop > pos and buf[stop - 1:stop] == b"\r" else stop
     start = max(pos, buf.rfind(b"\r", pos, body_end) + 1)
     return start, body_end, stop + 1
+
+
+def _copied(c: Candidate) -> Candidate:
+    """A candidate that holds a copy of what parsing it reads (CONTEXT before it, 8 KB after), not the buffer."""
+    lo = max(0, c._start - CONTEXT)
+    hi = min(c._valid, c._start + len(c.raw) + 8192)
+    out = Candidate(c.line_no, c.offset, c.raw, bytes(c._buf[lo:hi]), c._start - lo, c._prev if lo == 0 else b"")
+    out.pats = c.pats
+    return out
+
+
+def _bounds(buf: bytes, hit: int, end: int) -> tuple[int, int]:
+    """(start, stop) of the logical line around `hit`: between "\\r"/"\\n" boundaries."""
+    ln = buf.rfind(b"\n", 0, hit)
+    start = max(ln, buf.rfind(b"\r", ln + 1, hit)) + 1
+    stop_n = buf.find(b"\n", hit, end)
+    stop_r = buf.find(b"\r", hit, stop_n if stop_n != -1 else end)
+    return start, stop_r if stop_r != -1 else (stop_n if stop_n != -1 else end)
+
+
+def _cut(buf: bytes, start: int, stop: int, hit: int) -> bytes:
+    """The line's bytes, at most MAX_LINE of them around the hit."""
+    lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
+    return bytes(buf[lo:min(stop, lo + MAX_LINE)])
 
 
 def open_log(path: str) -> tuple[BinaryIO, str]:
@@ -256,7 +388,10 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     # one buffer, reused: no per-chunk allocation or concatenation. Candidates slice it before the next read.
     hint = _size_hint(stream)
     room = chunk_size if hint is None else max(1, min(chunk_size, hint + 1))
-    arena = bytearray(room + MAX_CARRY + 256)
+    # the pure-Python engine holds back a window of bytes in each buffer: read ahead for the lines whose window
+    # reaches back before the buffer's end, and whole in the last buffer (Prefilter.find)
+    hold = prefilter.window
+    arena = bytearray(room + MAX_CARRY + hold + 256)
     view = memoryview(arena)
     carry_len = 0
     prev_tail = b""
@@ -267,6 +402,68 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     follow_left = 0  # lines still owed to a FOLLOW trigger near the end of the previous buffer
     buf = arena
     end = counted = 0
+
+    lazy_pats = prefilter.lazy_pats
+    dirt_only = prefilter.dirt_only
+    state_rx = re.compile(b"|".join(re.escape(m) for m in prefilter.state_literals) or b"(?!)")
+    owe_first = False  # the first state line after the last candidate is still to be handed on
+
+    held: list[Candidate] = []  # the last state lines of earlier buffers, copied, not yet handed on
+
+    def hand_on(lo: int, hi: int, at_end: bool = False) -> Generator[Candidate, None, None]:
+        """The state lines in buf[lo:hi] (after the last candidate, before the next one or the buffer's end) that a
+        diagnosis can use: the first one after the last candidate (when still owed) and the last STATE_KEEP before
+        the next candidate. At a buffer's end those are copied and held, so that what is handed on does not depend
+        on where buffers end (nor on the engine)."""
+        nonlocal line_no, counted, owe_first, held
+        seen: set[int] = set()
+
+        def take(pos: int, key: object) -> tuple[int, bytes, object] | None:
+            start, stop = _bounds(buf, pos, hi)
+            if start in seen or start < lo:
+                return None
+            seen.add(start)
+            raw = _cut(buf, start, stop, pos)
+            pats = prefilter.check(raw, base + start < HEAD_BYTES, {key} | prefilter.state_keys(raw))
+            if pats is False or not all(id(p) in lazy_pats for p in pats):
+                return None
+            return start, raw, pats
+
+        def make(start: int, raw: bytes, pats: object) -> Candidate:
+            nonlocal line_no, counted
+            line_no += buf.count(b"\n", counted, start)
+            counted = start
+            cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
+            cand.pats = pats  # type: ignore[assignment]
+            return cand
+
+        first = None
+        floor = lo
+        if owe_first:
+            for pos, key in prefilter.state_after(buf, lo, hi):
+                first = take(pos, key)
+                if first is not None:
+                    owe_first = False
+                    floor = first[0] + len(first[1])
+                    break
+            else:
+                first = None
+        chosen = []
+        if first is not None or not owe_first:  # (still owed: there is no state line in the range at all)
+            for pos, key in prefilter.state_before(buf, floor, hi):
+                got = take(pos, key)
+                if got is not None:
+                    chosen.append(got)
+                    if len(chosen) == STATE_KEEP:
+                        break
+        if first is not None:
+            yield make(*first)
+        new = [make(*c) for c in reversed(chosen)]
+        if at_end:
+            held = (held + [_copied(c) for c in new])[-STATE_KEEP:]
+        else:
+            yield from (held + new)[-STATE_KEEP:]
+            held = []
 
     def follow(pos: int, n: int) -> Generator[Candidate, None, tuple[int, int]]:
         """The n lines from `pos` of the current buffer (the lines after a FOLLOW trigger): (where they end, how
@@ -297,44 +494,45 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
         if eof:
             end = size
         else:
-            nl = buf.rfind(b"\n", 0, size)
-            end = max(nl, buf.rfind(b"\r", max(nl, 0), size)) + 1
+            lim = size - hold
+            nl = buf.rfind(b"\n", 0, lim) if lim > 0 else -1
+            end = max(nl, buf.rfind(b"\r", max(nl, 0), lim)) + 1 if lim > 0 else 0
             if end == 0:
-                if size < MAX_CARRY:
+                if size < MAX_CARRY + hold:
                     carry_len = size
                     continue
-                end = size - 256  # cut an endless line; the 256 carried bytes catch a split marker
+                end = lim - 256  # cut an endless line; the 256 carried bytes catch a split marker
         counted = 0
 
         # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line yielded
         last_stop, follow_left = yield from follow(0, follow_left)
-        hits = sorted(prefilter.find(buf, end, base))
+        hits = sorted(prefilter.find(buf, end, base, size, eof))
         k = 0
         while k < len(hits):
             hit, lit = hits[k]
             k += 1
             if hit < last_stop:
                 continue  # same line as a hit already yielded
-            ln = buf.rfind(b"\n", 0, hit)
-            start = max(ln, buf.rfind(b"\r", ln + 1, hit)) + 1
-            stop_n = buf.find(b"\n", hit, end)
-            stop_r = buf.find(b"\r", hit, stop_n if stop_n != -1 else end)
-            stop = stop_r if stop_r != -1 else (stop_n if stop_n != -1 else end)
+            start, stop = _bounds(buf, hit, end)
             lits = {lit}
             while k < len(hits) and hits[k][0] < stop:
                 lits.add(hits[k][1])  # the other hits of this line
                 k += 1
-            lo = start if stop - start <= MAX_LINE else max(start, hit - MAX_LINE // 2)
-            hi = min(stop, lo + MAX_LINE)
-            raw = bytes(buf[lo:hi])
+            if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and buf.find(b"      ", start, stop) == -1:
+                continue  # found only for colour codes or padding, and the line has neither
+            raw = _cut(buf, start, stop, hit)
+            if state_rx.search(raw):
+                lits |= prefilter.state_keys(raw)  # the line is also a state line
             pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
-            if pats is False:
-                continue  # a marker word in an ordinary line
+            if pats is False or all(id(p) in lazy_pats for p in pats):
+                continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
+            yield from hand_on(last_stop, start)
             line_no += buf.count(b"\n", counted, start)
             counted = start
             cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
             cand.pats = pats  # type: ignore[assignment]
             yield cand
+            owe_first = True
             last_stop = stop + 1
             n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
             # the lines after a trigger: the HF block, the summary table, the allocator's numbers
@@ -343,6 +541,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                 pos += 1  # the "\n" of a CRLF line
             pos, follow_left = yield from follow(pos, n_follow)
             last_stop = max(last_stop, pos)
+        yield from hand_on(last_stop, end, at_end=True)
         for hook in before_refill or ():
             hook()
         line_no += buf.count(b"\n", counted, end)

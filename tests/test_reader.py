@@ -282,3 +282,62 @@ def test_a_failure_past_the_head_is_found_by_both_engines(tmp_path, cls):
     p.write_text(filler * (HEAD_BYTES // len(filler) + 1000) + FAILURE_LINES[cls])
     assert diagnose([str(p)]).cls == cls
     assert diagnose([str(p)], prefilter=Prefilter()).cls == cls
+
+
+def _engines():
+    hs = reader.default_prefilter()
+    return [Prefilter()] + ([hs] if hs.name == "hyperscan" else [])
+
+
+def _seen(data: bytes, pf, chunk: int) -> list:
+    return [(c.line_no, c.raw, None if c.pats is None else [p.name for p in c.pats])
+            for c in _cands(data, prefilter=pf, chunk_size=chunk)]
+
+
+HEARTBEAT = (b"[rank3]:[E1127 10:00:00.000000 8 ProcessGroupNCCL.cpp:1390] [PG ID 0 PG GUID 0(default_pg) Rank 3] "
+             b"Heartbeat monitor timed out! Process will be terminated after dumping debug info.\n")
+SIGABRT = (b"E1127 10:00:30.000000 1 torch/distributed/elastic/multiprocessing/api.py:869] failed (exitcode: -6) "
+           b"local_rank: 3 (pid: 14) of binary: /usr/bin/python\n")
+
+
+@pytest.mark.parametrize("chunk", [64 << 10, 1 << 20, reader.CHUNK])
+def test_a_cause_without_an_anchor_above_a_death_mid_log_is_found_whatever_the_buffer_size(chunk):
+    # the pure-Python engine searches a heartbeat's words only in the window above the line that ends the failure
+    # (and at the end of the log); the death may sit in the read-ahead of a buffer, past the buffer's end
+    noise = b"".join(f"{{'loss': 1.{i % 9}, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}}\n".encode()
+                     for i in range(100))
+    filler = noise * ((HEAD_BYTES + (1 << 20)) // len(noise))
+    gap = noise * ((200 << 10) // len(noise))  # between the cause and the death
+    data = filler + HEARTBEAT + gap + SIGABRT + filler  # the job restarted: the log goes on for megabytes
+    got = [_seen(data, pf, chunk) for pf in _engines()]
+    assert all(g == got[0] for g in got)
+    assert [c[2][0] for c in got[0]] == ["nccl_heartbeat", "worker_failed"]
+
+
+def test_the_pure_python_engine_reads_no_window_where_nothing_ended():
+    # the same heartbeat with no death after it and the log going on: only Hyperscan, which searches every
+    # literal everywhere, sees it; the pure-Python engine keeps to its windows (README: Performance)
+    noise = b"{'loss': 1.2, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}\n" * 1000
+    data = noise * ((HEAD_BYTES + (1 << 20)) // len(noise)) + HEARTBEAT + noise * ((2 << 20) // len(noise))
+    assert _seen(data, Prefilter(), reader.CHUNK) == []
+    assert len(_seen(data + SIGABRT, Prefilter(), reader.CHUNK)) == 1  # a death more than a window below it
+
+
+@pytest.mark.parametrize("chunk", [64 << 10, 1 << 20])
+def test_state_lines_handed_on_across_buffers_are_the_same_for_both_engines(chunk):
+    lines = ["{'loss': 1.2, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}\n" * 1000] * (HEAD_BYTES // 70000 + 1)
+    for i in range(6000):
+        lines.append(f"{{'loss': 1.{i % 9}, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}}\n")
+        if i % 500 == 7:
+            lines.append(f"[INFO|trainer.py:3705] 2026-11-27 10:00:00,000 >> Saving model checkpoint to out/ck-{i}\n")
+        if i % 700 == 3:
+            lines.append("***** Running Evaluation *****\n")
+            lines.append(f"{{'eval_loss': 0.{i % 9}, 'eval_runtime': 1.0, 'epoch': 0.5}}\n")
+        if i == 4000:
+            lines.append("[rank0]: NCCL WARN Cuda failure 'out of memory'\n")
+    data = "".join(lines).encode() + b"[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB.\n"
+    got = [_seen(data, pf, chunk) for pf in _engines()]
+    assert all(g == got[0] for g in got)
+    names = [n for _l, _r, ps in got[0] for n in (ps or [])]
+    # around each failure: the last state lines before it, the first after it; not every one of the file's 24
+    assert 0 < sum(n.startswith("phase_") for n in names) <= 2 * (reader.STATE_KEEP + 1)
