@@ -364,9 +364,9 @@ def events(cands: Iterator[Candidate], file: str, extra: tuple[P.Pattern, ...] =
     """Events of a log. `extra` (user patterns) are tried first; one that times out is reported and dropped.
     `before_refill`: the reader's hooks (reader.scan), so that held lines are copied only when their buffer goes."""
     patterns = tuple(extra) + P.PATTERNS
-    # State lines (checkpoint saves, evaluation markers: thousands in a long run) only matter as the last state before
-    # a failure, and as the first one after it (its time). They are kept unparsed, the last few only, and parsed when
-    # a failure shows up; everything else is parsed as it comes.
+    # State lines (checkpoint saves, evaluation markers) only matter as the last state before a failure, and as the
+    # first one after it (its time). The reader hands on only those around each candidate (reader.scan); here they
+    # are kept unparsed, the last few, and parsed when a failure shows up; everything else is parsed as it comes.
     pending: deque[Candidate] = deque(maxlen=STATE_KEEP)
     want_next = False
     live: set[int] = set()  # pending lines that still point into the reader's buffer

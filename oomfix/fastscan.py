@@ -24,6 +24,7 @@ from oomfix.reader import Prefilter
 # engine looks for (so that it finds the line too): confirmed on its cleaned forms. _HEAD: with a head literal (counts
 # only for lines in the head), _TAIL: with an anchor.
 _HEAD, _TAIL = -1, -2
+_STATE = -3  # the first state marker of a buffer (not a hit: it sets where state lines may start)
 # a superset of "colour code or padding between words" (any six spaces) with literal factors: fast to find; a line
 # it wrongly routes to the cleaned-forms check gets the verdict the pure-Python engine gives it anyway
 _DIRT = rb"(?:\x1b|      )"
@@ -35,17 +36,18 @@ def _dirty(literals: tuple[bytes, ...]) -> bytes:
     return alt + rb"[^\r\n]*" + _DIRT + b"|" + _DIRT + rb"[^\r\n]*" + alt
 
 
-def _compile(expressions: list[bytes]) -> "hyperscan.Database":
+def _compile(expressions: list[bytes], single: int = 0) -> "hyperscan.Database":
     """One database for all expressions (ids are list positions); an expression Hyperscan cannot run exactly is
-    compiled in prefilter mode (a superset: the Python regex confirms every line anyway)."""
-    flags = [0] * len(expressions)
+    compiled in prefilter mode (a superset: the Python regex confirms every line anyway). The last `single` ones
+    report their first match only."""
+    flags = [0] * (len(expressions) - single) + [hyperscan.HS_FLAG_SINGLEMATCH] * single
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
         return db
     except hyperscan.error:
         pass
-    for i, e in enumerate(expressions):
+    for i, e in enumerate(expressions[:len(expressions) - single]):
         try:
             hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(expressions=[e], ids=[0], elements=1, flags=[0])
         except hyperscan.error:
@@ -55,10 +57,11 @@ def _compile(expressions: list[bytes]) -> "hyperscan.Database":
     return db
 
 
-def _database(expressions: list[bytes]) -> "hyperscan.Database":
+def _database(expressions: list[bytes], single: int = 0) -> "hyperscan.Database":
     """The compiled database, from a per-user cache when this exact set of expressions was compiled before: compiling
     takes about a second, longer than diagnosing a small log."""
-    key = hashlib.sha256(b"\0".join(expressions) + repr(getattr(hyperscan, "__version__", "")).encode()).hexdigest()
+    key = hashlib.sha256(b"\0".join(expressions) + repr((getattr(hyperscan, "__version__", ""), single)).encode()
+                         ).hexdigest()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     path = os.path.join(base, "oomfix", f"hyperscan-{key[:32]}.db")
     try:
@@ -68,7 +71,7 @@ def _database(expressions: list[bytes]) -> "hyperscan.Database":
         return db
     except (OSError, hyperscan.error, TypeError, ValueError):
         pass
-    db = _compile(expressions)
+    db = _compile(expressions, single)
     try:  # best effort: a read-only home only costs the compile next time
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hs-")
@@ -109,11 +112,14 @@ class HyperscanPrefilter(Prefilter):
         tail_keys = [_TAIL] * len(tail)
         head = [_dirty(c) for c in chunks(plan.head_literals)]
         head_keys = [_HEAD] * len(head)
+        # the first state marker of a buffer (one report per marker and buffer): where the state search may stop
+        first = [_escape(m) for m in plan.state_literals]
         # past the head the head-only literals drop out: a smaller database for the gigabytes after it
-        self._tail_keys = self._keys + tail_keys
-        self._tail_db = _database(exprs + tail)
-        self._keys = self._tail_keys + head_keys
-        self._db = _database(exprs + tail + head)
+        self._tail_keys = self._keys + tail_keys + [_STATE] * len(first)
+        self._tail_db = _database(exprs + tail + first, len(first))
+        self._keys = self._keys + tail_keys + head_keys + [_STATE] * len(first)
+        self._db = _database(exprs + tail + head + first, len(first))
+        self._floor = 0  # no state marker before this offset of the current buffer
         self.dirt_only = {_TAIL}
         self.window = 0  # every expression is searched everywhere, in one pass: no read-ahead, no windows
         self._state_db = _database(state) if state else None
@@ -127,8 +133,14 @@ class HyperscanPrefilter(Prefilter):
         head = base < HEAD_BYTES
         keys = self._keys if head else self._tail_keys
 
+        floor = [end]
+
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
-            append((to - 1, keys[idx]))
+            key = keys[idx]
+            if key == _STATE:
+                floor[0] = min(floor[0], max(0, to - _STATE_REACH))
+            else:
+                append((to - 1, key))
 
         try:
             (self._db if head else self._tail_db).scan(memoryview(buf)[:end], match_event_handler=on_match)
@@ -137,6 +149,7 @@ class HyperscanPrefilter(Prefilter):
             if isinstance(e.__context__, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt):
                 raise KeyboardInterrupt from None
             raise
+        self._floor = floor[0]
         return hits
 
     def state_keys(self, raw: bytes) -> set:
@@ -145,6 +158,7 @@ class HyperscanPrefilter(Prefilter):
     def _state_scan(self, buf: bytes, lo: int, hi: int) -> list[tuple[int, int]]:
         """(offset, pattern id) of the state matches that end in buf[lo:hi]."""
         got: list[tuple[int, int]] = []
+        lo = max(lo, self._floor)  # the buffer holds no state marker before its floor
         if self._state_db is None or hi <= lo:
             return got
         start = max(0, lo - _STATE_REACH)  # a match that starts before lo and ends in the range
@@ -160,6 +174,7 @@ class HyperscanPrefilter(Prefilter):
     def state_before(self, buf: bytes, lo: int, hi: int) -> "Iterator[tuple[int, object]]":
         # backwards in growing blocks: only the last few state lines before a candidate are wanted
         block = 64 << 10
+        lo = max(lo, self._floor)
         while hi > lo:
             b = max(lo, hi - block)
             yield from sorted(self._state_scan(buf, b, hi), reverse=True)
@@ -167,6 +182,7 @@ class HyperscanPrefilter(Prefilter):
 
     def state_after(self, buf: bytes, lo: int, hi: int) -> "Iterator[tuple[int, object]]":
         block = 64 << 10
+        lo = max(lo, self._floor)
         while lo < hi:
             b = min(hi, lo + block)
             yield from sorted(self._state_scan(buf, lo, b))

@@ -14,9 +14,14 @@ same marker test and Python regex then confirm them. Lines with colour codes or 
 """
 from __future__ import annotations
 
+import hashlib
+import marshal
+import os
 import re
 import re._constants as C  # noqa: PLC2701 - the stdlib parser is the only complete reader of Python regex syntax
 import re._parser as sre  # noqa: PLC2701
+import sys
+import tempfile
 
 from oomfix import patterns as P
 
@@ -230,6 +235,59 @@ def _digit_sensitive(source: str) -> bool:
     return re.search(r"(?<![\\{,])[1-9]", re.sub(r"\{\d*,?\d*\}|\\x[0-9a-fA-F]{2}|\\\d", "", source)) is not None
 
 
+class _Compiled:
+    """The loosened regexes, compiled when first used (most are never needed for a given log)."""
+
+    def __init__(self, sources: list[str | None]) -> None:
+        self._sources = sources
+        self._rx: list[re.Pattern[bytes] | None] = [None] * len(sources)
+
+    def __getitem__(self, i: int) -> re.Pattern[bytes] | None:
+        rx = self._rx[i]
+        if rx is None and self._sources[i]:
+            rx = self._rx[i] = re.compile(self._sources[i].encode())  # type: ignore[union-attr]
+        return rx
+
+
+def _key(patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere: frozenset[int],
+         lazy: frozenset[int]) -> str:
+    h = hashlib.sha256()
+    with open(__file__, "rb") as f:
+        h.update(f.read())
+    h.update(repr((sys.version_info[:2], anchors, sorted(everywhere), sorted(lazy))).encode())
+    for p in patterns:
+        rx = p.regex
+        h.update(repr((p.name, p.markers, p.role, type(rx).__module__, getattr(rx, "pattern", None),
+                       getattr(rx, "flags", None))).encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(key: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "oomfix", f"plan-{key}.marshal")
+
+
+def _load(key: str) -> dict[str, object] | None:
+    try:
+        with open(_cache_path(key), "rb") as f:
+            data = marshal.load(f)
+        return data if isinstance(data, dict) and data.get("_key") == key else None
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+
+
+def _store(key: str, data: dict[str, object]) -> None:
+    path = _cache_path(key)
+    try:  # best effort: a read-only home only costs the derivation next time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".plan-")
+        with os.fdopen(fd, "wb") as f:
+            marshal.dump({**data, "_key": key}, f)
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass
+
+
 def _minimal(literals: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """A literal that contains another one is found through it (its markers are tested on the line): one pass less."""
     return tuple(x for x in literals if not any(o != x and o in x for o in literals))
@@ -242,14 +300,25 @@ class Plan:
                  lazy: frozenset[int] = frozenset()) -> None:
         self.patterns = patterns
         self.lazy = lazy  # state patterns: their lines are handed on only as the state around a failure (reader.scan)
+        # deriving the tables takes longer than diagnosing a small log: they are cached per user, keyed by everything
+        # they are derived from (this module's code included)
+        key = _key(patterns, anchors, everywhere, lazy)
+        data = _load(key)
+        if data is None:
+            data = self._derive(patterns, anchors, everywhere, lazy)
+            _store(key, data)
+        self.__dict__.update(data)
+        self.prx = _Compiled(self.loose)
+
+    @classmethod
+    def _derive(cls, patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere: frozenset[int],
+                lazy: frozenset[int]) -> dict[str, object]:
+        self = cls.__new__(cls)
         n = len(patterns)
         self.loose: list[str | None] = []
-        self.prx: list[re.Pattern[bytes] | None] = []
         for p in patterns:
             src, fl = _source(p)
-            lo = loosen(src, fl) if src else None
-            self.loose.append(lo)
-            self.prx.append(re.compile(lo.encode()) if lo else None)
+            self.loose.append(loosen(src, fl) if src else None)
         # past the head, a pattern counts through its markers that contain an anchor ("everywhere" ones and state
         # patterns: all markers)
         self.head_markers: list[tuple[bytes, ...]] = [tuple(p.markers) for p in patterns]
@@ -279,6 +348,7 @@ class Plan:
         self._lit_sensitive = {(head, lit): any(i in self.digit_sensitive for i in table[lit])
                                for head, table in ((True, self.head_lit_pats), (False, self.tail_lit_pats))
                                for lit in table}
+        return dict(self.__dict__)
 
     @staticmethod
     def _lit_markers(literals: tuple[bytes, ...], markers: list[tuple[bytes, ...]]) -> dict[bytes, list]:

@@ -3,7 +3,9 @@
 A multi-GB log is mostly tqdm bars and loss dicts. The reader never decodes or splits those: a prefilter
 finds, in large binary buffers, the lines that one of the patterns can match (oomfix.prefilter: a marker and the
 pattern's loosened regex), and only those lines are cut out, decoded and cleaned, each with the patterns it can
-match. Memory is bounded by the buffer size, whatever the log's size or line length.
+match. State lines (checkpoint saves, evaluation markers: thousands in a long run) are not candidates: the reader
+looks for them around each candidate and hands on only the first after it and the last few before the next one.
+Memory is bounded by the buffer size, whatever the log's size or line length.
 """
 from __future__ import annotations
 
@@ -70,12 +72,15 @@ class Candidate:
 
 class Prefilter:
     """Finds the candidate lines: lines with a marker of a pattern (every marker in the head of a log; past it, every
-    marker of a failure pattern and the ANCHORS, see `_plan`) whose loosened regex also matches (see oomfix.prefilter), so that ordinary lines that merely contain a
-    marker word ("indexing errors", "see_memory_usage") never reach the parser.
+    marker of a failure pattern and the ANCHORS, see `_plan`) whose loosened regex also matches (oomfix.prefilter),
+    so that ordinary lines that merely contain a marker word ("indexing errors", "see_memory_usage") never reach the
+    parser; and, around them, the state lines (`state_before`, `state_after`).
 
-    This class is the pure-Python engine (one bytes.find pass per literal); `fastscan.HyperscanPrefilter` finds
-    the same literals in one pass. Both search the same literals in the same places and confirm lines with the same
-    `accept`, so they give the same candidates and the same diagnoses.
+    This class is the pure-Python engine: one bytes.find pass per literal, so past the head it searches the anchors
+    everywhere and the other literals only in a WINDOW above each line that ends a failure and at the end of the log
+    (`find`). `fastscan.HyperscanPrefilter` finds every pattern everywhere in one pass. Both confirm lines the same
+    way, so they give the same candidates wherever the pure-Python engine searches: on every fixture and corpus log,
+    and for a failure's cause above its end.
     """
 
     name = "python"
