@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, BinaryIO
@@ -286,6 +287,29 @@ def _line_at(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return start, body_end, stop + 1
 
 
+class _Read(threading.Thread):
+    """One read into a buffer, in the background."""
+
+    def __init__(self, stream: BinaryIO, into: memoryview, name: str) -> None:
+        super().__init__(daemon=True)
+        self._args = (stream, into, name)
+        self._n = 0
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._n = _readinto(*self._args)
+        except BaseException as e:  # noqa: BLE001 - handed to the reading thread, raised there
+            self._error = e
+
+    def result(self) -> int:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._n
+
+
 def _copied(c: Candidate) -> Candidate:
     """A candidate that holds a copy of what parsing it reads (CONTEXT before it, 8 KB after), not the buffer."""
     lo = max(0, c._start - CONTEXT)
@@ -396,8 +420,12 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     # the pure-Python engine holds back a window of bytes in each buffer: read ahead for the lines whose window
     # reaches back before the buffer's end, and whole in the last buffer (Prefilter.find)
     hold = prefilter.window
-    arena = bytearray(room + MAX_CARRY + hold + 256)
-    view = memoryview(arena)
+    cap = room + MAX_CARRY + hold + 256
+    # two buffers when the log is bigger than one: the next is read (in a thread: reading releases the GIL) while
+    # this one is searched
+    arenas: list[bytearray | None] = [bytearray(cap), None]
+    cur = 0
+    pending: _Read | None = None
     carry_len = 0
     prev_tail = b""
     base = 0  # stream offset of buf[0]
@@ -405,8 +433,8 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     first = True
     eof = False
     follow_left = 0  # lines still owed to a FOLLOW trigger near the end of the previous buffer
-    buf = arena
-    end = counted = 0
+    buf: bytearray = arenas[0]  # type: ignore[assignment]
+    end = counted = size = 0
 
     lazy_pats = prefilter.lazy_pats
     dirt_only = prefilter.dirt_only
@@ -484,74 +512,103 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             pos = nxt
         return pos, n
 
-    while not eof:
-        n = _readinto(stream, view[carry_len:carry_len + min(chunk_size, len(arena) - 256 - carry_len)], name)
-        if first:
-            if _looks_binary(bytes(view[:min(n, SNIFF)])):
-                raise InputError(f"{name}: not a text log (binary data)")
-            first = False
-        eof = n == 0
-        if stats is not None:
-            stats["bytes"] = stats.get("bytes", 0) + n
-        size = carry_len + n
-        if size == 0:
-            break
-        if eof:
-            end = size
-        else:
-            lim = size - hold
-            nl = buf.rfind(b"\n", 0, lim) if lim > 0 else -1
-            end = max(nl, buf.rfind(b"\r", max(nl, 0), lim)) + 1 if lim > 0 else 0
-            if end == 0:
-                if size < MAX_CARRY + hold:
-                    carry_len = size
-                    continue
-                end = lim - 256  # cut an endless line; the 256 carried bytes catch a split marker
-        counted = 0
+    def _rounds() -> Iterator[Candidate]:
+        nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
+        nonlocal owe_first, held
+        while not eof:
+            if pending is not None:
+                n = pending.result()
+                pending = None
+            else:
+                n = _readinto(stream, memoryview(buf)[carry_len:carry_len + min(chunk_size, cap - 256 - carry_len)],
+                              name)
+            if first:
+                if _looks_binary(bytes(buf[:min(n, SNIFF)])):
+                    raise InputError(f"{name}: not a text log (binary data)")
+                first = False
+            eof = n == 0
+            if stats is not None:
+                stats["bytes"] = stats.get("bytes", 0) + n
+            size = carry_len + n
+            if size == 0:
+                break
+            if eof:
+                end = size
+            else:
+                lim = size - hold
+                nl = buf.rfind(b"\n", 0, lim) if lim > 0 else -1
+                end = max(nl, buf.rfind(b"\r", max(nl, 0), lim)) + 1 if lim > 0 else 0
+                if end == 0:
+                    if size < MAX_CARRY + hold:
+                        carry_len = size
+                        continue
+                    end = lim - 256  # cut an endless line; the 256 carried bytes catch a split marker
+            counted = 0
+            if not eof and (hint is None or base + size < hint):
+                nxt = arenas[1 - cur]
+                if nxt is None:
+                    nxt = arenas[1 - cur] = bytearray(cap)
+                left = size - end
+                nxt[:left] = buf[end:size]
+                pending = _Read(stream, memoryview(nxt)[left:left + min(chunk_size, cap - 256 - left)], name)
 
-        # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line yielded
-        last_stop, follow_left = yield from follow(0, follow_left)
-        hits = sorted(prefilter.find(buf, end, base, size, eof))
-        k = 0
-        while k < len(hits):
-            hit, lit = hits[k]
-            k += 1
-            if hit < last_stop:
-                continue  # same line as a hit already yielded
-            start, stop = _bounds(buf, hit, end)
-            lits = {lit}
-            while k < len(hits) and hits[k][0] < stop:
-                lits.add(hits[k][1])  # the other hits of this line
+            # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line
+            # yielded
+            last_stop, follow_left = yield from follow(0, follow_left)
+            hits = sorted(prefilter.find(buf, end, base, size, eof))
+            k = 0
+            while k < len(hits):
+                hit, lit = hits[k]
                 k += 1
-            if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and buf.find(b"      ", start, stop) == -1:
-                continue  # found only for colour codes or padding, and the line has neither
-            raw = _cut(buf, start, stop, hit)
-            if state_rx.search(raw):
-                lits |= prefilter.state_keys(raw)  # the line is also a state line
-            pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
-            if pats is False or all(id(p) in lazy_pats for p in pats):
-                continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
-            yield from hand_on(last_stop, start)
-            line_no += buf.count(b"\n", counted, start)
-            counted = start
-            cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
-            cand.pats = pats  # type: ignore[assignment]
-            yield cand
-            owe_first = True
-            last_stop = stop + 1
-            n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
-            # the lines after a trigger: the HF block, the summary table, the allocator's numbers
-            pos = last_stop
-            if pos < end and buf[pos:pos + 1] == b"\n":
-                pos += 1  # the "\n" of a CRLF line
-            pos, follow_left = yield from follow(pos, n_follow)
-            last_stop = max(last_stop, pos)
-        yield from hand_on(last_stop, end, at_end=True)
-        for hook in before_refill or ():
-            hook()
-        line_no += buf.count(b"\n", counted, end)
-        prev_tail = bytes(buf[max(0, end - CONTEXT):end])
-        carry_len = size - end
-        if carry_len:
-            arena[:carry_len] = arena[end:size]
-        base += end
+                if hit < last_stop:
+                    continue  # same line as a hit already yielded
+                start, stop = _bounds(buf, hit, end)
+                lits = {lit}
+                while k < len(hits) and hits[k][0] < stop:
+                    lits.add(hits[k][1])  # the other hits of this line
+                    k += 1
+                if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and \
+                        buf.find(b"      ", start, stop) == -1:
+                    continue  # found only for colour codes or padding, and the line has neither
+                raw = _cut(buf, start, stop, hit)
+                if state_rx.search(raw):
+                    lits |= prefilter.state_keys(raw)  # the line is also a state line
+                pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
+                if pats is False or all(id(p) in lazy_pats for p in pats):
+                    continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
+                yield from hand_on(last_stop, start)
+                line_no += buf.count(b"\n", counted, start)
+                counted = start
+                cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
+                cand.pats = pats  # type: ignore[assignment]
+                yield cand
+                owe_first = True
+                last_stop = stop + 1
+                n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
+                # the lines after a trigger: the HF block, the summary table, the allocator's numbers
+                pos = last_stop
+                if pos < end and buf[pos:pos + 1] == b"\n":
+                    pos += 1  # the "\n" of a CRLF line
+                pos, follow_left = yield from follow(pos, n_follow)
+                last_stop = max(last_stop, pos)
+            yield from hand_on(last_stop, end, at_end=True)
+            for hook in before_refill or ():
+                hook()
+            line_no += buf.count(b"\n", counted, end)
+            prev_tail = bytes(buf[max(0, end - CONTEXT):end])
+            if pending is not None:
+                cur = 1 - cur
+                buf = arenas[cur]  # type: ignore[assignment]
+                carry_len = size - end
+            else:
+                carry_len = size - end
+                if carry_len:
+                    buf[:carry_len] = buf[end:size]
+            base += end
+
+    try:
+        yield from _rounds()
+    finally:
+        if pending is not None:
+            pending.join()  # no thread left writing into a buffer
+
