@@ -5,7 +5,9 @@ and says which pattern matched where: an ordinary line that merely holds a marke
 The lines it reports are confirmed exactly as the pure-Python engine confirms the lines its literals find
 (`Plan.ids`: a scoped marker present, the loosened regex matching), so both engines give the same candidates. Lines
 with colour codes or progress-bar padding are found too and tested in their cleaned forms, as the pure-Python engine
-does.
+does. State patterns (checkpoint saves, evaluation markers) have a small database of their own, searched only around
+the candidates (reader.scan); the main one notes where a buffer's first state marker is, so that a buffer without
+any is never searched for them.
 """
 from __future__ import annotations
 

@@ -443,12 +443,21 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
     held: list[Candidate] = []  # the last state lines of earlier buffers, copied, not yet handed on
 
+    def make(start: int, raw: bytes, pats: object) -> Candidate:
+        """The candidate for the line at buf[start:], numbered (lines are counted up to it)."""
+        nonlocal line_no, counted
+        line_no += buf.count(b"\n", counted, start)
+        counted = start
+        cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
+        cand.pats = pats  # type: ignore[assignment]
+        return cand
+
     def hand_on(lo: int, hi: int, at_end: bool = False) -> Generator[Candidate, None, None]:
         """The state lines in buf[lo:hi] (after the last candidate, before the next one or the buffer's end) that a
         diagnosis can use: the first one after the last candidate (when still owed) and the last STATE_KEEP before
         the next candidate. At a buffer's end those are copied and held, so that what is handed on does not depend
         on where buffers end (nor on the engine)."""
-        nonlocal line_no, counted, owe_first, held
+        nonlocal owe_first, held
         seen: set[int] = set()
 
         def take(pos: int, key: object) -> tuple[int, bytes, object] | None:
@@ -461,14 +470,6 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             if pats is False or not all(id(p) in lazy_pats for p in pats):
                 return None
             return start, raw, pats
-
-        def make(start: int, raw: bytes, pats: object) -> Candidate:
-            nonlocal line_no, counted
-            line_no += buf.count(b"\n", counted, start)
-            counted = start
-            cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
-            cand.pats = pats  # type: ignore[assignment]
-            return cand
 
         first = None
         floor = lo
@@ -577,11 +578,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                 if pats is False or all(id(p) in lazy_pats for p in pats):
                     continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
                 yield from hand_on(last_stop, start)
-                line_no += buf.count(b"\n", counted, start)
-                counted = start
-                cand = Candidate(line_no, base + start, raw, buf, start, prev_tail, size)
-                cand.pats = pats  # type: ignore[assignment]
-                yield cand
+                yield make(start, raw, pats)
                 owe_first = True
                 last_stop = stop + 1
                 n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
