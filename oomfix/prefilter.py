@@ -345,6 +345,7 @@ class Plan:
         self.tail_lit_markers = self._lit_markers(self.tail_literals + self.state_literals, self.tail_markers)
         self.digit_sensitive = frozenset(i for i, p in enumerate(patterns) if _digit_sensitive(_source(p)[0]) or
                                          any(re.search(rb"[1-9]", m) for m in p.markers))
+        self.digit_markers = tuple(sorted({m for i in self.digit_sensitive for m in patterns[i].markers}))
         self._lit_sensitive = {(head, lit): any(i in self.digit_sensitive for i in table[lit])
                                for head, table in ((True, self.head_lit_pats), (False, self.tail_lit_pats))
                                for lit in table}
@@ -383,9 +384,14 @@ class Plan:
             if isinstance(h, bytes):
                 if self._lit_sensitive.get((head, h), True):
                     return True
-            elif h in (-1, -2) or h in self.digit_sensitive:  # -1, -2: a line checked on its cleaned forms
+            elif h in self.digit_sensitive:  # (-1, -2, a line checked on its cleaned forms: see digits_in_variants)
                 return True
         return False
+
+    def digits_in_variants(self, line: bytes) -> bool:
+        """Can a line's digits change which patterns it gets through its cleaned forms? Only if a pattern that names
+        a digit has a marker in one of them (`ids` requires one)."""
+        return any(m in v for v in self.variants(line) for m in self.digit_markers)
 
     def variants(self, line: bytes) -> list[bytes]:
         """The raw line and the forms the parser also tries: colour codes removed, progress-bar padding squeezed."""

@@ -211,7 +211,8 @@ class Prefilter:
         same verdict, when no pattern that could match it names a digit."""
         if not head and self.window:
             lits = self._line_lits(raw)
-        if self.plan.digit_matters(lits, head) or b"\x1b" in raw or b"      " in raw:
+        if self.plan.digit_matters(lits, head) or \
+                ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
             return self.accept(raw, head, lits)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)
