@@ -58,3 +58,20 @@ def test_loosening_keeps_a_superset_through_backreferences_anchors_and_lookaroun
     lo = loosen(r"^(?!.*\bINFO\b).*\b(?:Error|failed)\b")
     assert re.search(lo.encode(), b"x INFO failed") and not re.search(lo.encode(), b"indexing errors")
 
+
+
+def test_a_coloured_line_shares_its_verdict_with_its_template_only_when_digits_cannot_matter():
+    pf = Prefilter()
+    esc = b"\x1b[32m"
+    # the same template but for a digit; only the first is a scale stuck at its floor (loss_scale_floor names "1")
+    floor = esc + b"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 1, reducing to 1\x1b[0m"
+    halving = esc + b"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 2, reducing to 1\x1b[0m"
+    got = []
+    for line in (floor, halving, floor):
+        lits = {m for m in pf.markers if m in line}
+        got.append(pf.check(line, True, lits))
+        assert got[-1] == pf.accept(line, True, lits)
+    assert [p.name for p in got[0]] == ["loss_scale_floor"] and got[1] is False
+    tok = esc + b"Token indices sequence length is longer than the specified maximum (2049 > 2048) indexing errors"
+    assert not pf.plan.digits_in_variants(tok)
+    assert pf.check(tok, True, {b"rror"}) == pf.check(tok.replace(b"2049", b"3071"), True, {b"rror"})
