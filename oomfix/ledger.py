@@ -1,6 +1,7 @@
 """The run ledger, `.oomfix/runs.jsonl`: one JSON object per attempt of `oomfix run`, appended when it ends.
 
-A new run starts at attempt 1; `oomfix runs` shows the ledger, grouped by run.
+Each record names its run (`run`: the supervisor's start time and pid); `oomfix runs` shows the ledger, grouped by
+run.
 """
 from __future__ import annotations
 
@@ -29,18 +30,20 @@ class Attempt:
     rule: str | None = None  # the remedy applied after it, or null
     files: tuple[str, ...] = ()  # the files that remedy edited
     stopped_by: str | None = None  # the signal that stopped the supervisor during or after it
+    run: str | None = None  # which `oomfix run` wrote it: two supervisors in one directory append to one ledger
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("cls")
         d["files"] = list(self.files)
-        return {k: d[k] for k in ("attempt", "command", "started", "ended", "exit_code", "log", "class", "rule",
-                                  "files", "stopped_by")}
+        keys = ("attempt", "command", "started", "ended", "exit_code", "log", "class", "rule", "files", "stopped_by")
+        return {k: d[k] for k in keys + (("run",) if self.run is not None else ())}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Attempt":
         return cls(int(d["attempt"]), str(d["command"]), str(d["started"]), str(d["ended"]), int(d["exit_code"]),
-                   str(d["log"]), d.get("class"), d.get("rule"), tuple(d.get("files") or ()), d.get("stopped_by"))
+                   str(d["log"]), d.get("class"), d.get("rule"), tuple(d.get("files") or ()), d.get("stopped_by"),
+                   None if d.get("run") is None else str(d["run"]))
 
 
 def ledger_path(root: str | os.PathLike[str] = ".") -> Path:
@@ -80,12 +83,22 @@ def read(root: str | os.PathLike[str] = ".") -> list[Attempt]:
 
 
 def runs(attempts: Sequence[Attempt]) -> list[list[Attempt]]:
-    """The attempts grouped by run: a run starts at attempt 1."""
+    """The attempts grouped by run, in the order runs started: by run id (two supervisors in one directory
+    interleave their records); a record without one (an older ledger) starts a run at attempt 1."""
     out: list[list[Attempt]] = []
+    by_id: dict[str, list[Attempt]] = {}
+    last: list[Attempt] | None = None  # the run of the last record without an id
     for a in attempts:
-        if a.attempt == 1 or not out:
-            out.append([])
-        out[-1].append(a)
+        if a.run is not None:
+            if a.run not in by_id:
+                by_id[a.run] = []
+                out.append(by_id[a.run])
+            by_id[a.run].append(a)
+            continue
+        if a.attempt == 1 or last is None:
+            last = []
+            out.append(last)
+        last.append(a)
     return out
 
 

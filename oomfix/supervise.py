@@ -369,6 +369,8 @@ class Supervisor:
         self.foreign: set[tuple[int, int]] = set()  # processes of ours that are not the job's (an embedding program's)
         self.last_values: dict[str, int] | None = None  # micro batch / accumulation the last edited-for log showed
         self.zero_switched = False  # the last rung changed the DeepSpeed config: no resume across it
+        # names this run's records in the ledger (another supervisor may append to it at the same time)
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_sig is None:
@@ -576,6 +578,7 @@ class Supervisor:
                 signal.signal(s, h)
 
     def _record(self, rec: Attempt) -> None:
+        rec = replace(rec, run=self.run_id)
         self.attempts.append(rec)
         try:
             ledger.append(rec, self.root)

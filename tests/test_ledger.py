@@ -38,3 +38,15 @@ def test_runs_command(tmp_path, monkeypatch):
     ledger.append(Attempt(1, "x", "s", "e", 0, "l", "none"), ".")
     r = CliRunner().invoke(main, ["runs", "--format", "json"])
     assert r.exit_code == 0 and json.loads(r.output)["attempts"][0]["class"] == "none"
+
+
+def test_two_supervisors_in_one_directory_keep_their_runs_apart(tmp_path):
+    def at(n, run, code=1):
+        return Attempt(n, "torchrun t.py", "s", "e", code, f"logs/{run}-{n}.log", "cuda_oom", run=run)
+
+    for a in (at(1, "A"), at(1, "B"), at(2, "A"), at(2, "B", 0), at(3, "A", 0)):
+        ledger.append(a, tmp_path)
+    got = ledger.read(tmp_path)
+    assert [[(a.run, a.attempt) for a in r] for r in ledger.runs(got)] == [
+        [("A", 1), ("A", 2), ("A", 3)], [("B", 1), ("B", 2)]]
+    assert json.loads(ledger.ledger_path(tmp_path).read_text().splitlines()[0])["run"] == "A"
