@@ -255,8 +255,8 @@ def _plan(patterns: tuple[Pattern, ...], n_user: int) -> "Plan":
     from oomfix.prefilter import Plan
 
     # Past the head, a pattern that reports a failure counts through every one of its markers, like a user pattern:
-    # a failure is found wherever it is in a multi-GB log. Only state and run-parameter patterns (phases, the HF
-    # block, the OOM's numbers) are limited to the head, to their anchors and to the lines after a FOLLOW trigger.
+    # a failure is found wherever it is in a multi-GB log. Only run-parameter patterns (the HF block, the OOM's
+    # numbers) are limited to the head, to their anchors and to the lines after a FOLLOW trigger.
     failure = frozenset(i for i, p in enumerate(patterns) if i < n_user or p.role in _FAILURE_ROLES)
     # State lines (checkpoint saves, evaluation markers: thousands in a long run) matter only as the last state before
     # a failure and the first after it: the reader notes where they are and hands on only those (scan). A state
@@ -415,7 +415,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     """Yield the candidate lines of a log in order; `stats` gets the byte and line counts. `before_refill`: called
     before the buffer the candidates point into is overwritten (a consumer that holds some copies them then)."""
     prefilter = prefilter or default_prefilter()
-    # one buffer, reused: no per-chunk allocation or concatenation. Candidates slice it before the next read.
+    # buffers reused: no per-chunk allocation or concatenation. Candidates slice them before they are read into again.
     hint = _size_hint(stream)
     room = chunk_size if hint is None else max(1, min(chunk_size, hint + 1))
     # the pure-Python engine holds back a window of bytes in each buffer: read ahead for the lines whose window
@@ -481,8 +481,6 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     owe_first = False
                     floor = first[0] + len(first[1])
                     break
-            else:
-                first = None
         chosen = []
         if first is not None or not owe_first:  # (still owed: there is no state line in the range at all)
             for pos, key in prefilter.state_before(buf, floor, hi):
