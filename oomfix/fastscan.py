@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-import os
-import tempfile
 
 import hyperscan
 
+from oomfix import cache
 from oomfix.patterns import ANCHORS, HEAD_BYTES, Pattern
 from oomfix.prefilter import PADDED_B
 from oomfix.reader import Prefilter
@@ -64,23 +63,19 @@ def _database(expressions: list[bytes], single: int = 0) -> "hyperscan.Database"
     takes about a second, longer than diagnosing a small log."""
     key = hashlib.sha256(b"\0".join(expressions) + repr((getattr(hyperscan, "__version__", ""), single)).encode()
                          ).hexdigest()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "oomfix", f"hyperscan-{key[:32]}.db")
-    try:
-        with open(path, "rb") as f:
-            db = hyperscan.loadb(f.read(), hyperscan.HS_MODE_BLOCK)
-        db.scratch = hyperscan.Scratch(db)  # a loaded database comes without scratch space
-        return db
-    except (OSError, hyperscan.error, TypeError, ValueError):
-        pass
+    name = f"hyperscan-{key[:32]}.db"
+    raw = cache.load(name)
+    if raw is not None:
+        try:
+            db = hyperscan.loadb(raw, hyperscan.HS_MODE_BLOCK)
+            db.scratch = hyperscan.Scratch(db)  # a loaded database comes without scratch space
+            return db
+        except (hyperscan.error, TypeError, ValueError):
+            pass
     db = _compile(expressions, single)
-    try:  # best effort: a read-only home only costs the compile next time
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hs-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(hyperscan.dumpb(db))
-        os.replace(tmp, path)
-    except (OSError, hyperscan.error):
+    try:
+        cache.store(name, hyperscan.dumpb(db))
+    except hyperscan.error:
         pass
     return db
 

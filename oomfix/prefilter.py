@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
 import re
 import re._constants as C  # noqa: PLC2701 - the stdlib parser is the only complete reader of Python regex syntax
 import re._parser as sre  # noqa: PLC2701
 import sys
-import tempfile
 
+from oomfix import cache
 from oomfix import patterns as P
 
 ANSI_B = re.compile(P.ANSI.pattern.encode())  # patterns.ANSI, on bytes
@@ -263,29 +262,19 @@ def _key(patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere
     return h.hexdigest()[:32]
 
 
-def _cache_path(key: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "oomfix", f"plan-{key}.marshal")
-
-
 def _load(key: str) -> dict[str, object] | None:
+    raw = cache.load(f"plan-{key}.marshal")
     try:
-        with open(_cache_path(key), "rb") as f:
-            data = marshal.load(f)
-        return data if isinstance(data, dict) and data.get("_key") == key else None
-    except (OSError, EOFError, ValueError, TypeError):
+        data = marshal.loads(raw) if raw is not None else None
+    except (EOFError, ValueError, TypeError):
         return None
+    return data if isinstance(data, dict) and data.get("_key") == key else None
 
 
 def _store(key: str, data: dict[str, object]) -> None:
-    path = _cache_path(key)
-    try:  # best effort: a read-only home only costs the derivation next time
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".plan-")
-        with os.fdopen(fd, "wb") as f:
-            marshal.dump({**data, "_key": key}, f)
-        os.replace(tmp, path)
-    except (OSError, ValueError):
+    try:
+        cache.store(f"plan-{key}.marshal", marshal.dumps({**data, "_key": key}))
+    except ValueError:  # not marshallable: nothing cached
         pass
 
 
