@@ -23,7 +23,7 @@ from oomfix.shell import Command, Value, walk_script
 TORCHRUN_KINDS = ("torchrun", "torch.distributed.launch", "llamafactory-cli", "accelerate", "deepspeed",
                   "python-wrapper")
 _PROTECTORS = ("setsid", "tmux", "screen", "systemd-run", "srun", "sbatch", "salloc", "dtach", "disown", "bsub",
-               "qsub", "flux", "kubectl")
+               "qsub", "flux", "kubectl", "container-detached")
 _CONFIG_EXT = (".yaml", ".yml", ".json")
 # CLIs that start torchrun themselves (ms-swift re-execs under torchrun when NPROC_PER_NODE is set; axolotl and
 # torchtune's `tune run` wrap accelerate / torchrun)

@@ -935,6 +935,52 @@ class Walker:
             while i < len(args) and (texts[i] or "").startswith("-"):
                 i += 2 if texts[i] in ("-n", "--name", "-p", "--prefix", "-e", "--environment") else 1
             inner = list(args[i:])
+        elif base in ("docker", "podman", "nvidia-docker") and texts[:1] in (["run"], ["exec"]):
+            # `docker run [OPTIONS] IMAGE CMD...`, `docker exec [OPTIONS] CONTAINER CMD...`: the command runs in the
+            # container; `-e K=V` sets its environment; `-d` detaches it from the terminal (a SIGHUP does not reach it)
+            i, detached = 1, False
+            while i < len(args):
+                t = texts[i]
+                if t is None:
+                    i += 1
+                    continue
+                if not t.startswith("-") or t == "-":
+                    break
+                name, eq, val = t.partition("=")
+                if t.startswith("--"):
+                    detached = detached or name == "--detach"
+                    takes = not eq and name in _DOCKER_VALUE_OPTS
+                    value = texts[i + 1] if takes and i + 1 < len(texts) else (val if eq else None)
+                    if name in ("--env", "-e") and value and "=" in value:
+                        k, _, v = value.partition("=")
+                        prefix = {**prefix, k: Value.lit(v)}
+                    i += 2 if takes else 1
+                    continue
+                letters = t[1:]
+                j = next((k for k, c in enumerate(letters) if c in _DOCKER_SHORT_VALUE), None)
+                detached = detached or "d" in letters[:j]
+                if j is None:
+                    i += 1
+                    continue
+                value = letters[j + 1:] or (texts[i + 1] if i + 1 < len(texts) else None)
+                if letters[j] == "e" and value and "=" in value:
+                    k, _, v = value.partition("=")
+                    prefix = {**prefix, k: Value.lit(v)}
+                i += 1 if letters[j + 1:] else 2
+            inner = list(args[i + 1:])  # after the image (or the container)
+            if inner:
+                via = ctx.via + (base,) + (("container-detached",) if detached and texts[0] == "run" else ())
+                self.dispatch(inner, prefix, st, replace(ctx, via=via))
+            return
+        elif base in ("apptainer", "singularity") and texts[:1] == ["exec"]:
+            i = 1
+            while i < len(args) and (texts[i] or "x").startswith("-"):
+                t = texts[i] or ""
+                i += 2 if "=" not in t and t in _APPTAINER_VALUE_OPTS else 1
+            inner = list(args[i + 1:])  # after the image
+            if inner:
+                self.dispatch(inner, prefix, st, replace(ctx, via=ctx.via + (base,)))
+            return
         elif base == "screen":
             i = 0
             while i < len(args) and (texts[i] or "").startswith("-"):
@@ -1142,6 +1188,19 @@ _WRAPPER_VALUE_OPTS = {
     "salloc": {"-N", "-n", "-p", "-c", "-t", "-w", "-J", "-A", "-G", "-q", "-x", "-C"},
     "stdbuf": {"-i", "-o", "-e"}, "flock": {"-w", "-E"},
 }
+# docker/podman run and exec options that take a value (docker/cli command/container/opts.go); the rest are flags
+_DOCKER_VALUE_OPTS = {
+    "--env", "--env-file", "--volume", "--mount", "--workdir", "--user", "--name", "--gpus", "--network", "--net",
+    "--ipc", "--shm-size", "--entrypoint", "--runtime", "--ulimit", "--cpus", "--cpuset-cpus", "--device",
+    "--cap-add", "--cap-drop", "--security-opt", "--hostname", "--label", "--add-host", "--publish", "--memory",
+    "--memory-swap", "--platform", "--pid", "--restart", "--log-driver", "--log-opt", "--cgroupns", "--tmpfs",
+    "--volumes-from", "--label-file", "--stop-signal", "--stop-timeout", "--pull", "--dns", "--expose", "--link",
+    "--attach", "--cidfile", "--group-add", "--health-cmd", "--uts", "--userns", "--detach-keys", "--mac-address",
+    "--ip", "--cpu-shares", "--blkio-weight", "--oom-score-adj", "--pids-limit", "--storage-opt", "--sysctl",
+}
+_DOCKER_SHORT_VALUE = "evwupmhlac"  # -e K=V, -v a:b, -w DIR, -u USER, -p PORTS, -m MEM, -h HOST, -l LABEL, -a, -c
+_APPTAINER_VALUE_OPTS = {"-B", "--bind", "--env", "--env-file", "-H", "--home", "--pwd", "-W", "--workdir",
+                         "-o", "--overlay", "--security", "--network", "--mount", "--app"}
 _SRUN_FLAGS = {"--exclusive", "--overcommit", "--pty", "--label", "--unbuffered", "--kill-on-bad-exit", "--overlap",
                "--no-kill", "--quiet", "--verbose", "--exact", "--whole", "--container-remap-root",
                "--container-mount-home", "--no-container-mount-home", "--container-writable", "--oversubscribe"}

@@ -135,6 +135,11 @@ def test_commands_in_strings_arrays_and_eval(tmp_path):
     ("setsid nohup env FOO=1 timeout 10h python -m torch.distributed.launch t.py > a.log 2>&1 < /dev/null &",
      "torch.distributed.launch", "setsid", 1),
     ("bash <<EOF\ntorchrun t.py\nEOF", "torchrun", None, 1),
+    ("docker run --rm -it --gpus all --ipc=host -v $PWD:/w -w /w -e NCCL_DEBUG=INFO --shm-size 16g \\\n"
+     "  nvcr.io/nvidia/pytorch:24.05-py3 torchrun --nproc_per_node 8 t.py", "torchrun", None, 1),
+    ("docker run -d --name train img bash -c 'torchrun t.py'", "torchrun", "container-detached", 1),
+    ("podman exec -it -u 0 c deepspeed --num_gpus 2 t.py", "deepspeed", None, 1),
+    ("apptainer exec --nv -B /data:/data img.sif torchrun t.py", "torchrun", None, 1),
 ])
 def test_the_real_command_inside_wrappers(tmp_path, text, kind, protected, line):
     j = one(tmp_path, text + "\n")
@@ -321,3 +326,9 @@ def test_a_script_run_by_the_launcher_is_followed_once_per_call_never_into_itsel
     js = jobs(tmp_path, "nohup bash scripts/one.sh 0,1 29500 &\nnohup bash scripts/one.sh 2,3 29501 &\nbash l.sh\n")
     assert [(j.line, j.cuda_visible_devices, j.port_json, j.log, j.nohup, j.cwd) for j in js] == [
         (1, "0,1", 29500, "logs/29500.log", True, str(tmp_path)), (2, "2,3", 29501, "logs/29501.log", True, str(tmp_path))]
+
+
+def test_a_container_command_is_unwrapped_only_for_run_and_exec(tmp_path):
+    assert jobs(tmp_path, "docker build -t torchrun .\ndocker run img python eval.py\ndocker pull torchrun\n") == ()
+    j = one(tmp_path, "docker run --rm -eMASTER_ADDR=10.0.0.1 -v/d:/d img torchrun --nproc_per_node=4 t.py\n")
+    assert (j.kind, j.nproc) == ("torchrun", 4)
