@@ -18,7 +18,8 @@ from typing import Any
 from oomfix.configs import Config, Launchers, display_path, inside, same_file, walk
 from oomfix.dialects import DEEPSPEED, MEMORY_KEYS
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
-from oomfix.launcher import NOT_LOGS, Job, Launcher, concurrent, git_root, log_matches, parse_launcher
+from oomfix.launcher import (NOT_LOGS, Job, Launcher, concurrent, git_root, log_matches, one_multinode_job,
+                             parse_launcher, same_host)
 from oomfix.model import MEMORY_CLASSES, Diagnosis
 
 ERROR, WARNING = "error", "warning"
@@ -402,6 +403,63 @@ def check_log_collision(tree: Tree) -> Iterator[Finding]:
                           "give each job its own log file")
 
 
+def _log_path(lau: Launcher, j: Job) -> str | None:
+    """Where a job's log lands, as far as the text says (None: a name built at run time, or not a file)."""
+    if not j.log or j.log in NOT_LOGS or "$" in j.log or "`" in j.log or _per_run(j.log, j):
+        return None
+    here = os.path.dirname(os.path.abspath(lau.path))
+    base = j.cwd or (os.path.join(here, j.cwd_rel) if j.cwd_rel else here)
+    return os.path.normpath(os.path.join(base, j.log))
+
+
+def check_sibling_launchers(tree: Tree) -> Iterator[Finding]:
+    """Launcher scripts side by side in one directory (a stage per script, a task per GPU pair) are often started
+    together from several shells; what one script cannot see is that its sibling uses the same log, port or GPUs.
+    Whether they run together the text cannot tell: a warning, once per script (against the first sibling it
+    collides with, naming the others)."""
+    by_dir: dict[str, list[Launcher]] = {}
+    for lau in tree.launchers:
+        if lau.jobs:
+            by_dir.setdefault(os.path.dirname(os.path.abspath(lau.path)), []).append(lau)
+    for group in by_dir.values():
+        group = sorted(group, key=lambda x: x.path)
+        for k, lb in enumerate(group):
+            hits = [(la, a, b, shared) for la in group[:k] for a, b, shared in _collisions(la, lb)[:1]]
+            if not hits:
+                continue
+            la, a, b, shared = hits[0]
+            others = ", ".join(display_path(h[0].path) for h in hits[1:])
+            yield Finding("sibling-collision", WARNING, lb.path, b.line,
+                          f"run at the same time as {display_path(la.path)}:{a.line} (a sibling launcher in this "
+                          f"directory), this job shares " + "; ".join(shared) +
+                          (f" (it collides with {others} too)" if others else ""),
+                          "give each sibling launcher its own log name, MASTER_PORT and CUDA_VISIBLE_DEVICES")
+
+
+def _collisions(la: Launcher, lb: Launcher) -> list[tuple[Job, Job, list[str]]]:
+    """What the jobs of two launchers would share if started together: a master port, GPUs, a log file."""
+    out = []
+    for b in lb.jobs:
+        for a in la.jobs:
+            if not same_host(a, b) or a.remote or one_multinode_job(a, b):
+                continue
+            shared = []
+            if _port_known(a) and _port_known(b) and (a.master_port or 29500) == (b.master_port or 29500):
+                how = "both left at the default" if not (a.master_port_explicit or b.master_port_explicit) else \
+                    "both set to it"
+                shared.append(f"master port {a.master_port or 29500} ({how}): the second dies with EADDRINUSE")
+            ga, gb = set(a.gpus), set(b.gpus)
+            if ga & gb and not (_gpus_unknown(a) or _gpus_unknown(b)):
+                shared.append("GPU " + ",".join(sorted(ga & gb, key=lambda x: (len(x), x))))
+            log_a = _log_path(la, a)
+            if log_a is not None and log_a == _log_path(lb, b):
+                shared.append(f"the log {b.log} (run in turn, a '>' redirection erases the earlier run's log, and "
+                              f"with it the failure to diagnose)")
+            if shared:
+                out.append((a, b, shared))
+    return out
+
+
 def _config_of_log(tree: Tree, log: str, d: Diagnosis) -> Config | None:
     """The config a log's run used: the job whose log path (a pattern) the file matches, else the config the log
     names."""
@@ -580,6 +638,7 @@ CHECKS: tuple[tuple[str, Callable[[Tree], Iterator[Finding]]], ...] = (
     ("gpu-overlap", check_gpu_overlap),
     ("port-collision", check_port_collision),
     ("log-collision", check_log_collision),
+    ("sibling-collision", check_sibling_launchers),
     ("kill-by-name", check_kill_by_name),
     ("runs", check_runs),
 )

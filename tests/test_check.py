@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from oomfix.check import run_check
+from oomfix.check import discover, run_check
 from oomfix.cli import main
 
 LF = """\
@@ -296,3 +296,27 @@ def test_dev_null_is_not_a_log_collision_and_remote_nodes_share_a_port(tree):
                         "ssh n0 'setsid torchrun --nnodes 2 --node_rank 0 --master_addr n0 --master_port 3 t.py' &\n"
                         "wait\n"})
     assert ids(tree)[0] == []
+
+
+@pytest.mark.parametrize("name,expected", [
+    # what each set's README (../shared/corpus/launchers/siblings/*/README.md) says would collide if run together
+    ("WechatRobot", {"ppo.sh": {"29500", "GPU 0,1", "model_train.log"}, "rm.sh": {"29500", "GPU 0,1", "model_train.log"},
+                     "sft.sh": {"29500", "GPU 1", "model_train.log"},
+                     "sft_rag.sh": {"29500", "GPU 0,1", "model_train.log"}}),
+    ("AlignSurvey", {"task1.sh": {"GPU 0,1"}, "task2.sh": {"GPU 2,3"}}),  # task1..task4 are pairwise disjoint
+    ("leakage_influence", {"3.sh": {"GPU 6"}}),
+    ("RID", {"train_sd_ensemble_reg.sh": {"29500"}}),  # both on accelerate's default config
+])
+def test_sibling_launchers_of_real_repos_report_what_they_would_share(tmp_path, name, expected):
+    import shutil
+
+    from conftest import SHARED, shared_or_skip
+    from oomfix.check import check_sibling_launchers
+
+    src = SHARED / "corpus" / "launchers" / "siblings" / name
+    shared_or_skip(src)
+    shutil.copytree(src, tmp_path / name)
+    found = {os.path.basename(f.file): f.message for f in check_sibling_launchers(discover([str(tmp_path / name)]))}
+    assert set(found) == set(expected)
+    for script, words in expected.items():
+        assert all(w in found[script] for w in words), (script, found[script])
