@@ -368,7 +368,7 @@ def check_gpu_overlap(tree: Tree) -> Iterator[Finding]:
         elif not ga or not gb:
             shared = "every GPU the other uses (one of them sets no CUDA_VISIBLE_DEVICES)"
         elif ga & gb:
-            shared = "GPU " + ",".join(sorted(ga & gb, key=lambda x: (len(x), x)))
+            shared = _gpu_list(ga & gb)
         else:
             continue
         yield Finding("gpu-overlap", ERROR, lau.path, b.line,
@@ -378,20 +378,31 @@ def check_gpu_overlap(tree: Tree) -> Iterator[Finding]:
 
 def check_port_collision(tree: Tree) -> Iterator[Finding]:
     for lau, a, b in _pairs(tree):
-        if not _port_known(a) or not _port_known(b):
-            continue  # picked free or random at launch, or not determinable from the text
-        pa, pb = a.master_port or 29500, b.master_port or 29500
-        if pa == pb:
-            src = "both left at torchrun's default" if not (a.master_port_explicit or b.master_port_explicit) else \
-                "both set to it"
+        same = _same_port(a, b)
+        if same:
+            port, explicit = same
+            src = "both set to it" if explicit else "both left at torchrun's default"
             yield Finding("port-collision", ERROR, lau.path, b.line,
-                          f"this job and {_other(a, b)} run at the same time on master port {pa} ({src}); "
+                          f"this job and {_other(a, b)} run at the same time on master port {port} ({src}); "
                           f"the second one dies with EADDRINUSE",
                           "give each concurrent job its own MASTER_PORT / --master_port, or use torchrun --standalone")
 
 
+def _same_port(a: Job, b: Job) -> tuple[int, bool] | None:
+    """(the master port, whether either job names it) when two jobs bind the same one; None when they do not, or
+    when a port is picked free or random at launch, or cannot be told from the text."""
+    if not _port_known(a) or not _port_known(b):
+        return None
+    pa, pb = a.master_port or 29500, b.master_port or 29500
+    return (pa, a.master_port_explicit or b.master_port_explicit) if pa == pb else None
+
+
 def _port_known(j: Job) -> bool:
     return j.port == "default" or j.port.isdigit()
+
+
+def _gpu_list(ids: set[str]) -> str:
+    return "GPU " + ",".join(sorted(ids, key=lambda x: (len(x), x)))
 
 
 def check_log_collision(tree: Tree) -> Iterator[Finding]:
@@ -444,13 +455,14 @@ def _collisions(la: Launcher, lb: Launcher) -> list[tuple[Job, Job, list[str]]]:
             if not same_host(a, b) or a.remote or one_multinode_job(a, b):
                 continue
             shared = []
-            if _port_known(a) and _port_known(b) and (a.master_port or 29500) == (b.master_port or 29500):
-                how = "both left at the default" if not (a.master_port_explicit or b.master_port_explicit) else \
-                    "both set to it"
-                shared.append(f"master port {a.master_port or 29500} ({how}): the second dies with EADDRINUSE")
+            same = _same_port(a, b)
+            if same:
+                port, explicit = same
+                how = "both set to it" if explicit else "both left at the default"
+                shared.append(f"master port {port} ({how}): the second dies with EADDRINUSE")
             ga, gb = set(a.gpus), set(b.gpus)
             if ga & gb and not (_gpus_unknown(a) or _gpus_unknown(b)):
-                shared.append("GPU " + ",".join(sorted(ga & gb, key=lambda x: (len(x), x))))
+                shared.append(_gpu_list(ga & gb))
             log_a = _log_path(la, a)
             if log_a is not None and log_a == _log_path(lb, b):
                 shared.append(f"the log {b.log} (run in turn, a '>' redirection erases the earlier run's log, and "

@@ -96,6 +96,8 @@ class Prefilter:
         self.state_literals = self.plan.state_literals
         self.dirt_only: set = set()  # the keys of a hit that counts only on a line with colour codes or padding
         self.lazy_pats = frozenset(id(self.patterns[i]) for i in self.plan.lazy)
+        # one C-level test: does a line hold a state marker at all (then `state_keys` says which)
+        self.state_rx = re.compile(b"|".join(re.escape(m) for m in self.state_literals) or b"(?!)")
         # Past the head, one bytes.find pass per literal (over a hundred) would cost 25 x grep. The anchors are
         # searched everywhere; the other literals only in a WINDOW above each line that ends a failure (a death, an
         # exception, the agent's signal, the summary table) and at the end of the log, where a failure's cause is.
@@ -105,8 +107,8 @@ class Prefilter:
         self.rest = tuple(m for m in self.anchors if m not in ANCHORS)
         self._line_lits_of = plan.tail_literals + plan.state_literals
         self._lits_seen: dict[bytes, frozenset[bytes]] = {}
-        if any(re.search(rb"[1-9]", m) for m in self._line_lits_of):
-            self._lits_seen = _NoCache()
+        # the cache key masks digits 1-9: exact only while no literal holds one
+        self._lits_cacheable = not any(re.search(rb"[1-9]", m) for m in self._line_lits_of)
         self._ends = frozenset(m for m in self.always if any(
             self.patterns[i].role in _ENDS for i in plan.tail_lit_pats[m]))
 
@@ -171,7 +173,9 @@ class Prefilter:
     def _line_lits(self, raw: bytes) -> set[bytes]:
         """Every tail literal of a line: a line found through one anchor gets every pattern its other literals
         allow, as Hyperscan reports every pattern that matches."""
-        key = raw.translate(_ONES)  # no literal holds a digit 1-9 (checked in __init__): exact for lines like it
+        if not self._lits_cacheable:
+            return {m for m in self._line_lits_of if m in raw}
+        key = raw.translate(_ONES)
         got = self._lits_seen.get(key)
         if got is None:
             if len(self._lits_seen) >= 8192:
@@ -227,13 +231,6 @@ class Prefilter:
         plan = self.plan
         ids = plan.ids_for(raw, head, lits)
         return tuple(self.patterns[i] for i in ids) if ids else False
-
-
-class _NoCache(dict):
-    """A cache that keeps nothing (for `_line_lits` when a literal holds a digit that the template key masks)."""
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
 
 
 def _second(item: tuple) -> int:
@@ -439,7 +436,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
     lazy_pats = prefilter.lazy_pats
     dirt_only = prefilter.dirt_only
-    state_rx = re.compile(b"|".join(re.escape(m) for m in prefilter.state_literals) or b"(?!)")
+    state_rx = prefilter.state_rx
     owe_first = False  # the first state line after the last candidate is still to be handed on
 
     held: list[Candidate] = []  # the last state lines of earlier buffers, copied, not yet handed on

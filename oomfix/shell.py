@@ -908,8 +908,7 @@ class Walker:
                     i += 1  # "$@" and friends: extra options of unknown content
                     continue
                 if base == "env" and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", t):
-                    k, _, v = t.partition("=")
-                    prefix = {**prefix, k: Value.lit(v)}
+                    prefix = _with_env(prefix, t)
                     i += 1
                     continue
                 if t.startswith("-"):
@@ -951,9 +950,8 @@ class Walker:
                     detached = detached or name == "--detach"
                     takes = not eq and name in _DOCKER_VALUE_OPTS
                     value = texts[i + 1] if takes and i + 1 < len(texts) else (val if eq else None)
-                    if name in ("--env", "-e") and value and "=" in value:
-                        k, _, v = value.partition("=")
-                        prefix = {**prefix, k: Value.lit(v)}
+                    if name == "--env" and value and "=" in value:
+                        prefix = _with_env(prefix, value)
                     i += 2 if takes else 1
                     continue
                 letters = t[1:]
@@ -964,8 +962,7 @@ class Walker:
                     continue
                 value = letters[j + 1:] or (texts[i + 1] if i + 1 < len(texts) else None)
                 if letters[j] == "e" and value and "=" in value:
-                    k, _, v = value.partition("=")
-                    prefix = {**prefix, k: Value.lit(v)}
+                    prefix = _with_env(prefix, value)
                 i += 1 if letters[j + 1:] else 2
             inner = list(args[i + 1:])  # after the image (or the container)
             if inner:
@@ -1204,6 +1201,12 @@ _APPTAINER_VALUE_OPTS = {"-B", "--bind", "--env", "--env-file", "-H", "--home", 
 _SRUN_FLAGS = {"--exclusive", "--overcommit", "--pty", "--label", "--unbuffered", "--kill-on-bad-exit", "--overlap",
                "--no-kill", "--quiet", "--verbose", "--exact", "--whole", "--container-remap-root",
                "--container-mount-home", "--no-container-mount-home", "--container-writable", "--oversubscribe"}
+
+
+def _with_env(prefix: dict[str, Value], assignment: str) -> dict[str, Value]:
+    """The environment a wrapper's `NAME=VALUE` (env's operand, docker's -e) adds to the command it runs."""
+    k, _, v = assignment.partition("=")
+    return {**prefix, k: Value.lit(v)}
 
 
 def _join(vals: list[Value]) -> list[Value]:
