@@ -569,9 +569,10 @@ def _newest_logs(tree: Tree) -> dict[str, tuple[str, Diagnosis]]:
     return {k: (v[1], v[2]) for k, v in newest.items()}
 
 
-def _remediated(log: str, config: str, root: str = ".") -> bool:
-    """An `oomfix apply --write` of this log that touched this config (and was not undone). Journal paths are
-    relative to the journal's root, so a journal committed to git works in a clone."""
+def _remediated(log: str, config: str, root: str = ".", as_written: bool = False) -> bool:
+    """An `oomfix apply --write` of this log that touched this config (and was not undone); `as_written`: and the
+    config still has the bytes that apply wrote. Journal paths are relative to the journal's root, so a journal
+    committed to git works in a clone."""
     from oomfix.journal import Journal, file_sha256
 
     sha = file_sha256(log)
@@ -582,8 +583,10 @@ def _remediated(log: str, config: str, root: str = ".") -> bool:
         j = Journal(r)
         if j.path.exists():
             tx = j.applied(sha)
-            if tx is not None and any(same_file(j.resolve(f["file"]), config) for f in tx["files"]):
-                return True
+            for f in tx["files"] if tx is not None else ():
+                if same_file(j.resolve(f["file"]), config) and (
+                        not as_written or file_sha256(config) == f.get("after_sha256")):
+                    return True
     return False
 
 
@@ -634,7 +637,8 @@ def check_runs(tree: Tree) -> Iterator[Finding]:
                               f"({how})",
                               f"`oomfix apply {log} --all-configs` proposes the next fix")
                 continue
-        if differs:
+        if differs and not _remediated(log, cfg.path, tree.root, as_written=True):
+            # (the difference that oomfix's own journalled fix of this very log made is the fix, not a stale run)
             what = ", ".join(f"{_keyname(cfg, k)} {o} in the run, {'unset' if n is None else n} on disk"
                              for k, (o, n) in differs.items())
             yield Finding("stale-run", WARNING, cfg.path, _config_key_line(cfg, next(iter(differs))),
@@ -686,12 +690,11 @@ def render_text(res: CheckResult) -> str:
 
 
 def render_github(res: CheckResult) -> str:
-    def esc(s: str) -> str:
-        return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    from oomfix.report import github_command
 
     lines = []
     for f in res.findings:
-        level = "error" if f.severity == ERROR else "warning"
-        loc = f"file={f.file}" + (f",line={f.line}" if f.line else "")
-        lines.append(f"::{level} {loc},title=oomfix {f.id}::{esc(f.message + ' -- fix: ' + f.fix)}")
+        props = {"file": f.file, "line": str(f.line) if f.line else None, "title": f"oomfix {f.id}"}
+        lines.append(github_command("error" if f.severity == ERROR else "warning", props,
+                                    f.message + " -- fix: " + f.fix))
     return "\n".join(lines) + ("\n" if lines else "")

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import click
 
 from oomfix import __version__
-from oomfix.errors import EXIT_ERROR, EXIT_INTERRUPTED, OomfixError, exit_code_for
+from oomfix.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED, OomfixError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED_RUN = EXIT_FINDINGS  # `diagnose --exit-code`: the logs show a failure
 
 
 def _fail(msg: str, code: int) -> None:
@@ -22,17 +23,19 @@ def _fail(msg: str, code: int) -> None:
 
 
 def _interrupted() -> None:
-    """Ctrl-C: one line and 130. Exit at once: a second interrupt still pending (a SIGINT that landed inside
-    Hyperscan's C scan is re-raised on the way out) must not turn the exit into a death by SIGINT. Writes are already
-    whole or rolled back (journal.py) by the time we get here."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C: one line, then die of SIGINT, so that the shell sees a death by SIGINT and a loop such as
+    `for f in *.log; do oomfix diagnose "$f"; done` stops too (bash ends a loop only when its child was killed by
+    SIGINT, not when it exits 130). Writes are already whole or rolled back (journal.py) by the time we get here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup below
     click.echo("oomfix: interrupted", err=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(EXIT_INTERRUPTED)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    os._exit(EXIT_INTERRUPTED)  # where SIGINT cannot kill us (it is blocked): the shell's code for it
 
 
 def handled(fn: F) -> F:
@@ -94,23 +97,36 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--config", "config", type=str, default=None, help="The config the run used (shown with the run).")
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@click.option("--exit-code", is_flag=True, help=f"Exit {EXIT_FAILED_RUN} when the logs show a failure (any class "
+              "but 'none'); 0 when they show none.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; implies --exit-code (errors still go to stderr).")
 @handled
-def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str | None) -> None:
+def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str | None, exit_code: bool,
+             quiet: bool) -> None:
     """Say what killed a run. LOGS: log files of one job (one per node), '-' for stdin, .gz accepted.
 
     \b
+    Exit status: 0 a diagnosis was made (whatever it says), 2 an error; with --exit-code or --quiet,
+    1 when the logs show a failure.
     Example:
       oomfix diagnose train.log
       oomfix diagnose --format json node0.log node1.log.gz
+      oomfix diagnose -q train.log || echo "train.log shows a failure"
     """
+    from oomfix import progress
     from oomfix.diagnose import diagnose_logs
-    from oomfix.report import Style, render_diagnosis_text, render_json
 
-    d = diagnose_logs(list(logs), config=config, rules_dir=rules_dir)
-    if fmt == "json":
-        click.echo(render_json(d.to_json()), nl=False)
-    else:
-        click.echo(render_diagnosis_text(d, Style()), nl=False)
+    with progress.reading("reading " + (logs[0] if len(logs) == 1 else f"{len(logs)} logs"), logs, quiet):
+        d = diagnose_logs(list(logs), config=config, rules_dir=rules_dir)
+    if not quiet:
+        from oomfix.report import Style, render_diagnosis_text, render_json, versioned
+
+        if fmt == "json":
+            click.echo(render_json(versioned(d.to_json())), nl=False)
+        else:
+            click.echo(render_diagnosis_text(d, Style()), nl=False)
+    if (exit_code or quiet) and d.cls != "none":
+        sys.exit(EXIT_FAILED_RUN)
 
 
 @main.command()
@@ -122,9 +138,10 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
               "length, precision).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit status tells (errors still go to stderr).")
 @handled
 def apply(log: str | None, config: str | None, all_configs: bool, write: bool, allow_semantic_changes: bool,
-          fmt: str, rules_dir: str | None) -> None:
+          fmt: str, rules_dir: str | None, quiet: bool) -> None:
     """Turn a diagnosis into the next fix, for the config and (with --all-configs) its siblings.
 
     \b
@@ -132,15 +149,19 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
       oomfix apply train.log --all-configs          # dry run: the diff
       oomfix apply train.log --all-configs --write  # write it (atomic, journalled)
     """
+    from oomfix import progress
     from oomfix.apply import plan_apply, write_plan
-    from oomfix.report import Style, plan_json, render_json, render_plan_text
+    from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
 
-    plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
+    with progress.reading("reading " + (log or "the newest log"), [log] if log else [], quiet):
+        plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
     tx = write_plan(plan, explicit=[config] if config else []) if write else None
     if write and plan.status == "edits" and tx is None:
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)  # another oomfix got there first
-    if fmt == "json":
-        click.echo(render_json(plan_json(plan, tx is not None, tx)), nl=False)
+    if quiet:
+        pass
+    elif fmt == "json":
+        click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
     else:
         click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
     sys.exit(plan.exit_code)
@@ -149,7 +170,15 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
 @main.command()
 @handled
 def undo() -> None:
-    """Restore the files of the last apply --write, byte for byte."""
+    """Restore the files of the newest apply --write not yet undone, byte for byte.
+
+    \b
+    The journal (.oomfix/journal.jsonl) is a stack: each undo takes back one more apply, newest first.
+    It refuses, naming the file, when a file changed since that apply wrote it.
+    Example:
+      oomfix apply train.log --all-configs --write
+      oomfix undo                       # the configs are as they were before that apply
+    """
     from oomfix.journal import Journal
 
     journal = Journal(".")
@@ -166,7 +195,13 @@ def undo() -> None:
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
 @handled
 def explain(name: str, rules_dir: str | None) -> None:
-    """What a failure class means and its remediation ladder, or what one rule does (NAME: class or rule id)."""
+    """What a failure class means and its remediation ladder, or what one rule does (NAME: class or rule id).
+
+    \b
+    Example:
+      oomfix explain cuda_oom               # the class, its advice and its ladder
+      oomfix explain cuda-oom-zero3         # one rung
+    """
     from oomfix.rules import load_rules
     from oomfix.report import render_explain
 
@@ -177,7 +212,13 @@ def explain(name: str, rules_dir: str | None) -> None:
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
 @handled
 def rules_cmd(rules_dir: str | None) -> None:
-    """List the failure classes and the rules of their ladders."""
+    """List the failure classes and the rules of their ladders.
+
+    \b
+    Example:
+      oomfix rules
+      oomfix rules --rules my_rules/       # with a directory of your own rules (tried first)
+    """
     from oomfix.rules import load_rules
     from oomfix.report import render_rules
 
@@ -186,10 +227,12 @@ def rules_cmd(rules_dir: str | None) -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "sarif"]), default="text",
+              show_default=True, help="github: GitHub Actions annotations; sarif: SARIF 2.1.0 for code scanning.")
 @click.option("--strict", is_flag=True, help="Warnings fail the check too.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit status tells (errors still go to stderr).")
 @handled
-def check(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
+def check(paths: tuple[str, ...], fmt: str, strict: bool, quiet: bool) -> None:
     """Pre-relaunch gate: sibling drift, unsafe launchers, port/GPU clashes, unfixed or wrongly fixed failures.
 
     \b
@@ -197,14 +240,21 @@ def check(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
     Example:
       oomfix check                      # the current directory
       oomfix check configs/ launch.sh --format github
+      oomfix check --format sarif > oomfix.sarif
     """
+    from oomfix import progress
     from oomfix.check import render_github, render_text, run_check
-    from oomfix.report import render_json
+    from oomfix.report import render_check_sarif, render_json, versioned
 
-    res = run_check(list(paths) or ["."])
-    if fmt == "json":
-        click.echo(render_json({"findings": [f.to_json() for f in res.findings], "configs": res.configs,
-                                "launchers": res.launchers, "logs": res.logs}), nl=False)
+    with progress.reading("reading logs", (), quiet):
+        res = run_check(list(paths) or ["."])
+    if quiet:
+        pass
+    elif fmt == "json":
+        click.echo(render_json(versioned({"findings": [f.to_json() for f in res.findings], "configs": res.configs,
+                                          "launchers": res.launchers, "logs": res.logs})), nl=False)
+    elif fmt == "sarif":
+        click.echo(render_check_sarif(res, __version__), nl=False)
     elif fmt == "github":
         click.echo(render_github(res), nl=False)
     else:
@@ -225,11 +275,11 @@ def jobs(scripts: tuple[str, ...], fmt: str) -> None:
       oomfix jobs scripts/*.sh --format json
     """
     from oomfix.launcher import read_launchers
-    from oomfix.report import render_jobs_text, render_json
+    from oomfix.report import render_jobs_text, render_json, versioned
 
     launchers = read_launchers(list(scripts))
     if fmt == "json":
-        click.echo(render_json({"jobs": [j.to_json() for lau in launchers for j in lau.jobs]}), nl=False)
+        click.echo(render_json(versioned({"jobs": [j.to_json() for lau in launchers for j in lau.jobs]})), nl=False)
     else:
         click.echo(render_jobs_text(launchers), nl=False)
 
@@ -272,13 +322,19 @@ def run_cmd(cmd: tuple[str, ...], config: str | None, all_configs: bool, retries
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @handled
 def runs_cmd(fmt: str) -> None:
-    """The attempts of `oomfix run` in this directory (.oomfix/runs.jsonl), grouped by run."""
+    """The attempts of `oomfix run` in this directory (.oomfix/runs.jsonl), grouped by run.
+
+    \b
+    Example:
+      oomfix runs
+      oomfix runs --format json | jq '.attempts[] | select(.exit_code != 0)'
+    """
     from oomfix import ledger
-    from oomfix.report import render_json
+    from oomfix.report import render_json, versioned
 
     attempts = ledger.read(".")
     if fmt == "json":
-        click.echo(render_json({"attempts": [a.to_json() for a in attempts]}), nl=False)
+        click.echo(render_json(versioned({"attempts": [a.to_json() for a in attempts]})), nl=False)
     else:
         click.echo(ledger.render_text(attempts), nl=False)
 
@@ -288,7 +344,13 @@ def runs_cmd(fmt: str) -> None:
               help="Write the example project here (default: a new temporary directory).")
 @handled
 def demo(directory: str | None) -> None:
-    """A guided run on a bundled example: diagnose two failed jobs, check, fix both siblings, check again."""
+    """A guided run on a bundled example: diagnose two failed jobs, check, fix both siblings, check again.
+
+    \b
+    Example:
+      oomfix demo                       # in a new temporary directory
+      oomfix demo --dir /tmp/oomfix-demo && cd /tmp/oomfix-demo && oomfix undo
+    """
     from oomfix.demo import run_demo
 
     run_demo(click.echo, directory)

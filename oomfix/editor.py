@@ -108,6 +108,20 @@ def _set_path(obj: Any, path: Sequence[str], value: Any) -> None:
     cur[path[-1]] = value
 
 
+def yaml_error_message(name: str, e: Exception) -> str:
+    """`file:line:col: cannot parse as YAML: <problem> (<context> at line L, column C)`: the position editors jump
+    to, and the cause (PyYAML and ruamel put it in `problem`; str(e) starts with the context and loses it)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+    what = problem or (str(e).strip().splitlines() or ["invalid YAML"])[0]
+    if context:
+        what += f" ({context}" + (f" at line {cmark.line + 1}, column {cmark.column + 1}" if cmark is not None and
+                                  cmark is not mark else "") + ")"
+    return f"{where}: cannot parse as YAML: {what}"
+
+
 def load_yaml_safely(text: str, name: str) -> Any:
     """PyYAML safe load (YAML 1.1, what the frameworks use), refusing alias bombs and any tag that constructs objects."""
     import yaml
@@ -121,8 +135,7 @@ def load_yaml_safely(text: str, name: str) -> Any:
                     raise EditRefused(f"{name}: more than {MAX_ALIASES} aliases (an alias bomb?): not editing it")
         data = yaml.load(text, Loader=yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader)
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()
-        raise EditRefused(f"{name}: cannot parse as YAML: {' '.join(first[:2])}") from None
+        raise EditRefused(yaml_error_message(name, e)) from None
     except RecursionError:
         raise EditRefused(f"{name}: nested too deeply to parse") from None
     _check_size(data, name)
@@ -137,7 +150,7 @@ def _compose(text: str, name: str) -> Any:
     try:
         return y.compose(text)
     except RYAMLError as e:
-        raise EditRefused(f"{name}: cannot parse as YAML: {str(e).strip().splitlines()[0]}") from None
+        raise EditRefused(yaml_error_message(name, e)) from None
     except RecursionError:
         raise EditRefused(f"{name}: nested too deeply to parse") from None
 

@@ -390,6 +390,10 @@ def _size_hint(stream: BinaryIO) -> int | None:
     return st.st_size
 
 
+# called with the number of bytes of each read, from the reading thread too (oomfix/progress.py shows them)
+PROGRESS: Callable[[int], None] | None = None
+
+
 def _readinto(stream: BinaryIO, into: memoryview, name: str) -> int:
     """Fill `into` as far as the stream allows (pipes and gzip return short reads); 0 at end of file."""
     got = 0
@@ -399,6 +403,8 @@ def _readinto(stream: BinaryIO, into: memoryview, name: str) -> int:
             if not k:
                 break
             got += k
+        if PROGRESS is not None:
+            PROGRESS(got)
         return got
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise InputError(f"{name}: truncated or corrupt gzip data ({e})") from None

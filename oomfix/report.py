@@ -12,12 +12,13 @@ from oomfix.model import Diagnosis
 
 
 class Style:
-    """ANSI colour, only on a terminal and never with NO_COLOR (https://no-color.org)."""
+    """ANSI colour, only on a terminal and never with NO_COLOR (https://no-color.org: a NO_COLOR that is present
+    and not an empty string turns colour off; an empty one does not)."""
 
     def __init__(self, stream: IO[str] | None = None, color: bool | None = None) -> None:
         stream = stream or sys.stdout
         if color is None:
-            color = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+            color = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.color = color
 
     def _wrap(self, code: str, s: str) -> str:
@@ -137,8 +138,32 @@ def render_diagnosis_text(d: Diagnosis, style: Style | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+# Every JSON document oomfix prints carries this first. It goes up when a key is renamed or removed or its meaning
+# changes; new keys do not change it (readers ignore keys they do not know).
+SCHEMA_VERSION = 1
+
+
+def versioned(obj: dict[str, Any]) -> dict[str, Any]:
+    """A JSON document as printed: `schema_version` first, then the document's own keys."""
+    return {"schema_version": SCHEMA_VERSION, **obj}
+
+
 def render_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def shown_path(path: str) -> str:
+    """How a file is named in summaries: relative to the current directory when below it, else absolute (one rule
+    for every file of a plan, however the planner reached it)."""
+    rel = os.path.relpath(path)
+    return rel if rel != ".." and not rel.startswith("../") else os.path.abspath(path)
+
+
+def diff_path(path: str) -> str:
+    """The path in a diff header: always relative to the current directory, so `git apply` (and `patch -p1`) take
+    the diff run from here; `a//abs/path` is rejected by both. A file outside the current directory gets `../`,
+    which `git apply` takes with `--unsafe-paths`."""
+    return os.path.relpath(path).replace(os.sep, "/")
 
 
 def unified_diff(path: str, before: str, after: str) -> str:
@@ -147,7 +172,8 @@ def unified_diff(path: str, before: str, after: str) -> str:
     a = before.splitlines(keepends=True)
     b = after.splitlines(keepends=True)
     out = []
-    for line in difflib.unified_diff(a, b, fromfile=f"a/{path}", tofile=f"b/{path}"):
+    name = diff_path(path)
+    for line in difflib.unified_diff(a, b, fromfile=f"a/{name}", tofile=f"b/{name}"):
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return "".join(out)
 
@@ -185,8 +211,8 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
             gb = f"; global batch {e.global_before} -> {e.global_after} (world size {e.world_size})"
         link = ""
         if os.path.islink(e.path):
-            link = f" (a symlink: its target {os.path.realpath(e.path)} is edited, the link is kept)"
-        out.append(f"  {e.path}{link}: {bits}{gb}")
+            link = f" (a symlink: its target {shown_path(os.path.realpath(e.path))} is edited, the link is kept)"
+        out.append(f"  {shown_path(e.path)}{link}: {bits}{gb}")
     for note in plan.skipped:
         out.append(s.dim(f"  note: {note}"))
     out.append("")
@@ -208,7 +234,7 @@ def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
         "message": plan.message,
         "class": plan.diagnosis.cls,
         "diagnosis": plan.diagnosis.to_json(),
-        "edits": [{"file": e.path, "kind": e.kind, "changes": [{"key": k, "old": o, "new": n} for k, o, n in e.changes],
+        "edits": [{"file": shown_path(e.path), "kind": e.kind, "changes": [{"key": k, "old": o, "new": n} for k, o, n in e.changes],
                    "world_size": e.world_size, "global_batch_before": e.global_before,
                    "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}
                   for e in plan.edits],
@@ -300,3 +326,69 @@ def _job_config_text(j: Any) -> str:
     if len(found) > 1:
         return f"{j.config} (ambiguous, relative to {where}: {shown[0]}, or {', '.join(shown[1:])}; using the first)"
     return f"{j.config} (= {shown[0]})"
+
+
+# --- GitHub Actions workflow commands and SARIF, for `oomfix check` ---------------------------------------------
+
+def _gh_data(s: str) -> str:
+    # GitHub's escaping of a workflow command's message (actions/toolkit, core/src/command.ts: escapeData)
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(s: str) -> str:
+    # ... and of a property value (escapeProperty): ':' and ',' separate properties, so they are escaped too
+    return _gh_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_command(level: str, props: dict[str, str | None], message: str) -> str:
+    """One `::error file=...,line=...,title=...::message` line; a file named `sft,v1:100%.yaml` stays one property."""
+    bits = ",".join(f"{k}={_gh_property(v)}" for k, v in props.items() if v is not None)
+    return f"::{level} {bits}::{_gh_data(message)}"
+
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def _sarif_uri(path: str) -> str:
+    """A finding's file as SARIF wants it: a relative URI reference (against %SRCROOT%, the directory oomfix ran in,
+    which is the repository root in CI) with '/' separators and percent-encoding; an absolute path as a file: URI."""
+    from urllib.parse import quote
+
+    if os.path.isabs(path):
+        return "file://" + quote(path.replace(os.sep, "/"))
+    return quote(os.path.normpath(path).replace(os.sep, "/"))
+
+
+def render_check_sarif(res: Any, version: str) -> str:
+    """`oomfix check --format sarif`: a SARIF 2.1.0 log (GitHub code scanning's upload-sarif reads it). One run, the
+    rules that fired, one result per finding with its file and line."""
+    rules: dict[str, int] = {}
+    results = []
+    for f in res.findings:
+        idx = rules.setdefault(f.id, len(rules))
+        loc: dict[str, Any] = {"artifactLocation": {"uri": _sarif_uri(f.file)}}
+        if not os.path.isabs(f.file):
+            loc["artifactLocation"]["uriBaseId"] = "%SRCROOT%"
+        if f.line:
+            loc["region"] = {"startLine": f.line}
+        results.append({"ruleId": f.id, "ruleIndex": idx, "level": "error" if f.severity == "error" else "warning",
+                        "message": {"text": f"{f.message} -- fix: {f.fix}"},
+                        "locations": [{"physicalLocation": loc}]})
+    doc = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "oomfix", "version": version, "semanticVersion": version,
+                                "rules": [{"id": r, "name": r, "shortDescription": {"text": f"oomfix check: {r}"}}
+                                          for r in rules]}},
+            "originalUriBaseIds": {"%SRCROOT%": {"uri": _dir_uri(os.getcwd())}},
+            "results": results,
+        }],
+    }
+    return render_json(doc)
+
+
+def _dir_uri(d: str) -> str:
+    from urllib.parse import quote
+
+    return "file://" + quote(d.replace(os.sep, "/").rstrip("/") + "/")

@@ -14,6 +14,14 @@ def pytest_addoption(parser):
                      help="rewrite the *.expected.json golden files from the current output")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tier (`-m "not slow"` leaves it out; CI runs it): tests marked `slow` by hand (kill loops, the
+    corpus scorer), and every test that starts a genuine torchrun (the `torchrun` fixture of test_supervise.py)."""
+    for item in items:
+        if "torchrun" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def regen(request):
     return request.config.getoption("--regen-golden") or os.environ.get("OOMFIX_REGEN") == "1"

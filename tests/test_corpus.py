@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import SHARED, oomfix_cmd, shared_or_skip
 from oomfix.diagnose import diagnose_logs
 
@@ -47,6 +49,7 @@ def test_corpus_accuracy_no_harm_no_none_and_root_rank():
     assert rank_n == 0 or rank_ok / rank_n >= 0.95, f"root rank {rank_ok}/{rank_n}; misses {rank_misses}"
 
 
+@pytest.mark.slow  # one process per corpus log: about a minute
 def test_the_scoring_tool_agrees():
     """The shared tool runs the command line; its last line must meet the same targets."""
     tool = SHARED / "tools" / "score-logs"

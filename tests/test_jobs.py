@@ -25,7 +25,7 @@ def test_json_interface(tmp_path, monkeypatch):
     r = cli("jobs", "l.sh", "--format", "json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert list(out) == ["jobs"]
+    assert list(out) == ["schema_version", "jobs"] and out["schema_version"] == 1
     assert [list(j) for j in out["jobs"]] == [KEYS, KEYS]
     a, b = out["jobs"]
     assert (a["launcher"], a["background"], a["nohup"], a["protected_by"], a["config"], a["master_port"], a["gpus"],

@@ -337,6 +337,7 @@ def _journal_claims(root):
     return begins, recs
 
 
+@pytest.mark.slow  # the kill loop: minutes on a busy machine
 def test_sigkill_at_random_moments_never_leaves_a_mixed_file(tmp_path):
     rng = random.Random(1234)
     base = tmp_path / "base"
@@ -401,7 +402,7 @@ def test_two_concurrent_applies_one_wins_no_lost_update(tmp_path):
         assert b"per_device_train_batch_size: 1" in p.read_bytes()
 
 
-def test_ctrl_c_during_apply_exits_130_and_leaves_nothing_half_written(tmp_path):
+def test_ctrl_c_during_apply_dies_of_sigint_and_leaves_nothing_half_written(tmp_path):
     rng = random.Random(7)
     originals = big_tree(tmp_path / "t")
     root = tmp_path / "t"
@@ -418,7 +419,7 @@ def test_ctrl_c_during_apply_exits_130_and_leaves_nothing_half_written(tmp_path)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         seen.append(proc.returncode)
-        assert proc.returncode in (0, 130), err
+        assert proc.returncode in (0, -signal.SIGINT), err  # dies of SIGINT after cleanup: the shell sees 130
         assert b"Traceback" not in err
         states = [p.read_bytes() == originals[p] for p in originals]
         assert all(states) or not any(states), "an interrupted apply left a mix of old and new files"
@@ -426,7 +427,7 @@ def test_ctrl_c_during_apply_exits_130_and_leaves_nothing_half_written(tmp_path)
             assert subprocess.run(oomfix_cmd() + ["undo"], cwd=root, capture_output=True).returncode == 0
         shutil.rmtree(root / ".oomfix", ignore_errors=True)
     print(f"Ctrl-C: exit codes {seen}")
-    assert 130 in seen
+    assert -signal.SIGINT in seen
 
 
 def test_oomfix_never_executes_what_it_reads(tmp_path):
