@@ -116,7 +116,8 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
     from oomfix import progress
     from oomfix.diagnose import diagnose_logs
 
-    with progress.reading("reading " + (logs[0] if len(logs) == 1 else f"{len(logs)} logs"), logs, quiet):
+    what = ("stdin" if logs[0] == "-" else logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
+    with progress.reading(f"reading {what}", logs, quiet):
         d = diagnose_logs(list(logs), config=config, rules_dir=rules_dir)
     if not quiet:
         from oomfix.report import Style, render_diagnosis_text, render_json, versioned
