@@ -181,12 +181,13 @@ def undo() -> None:
       oomfix undo                       # the configs are as they were before that apply
     """
     from oomfix.journal import Journal
+    from oomfix.report import shown_path
 
     journal = Journal(".")
     with journal.lock():
         tx, restored = journal.undo()
     if restored:
-        click.echo(f"undid {tx}: restored " + ", ".join(restored))
+        click.echo(f"undid {tx}: restored " + ", ".join(shown_path(p) for p in restored))
     else:
         click.echo(f"undid {tx}: nothing had been written")
 

@@ -218,6 +218,20 @@ def _validate_sarif(doc):
             assert isinstance(phys["region"]["startLine"], int) and phys["region"]["startLine"] >= 1
 
 
+def test_check_sarif_validates_against_the_official_schema_when_given(project):
+    """OOMFIX_SARIF_SCHEMA=path/to/sarif-schema-2.1.0.json (OASIS sarif-spec, sarif-2.1/schema/) validates the output
+    against the real schema too (jsonschema needed); the structural test below always runs."""
+    path = os.environ.get("OOMFIX_SARIF_SCHEMA")
+    if not path:
+        pytest.skip("OOMFIX_SARIF_SCHEMA not set")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(Path(path).read_text())
+    odd = Finding("stale-run", "warning", "configs/a b,c.yaml", None, "m", "f")
+    for doc in (json.loads(run("check", "--format", "sarif").output), json.loads(render_check_sarif(_res(odd), "0"))):
+        errors = list(jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker()).iter_errors(doc))
+        assert not errors, [e.message for e in errors]
+
+
 def test_check_sarif_is_a_valid_sarif_log(project):
     r = run("check", "--format", "sarif")
     assert r.exit_code == 1, r.output
@@ -326,3 +340,22 @@ def test_every_command_help_has_an_example(name):
     r = run(name, "--help")
     assert r.exit_code == 0
     assert "Example:" in r.output and f"oomfix {name}" in r.output.split("Example:", 1)[1]
+
+
+# --- undo is a stack --------------------------------------------------------------------------------------------
+
+def test_undo_takes_back_one_apply_at_a_time_newest_first(project):
+    cfg, launcher = project / "configs/qwen3_14b_a.yaml", project / "launch.sh"
+    original = (cfg.read_bytes(), launcher.read_bytes())
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    assert run("apply", "logs/job_b.log", "--write").exit_code == 0
+    fixed_cfg = cfg.read_bytes()
+    assert fixed_cfg != original[0] and launcher.read_bytes() != original[1]
+    r = run("undo")
+    assert r.exit_code == 0 and r.output.endswith("restored launch.sh\n"), r.output
+    assert launcher.read_bytes() == original[1] and cfg.read_bytes() == fixed_cfg
+    r = run("undo")
+    assert r.output.endswith("restored configs/qwen3_14b_a.yaml, configs/qwen3_14b_b.yaml\n"), r.output
+    assert cfg.read_bytes() == original[0]
+    r = run("undo")
+    assert r.exit_code == 2 and "nothing to undo" in r.output
