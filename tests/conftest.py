@@ -16,7 +16,7 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     """The slow tier (`-m "not slow"` leaves it out; CI runs it): tests marked `slow` by hand (kill loops, the
-    corpus scorer), and every test that starts a genuine torchrun (the `torchrun` fixture of test_supervise.py)."""
+    corpus scorers), and every test that starts a genuine torchrun (the `torchrun` fixture of test_supervise.py)."""
     for item in items:
         if "torchrun" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)

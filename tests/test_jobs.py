@@ -48,6 +48,7 @@ def test_missing_script_is_one_line_exit_2(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "nope.sh" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow  # the corpus scorer: one process per script and command
 def test_score_launchers_on_the_labelled_corpus():
     """Every labelled hazard found and none invented; job counts and fields as the issue requires."""
     corpus = SHARED / "corpus" / "launchers"
