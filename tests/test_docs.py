@@ -75,6 +75,21 @@ def test_no_dangling_references():
             assert target.exists() or rel in WRITTEN_ELSEWHERE, f"{name} links {link}, which does not exist"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_anchors_exist():
+    pages = {"README.md": README, **{f"docs/{n}": t for n, t in DOCS.items()}}
+    anchors = {name: {_slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)} for name, text in pages.items()}
+    for name, text in pages.items():
+        for link, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
+            target = name if not link else os.path.normpath(os.path.join(os.path.dirname(name), link))
+            if target in anchors:
+                assert anchor in anchors[target], f"{name} links {link}#{anchor}: no such heading in {target}"
+
+
 def test_versions_and_tags_agree():
     """The version is one number: pyproject, `oomfix --version`, the newest CHANGELOG heading, and the tag the README
     tells people to install and pin (`@vX.Y.Z`, `rev: vX.Y.Z`)."""
