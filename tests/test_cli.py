@@ -97,7 +97,7 @@ def _reading_a_fifo(tmp_path):
 def test_ctrl_c_kills_oomfix_by_sigint(tmp_path):
     fifo = _reading_a_fifo(tmp_path)
     proc = subprocess.Popen(oomfix_cmd() + ["diagnose", str(fifo)], stderr=subprocess.PIPE, cwd=ROOT)
-    w = os.open(fifo, os.O_WRONLY)  # a writer that never writes: oomfix blocks reading
+    w = os.open(fifo, os.O_WRONLY)  # a writer that never writes: oomfix (past its start-up) blocks reading
     try:
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -116,13 +116,16 @@ def test_ctrl_c_in_a_shell_loop_ends_the_loop(tmp_path):
     script = f'for i in 1 2 3; do {cmd} diagnose "{fifo}"; echo "after $i"; done; echo finished'
     proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    w = os.open(fifo, os.O_WRONLY)
+    w = os.open(fifo, os.O_WRONLY)  # returns once oomfix has opened the FIFO: it is past its start-up
     try:
-        time.sleep(1.0)
+        time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole foreground group
         out, err = proc.communicate(timeout=30)
     finally:
         os.close(w)
+        if proc.poll() is None:  # the loop went on (the bug): end it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert b"after" not in out and b"finished" not in out, (out, err)
     assert proc.returncode in (-signal.SIGINT, 130), (out, err)
 
