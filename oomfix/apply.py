@@ -43,6 +43,7 @@ class Plan:
     edits: tuple[FileEdit, ...] = ()
     skipped: tuple[str, ...] = ()  # notes about files that got no edit, rungs that need an opt-in
     semantic: bool = False
+    prediction: tuple[str, ...] = ()  # the memory model's verdict on the rungs (oomfix.fit), shown beside the diff
 
     @property
     def exit_code(self) -> int:
@@ -264,13 +265,18 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     if not rung.edit:
         return Plan(log, log_picked, diag, "advice", rule=rung.id, why=rung.why,
                     message="no config change: " + rung.why)
+    parts: list[tuple[Rung, int]] = [(rung, 1)]
+    prediction: tuple[str, ...] = ()
+    if diag.cls == "cuda_oom":
+        parts, prediction = fit_choice(diag, fc, primary, pfacts, allow_semantic, launchers, rung)
+        rung = combined_rung(parts)
     targets = siblings(primary, launchers) if all_configs else [primary]
     edits: list[FileEdit] = []
     notes: list[str] = [f"{c.path}: deepspeed: {c.zero.ref} resolves outside the project tree, to {c.zero.path}"
                         for c in targets if c.zero and c.zero.path and not inside(c.zero.path)]
     planned_values: dict[str, dict[str, Any]] = {}
     for cfg in targets:
-        values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls)
+        values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls, parts)
         if values is None:
             notes.append(f"{cfg.path}: the rung's precondition does not hold, or it cannot keep the global batch "
                          f"here; left as it is")
@@ -285,13 +291,71 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
             notes.extend(more)
     if not edits:
         return Plan(log, log_picked, diag, "no_rung", rule=rung.id,
-                    message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes))
+                    message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes),
+                    prediction=prediction)
     return Plan(log, log_picked, diag, "edits", rule=rung.id, why=rung.why, edits=tuple(edits),
-                skipped=tuple(notes + skipped), semantic=rung.semantic)
+                skipped=tuple(notes + skipped), semantic=rung.semantic, prediction=prediction)
 
 
-def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str) -> dict[str, Any] | None:
-    """The config's canonical values after the rung, or None when the rung does not apply to it."""
+def fit_choice(diag: Diagnosis, fc: FailureClass, primary: Config, pfacts: Mapping[str, Any], allow_semantic: bool,
+               launchers: Sequence[Launcher], plain: Rung) -> tuple[list[tuple[Rung, int]], tuple[str, ...]]:
+    """The least disruptive rung the memory model predicts to fit (oomfix.fit), else the plain ladder's `plain`:
+    rungs predicted to fail are skipped, none past the first predicted to fit is climbed. A model that cannot say
+    (unknown architecture, world size or capacity) leaves the plain ladder as it was."""
+    from oomfix import fit
+
+    def target(r: Rung) -> dict[str, Any] | None:
+        ref = _switch_target(r, primary)
+        return None if ref is None else fit.zero_of_ref(ref, primary)
+
+    try:
+        res = fit.predict(primary, _world_for(primary, primary, diag, launchers), diag, fc, pfacts, allow_semantic,
+                          target)
+    except (ConfigError, RuleError, ValueError, OSError) as e:  # the model is advice: it never blocks the ladder
+        return [(plain, 1)], (f"memory model: cannot say ({e}); the plain ladder",)
+    lines = tuple(fit.prediction_lines(res))
+    if res.chosen is None:
+        return [(plain, 1)], lines
+    by_id = {r.id: r for r in fc.ladder}
+    return [(by_id[i], n) for i, n in res.candidates[res.chosen].rules], lines
+
+
+def combined_rung(parts: Sequence[tuple[Rung, int]]) -> Rung:
+    """One rung for several (a split repeated, or the ladder's rungs in a row): their edits in order, the last
+    DeepSpeed switch only (it names the final target)."""
+    if len(parts) == 1 and parts[0][1] == 1:
+        return parts[0][0]
+    edits: list[Mapping[str, Any]] = []
+    for r, n in parts:
+        for _ in range(n):
+            edits.extend(e for e in r.edit if "switch_file" not in e)
+    switches = [e for r, _ in parts for e in r.edit if "switch_file" in e]
+    edits.extend(switches[-1:])
+    first = parts[0][0]
+    ident = "+".join(r.id + (f"(x{n})" if n > 1 else "") for r, n in parts)
+    return Rung(ident, first.cls, first.index, {}, tuple(edits),
+                "global_batch" if all(r.keeps == "global_batch" for r, _ in parts) else None,
+                any(r.semantic for r, _ in parts), " ".join(r.why for r, _ in parts), (), first.source)
+
+
+def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str,
+                parts: Sequence[tuple[Rung, int]] = ()) -> dict[str, Any] | None:
+    """The config's canonical values after the rung, or None when the rung does not apply to it. A combined rung
+    (`parts`) applies to a sibling part by part: a part that does not apply there (a split at micro 1) is left out."""
+    if len(parts) > 1 or (parts and parts[0][1] > 1):
+        cur = dict(cfg.values)
+        any_part = False
+        for r, n in parts:
+            for _ in range(n):
+                if not holds(r.when, {**facts, "config": {**facts.get("config", {}), **cur}}):
+                    break
+                changes = compute_changes(r, cur)
+                if changes is None:
+                    break
+                _memory_never_rises(cls, changes, r)
+                cur.update({c.key: c.new for c in changes})
+                any_part = True
+        return cur if any_part else None
     if not holds(rung.when, facts):
         return None
     changes = compute_changes(rung, cfg.values)

@@ -147,6 +147,30 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
 
 
 @main.command()
+@click.argument("config")
+@click.option("--log", "log", type=str, default=None, help="A CUDA OOM log of this config: calibrates the model.")
+@click.option("--gpu-memory", "gpu_memory", type=float, default=None, help="The GPU's memory in GiB (else: from the log).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handled
+def fit(config: str, log: str | None, gpu_memory: float | None, fmt: str) -> None:
+    """Will it fit? Per-device peak memory of CONFIG now and after each rung of the OOM ladder.
+
+    \b
+    Example:
+      oomfix fit configs/sft.yaml --log logs/train.log   # calibrated on the OOM message
+      oomfix fit configs/sft.yaml --gpu-memory 80        # analytic only
+    """
+    from oomfix.fit import fit_config, render_text
+    from oomfix.report import render_json
+
+    res = fit_config(config, log, gpu_memory)
+    if fmt == "json":
+        click.echo(render_json(res.to_json()), nl=False)
+    else:
+        click.echo(render_text(res), nl=False)
+
+
+@main.command()
 @handled
 def undo() -> None:
     """Restore the files of the last apply --write, byte for byte."""

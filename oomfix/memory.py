@@ -11,7 +11,8 @@ Every term names where its formula comes from:
   L the largest layer); the offload cases and the gathered largest layer of stage 3 follow them. Without DeepSpeed, HF/LLaMA-Factory mixed precision keeps fp32 weights, fp32 gradients,
   Adam moments and a bf16 copy: 18 bytes per parameter, `pure_bf16` 8 (LLaMA-Factory README, "Hardware
   Requirement"). FSDP full_shard is counted as ZeRO-3, shard_grad_op as ZeRO-2.
-* LoRA / QLoRA: the frozen base at 2 bytes (bf16) or bits/8 (QLoRA) per parameter, the adapters (r x (in + out)
+* LoRA / QLoRA: the frozen base at 2 bytes (bf16) or bits/8 (QLoRA: the decoder's linears; embeddings, LM head
+  and norms stay bf16) per parameter, the adapters (r x (in + out)
   per linear, every linear of every layer) at full optimizer cost.
 * Activations per decoder layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models", section 4.1: count the tensors autograd saves for backward, s x b x h x bytes each, plus 5 a s^2 b for
@@ -102,8 +103,13 @@ def model_states(s: Setup) -> tuple[int, int]:
         total = a.params()
         trainable = a.lora_params(s.lora_rank) if s.finetuning != "freeze" else 2 * a.layer_params()
         frozen = total - (trainable if s.finetuning == "freeze" else 0)
-        base_bytes = s.quant_bits / 8 if s.finetuning == "qlora" else (4 if s.precision == "fp32" else 2)
-        frozen_dev = frozen * base_bytes / (n if s.zero_stage == 3 and s.finetuning != "qlora" else 1)
+        half = 4 if s.precision == "fp32" else 2
+        if s.finetuning == "qlora":
+            # bitsandbytes quantises the decoder's linear layers; embeddings, LM head and norms stay in half precision
+            quantised = a.layers * sum(x * y for x, y in a.linears())
+            frozen_dev = quantised * s.quant_bits / 8 + (frozen - quantised) * half
+        else:
+            frozen_dev = frozen * half / (n if s.zero_stage == 3 else 1)
         w, g, o = _bytes_per_param(s.precision)
         # adapters: LLaMA-Factory upcasts trainable parameters to fp32 (weights 4, grads 4, Adam 8)
         tw, tg, to = (4, 4, 8) if s.precision != "pure_bf16" else (w, g, o)

@@ -168,6 +168,7 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
     out.append(f"rule: {plan.rule}" + (" (changes training semantics)" if plan.semantic else ""))
     if plan.why:
         out.append(f"why: {plan.why}")
+    out.extend(getattr(plan, "prediction", ()))
     out.append("")
     for e in plan.edits:
         diff = unified_diff(e.path, e.before, e.after)
@@ -213,6 +214,7 @@ def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
                    "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}
                   for e in plan.edits],
         "notes": list(plan.skipped),
+        "prediction": list(getattr(plan, "prediction", ())),
     }
 
 
