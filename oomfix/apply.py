@@ -12,7 +12,7 @@ from oomfix.configs import (Config, inside, read_text, job_for_config, launchers
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
-from oomfix.errors import ConfigError, RuleError, UsageError
+from oomfix.errors import ConfigError, OomfixError, RuleError, UsageError
 from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
 from oomfix.launcher import Job, Launcher, concurrent, job_path, log_matches
 from oomfix.model import MEMORY_CLASSES, Diagnosis
@@ -50,22 +50,35 @@ class Plan:
         return 1 if self.status == "no_rung" else 0
 
 
+SAME_MOMENT_S = 2.0  # logs written this close together are "the newest" alike (sibling jobs end together)
+
+
 def newest_log(root: str = ".") -> str:
-    best = None
+    """The default LOG: the newest *.log under root. Sibling jobs started side by side often end within the same
+    second; among the logs written that close to the newest, one that shows a failure wins over a clean one (the
+    log to fix is the one that failed, whichever file the file system stamped last)."""
+    found: list[tuple[float, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
         for f in filenames:
             if f.endswith(".log"):
                 p = os.path.join(dirpath, f)
                 try:
-                    m = os.stat(p).st_mtime
+                    found.append((os.stat(p).st_mtime, p))
                 except OSError:
                     continue
-                if best is None or m > best[0]:
-                    best = (m, p)
-    if best is None:
+    if not found:
         raise UsageError("no LOG given and no *.log under the current directory")
-    return os.path.relpath(best[1])
+    found.sort(reverse=True)
+    close = [p for m, p in found if m >= found[0][0] - SAME_MOMENT_S]
+    if len(close) > 1:
+        for p in close[:8]:  # newest first
+            try:
+                if diagnose_logs([p]).cls != "none":
+                    return os.path.relpath(p)
+            except OomfixError:
+                continue
+    return os.path.relpath(found[0][1])
 
 
 def _launchers_for_log(log: str, launchers: Sequence[Launcher],
@@ -583,18 +596,100 @@ def write_plan(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> str
         return None
     check_writable(plan, root, explicit)
     journal = Journal(root)
-    log_sha = file_sha256(plan.log)
+    log_sha = file_sha256(plan.log) if plan.log else None  # --align-siblings has no log
     with journal.lock():
-        if already_applied(plan.log, root) is not None:
+        if plan.log and already_applied(plan.log, root) is not None:
             return None
         for e in plan.edits:
             if file_sha256(e.path) != sha256(_encode(e.before)):
                 raise ConfigError(f"{e.path}: changed on disk since it was read; nothing written, run again")
         writes = [PlannedWrite(e.path, _encode(e.before), _encode(e.after)) for e in plan.edits]
-        return journal.write(writes, log=os.path.abspath(plan.log), log_sha=log_sha, rule=plan.rule,
-                             cls=plan.diagnosis.cls)
+        return journal.write(writes, log=os.path.abspath(plan.log) if plan.log else None, log_sha=log_sha,
+                             rule=plan.rule, cls=plan.diagnosis.cls if plan.log else None)
 
 
 def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
+    """The journal's transaction for this log, if the files still carry its edit. Judged from the files' content:
+    each must be at the transaction's after-hash, or at the after-hash of a later transaction that started from it
+    (a further rung on top). A file put back (`git checkout configs/`, an editor) means the edit no longer stands,
+    and the log's fix is proposed again."""
     sha = file_sha256(plan_log)
-    return None if sha is None else Journal(root).applied(sha)
+    if sha is None:
+        return None
+    journal = Journal(root)
+    tx = journal.applied(sha)
+    if tx is None:
+        return None
+    return tx if _still_carried(journal, tx) else None
+
+
+def _still_carried(journal: Journal, tx: Mapping[str, Any]) -> bool:
+    later = False
+    chains: dict[str, set[str]] = {f["file"]: {f["after_sha256"]} for f in tx.get("files", [])}
+    for t in journal.transactions():
+        if t.get("tx") == tx.get("tx"):
+            later = True
+            continue
+        if not later or t["status"] not in ("committed", "incomplete"):
+            continue
+        for f in t.get("files", []):
+            if f["file"] in chains and f["before_sha256"] in chains[f["file"]]:
+                chains[f["file"]].add(f["after_sha256"])
+    return all(file_sha256(journal.resolve(name)) in hashes for name, hashes in chains.items())
+
+
+# --- aligning drifted siblings (no log needed) ---------------------------------------------------------------
+
+ALIGN_RULE = "align-siblings"
+
+
+def plan_align(root: str = ".") -> Plan:
+    """`oomfix apply --align-siblings`: every sibling group (as `oomfix check` groups them: same directory and
+    model/stage/finetuning type, or started side by side by one launcher) whose configs drift in their
+    micro-batch/accumulation split moves to the group's lower-memory split: the smallest micro batch of the
+    group, accumulation raised to keep each config's global batch exactly. Configs whose global batches differ, or
+    whose batch cannot be split evenly, are left alone with a note (choosing a global batch changes training)."""
+    from oomfix.check import _world, discover, sibling_groups
+    from oomfix.model import RootCause
+
+    tree = discover([root])
+    rung = Rung(ALIGN_RULE, "cuda_oom", 0, {}, (), "global_batch", False,
+                "Siblings train the same model the same way: every drifted sibling moves to the lower-memory split "
+                "of its group (the smaller micro batch, accumulation raised to keep the global batch), so none "
+                "of them is raised.", (), "oomfix apply --align-siblings")
+    edits: list[FileEdit] = []
+    notes: list[str] = []
+    for group in sibling_groups(tree):
+        by_world: dict[Any, list[Config]] = {}
+        for c in group:
+            by_world.setdefault(_world(tree, c), []).append(c)
+        for world, cfgs in by_world.items():
+            sized = [c for c in cfgs if isinstance(c.values.get("micro_batch"), int)
+                     and isinstance(c.values.get("grad_accum"), int) and c.values["micro_batch"] >= 1]
+            splits = {(c.values["micro_batch"], c.values["grad_accum"]) for c in sized}
+            if len(splits) < 2:
+                continue
+            products = {m * a for m, a in splits}
+            names = ", ".join(c.path for c in sized)
+            if len(products) > 1:
+                notes.append(f"{names}: their global batches differ ({sorted(products)} x world size); not aligning "
+                             f"(choosing one changes training; `oomfix check` reports it)")
+                continue
+            product = products.pop()
+            low = min(m for m, _ in splits)
+            if product % low:
+                notes.append(f"{names}: micro batch {low} does not divide the batch {product}; not aligning")
+                continue
+            for c in sized:
+                if c.values["micro_batch"] == low:
+                    continue
+                new = {**c.values, "micro_batch": low, "grad_accum": product // low}
+                fes, more = file_edits(rung, c, new, tree.launchers, world, edits, "cuda_oom")
+                edits.extend(fes)
+                notes.extend(more)
+    diag = Diagnosis("none", "high", "no log: aligning sibling configs", RootCause())
+    if not edits:
+        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes),
+                    message="the sibling configs already agree on their micro-batch/accumulation split; nothing to "
+                            "change" + ("" if not notes else ": " + "; ".join(notes)))
+    return Plan("", False, diag, "edits", rule=ALIGN_RULE, why=rung.why, edits=tuple(edits), skipped=tuple(notes))

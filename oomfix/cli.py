@@ -122,19 +122,33 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
               "length, precision).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@click.option("--align-siblings", is_flag=True, help="No log: move every drifted sibling config to the lower-memory "
+              "micro/accumulation split of its group, keeping the global batch.")
 @handled
 def apply(log: str | None, config: str | None, all_configs: bool, write: bool, allow_semantic_changes: bool,
-          fmt: str, rules_dir: str | None) -> None:
+          fmt: str, rules_dir: str | None, align_siblings: bool) -> None:
     """Turn a diagnosis into the next fix, for the config and (with --all-configs) its siblings.
 
     \b
     Example:
       oomfix apply train.log --all-configs          # dry run: the diff
       oomfix apply train.log --all-configs --write  # write it (atomic, journalled)
+      oomfix apply --align-siblings                 # no log: drifted siblings to their lower-memory split
     """
-    from oomfix.apply import plan_apply, write_plan
+    from oomfix.apply import plan_align, plan_apply, write_plan
+    from oomfix.errors import UsageError
     from oomfix.report import Style, plan_json, render_json, render_plan_text
 
+    if align_siblings:
+        if log or config or all_configs:
+            raise UsageError("--align-siblings takes no LOG, --config or --all-configs: it aligns every sibling group")
+        plan = plan_align()
+        tx = write_plan(plan) if write else None
+        if fmt == "json":
+            click.echo(render_json(plan_json(plan, tx is not None, tx)), nl=False)
+        else:
+            click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+        return
     plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
     tx = write_plan(plan, explicit=[config] if config else []) if write else None
     if write and plan.status == "edits" and tx is None:

@@ -158,7 +158,7 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
     out = []
     if plan.log_picked:
         out.append(s.dim(f"(no LOG given: using the newest log, {plan.log})"))
-    out.append(s.bold(headline(d)))
+    out.append(s.bold("Aligning sibling configs (no log)" if not plan.log else headline(d)))
     if plan.status in ("nothing", "advice", "already"):
         out.append(plan.message or "nothing to change")
         return "\n".join(out) + "\n"
