@@ -190,19 +190,21 @@ def test_sweep_is_genuine_and_the_architectures_match():
         assert archs[p["arch"]].params() == p["params"]  # the counting matches what torch allocated
 
 
-@pytest.mark.parametrize("anchor", [0, 5, 23])
-def test_sweep_every_point_within_15_percent_after_calibration_on_one(anchor):
+def test_sweep_every_point_within_15_percent_after_calibration_on_one():
+    # every point in turn is the calibration point; one point fits one unknown, and a point whose activations are
+    # a tenth of its peak (micro 1, checkpointing on) cannot pin the activation scale down: those two are reported
     d, archs = _sweep()
-    pts = [p for p in d["points"] if p["arch"] == "qwen3-tiny"]
-    a = pts[anchor]
-    k = _two_sided_scale(estimate(_setup(archs, a)), a["peak_bytes"])
-    worst = 0.0
-    for p in d["points"]:
-        if p["arch"] != a["arch"]:
+    ill_posed = []
+    for a in d["points"]:
+        e = estimate(_setup(archs, a))
+        k = _two_sided_scale(e, a["peak_bytes"])
+        worst = max(abs(estimate(_setup(archs, p), k).peak / p["peak_bytes"] - 1)
+                    for p in d["points"] if p["arch"] == a["arch"])
+        if (e.activations + e.logits) / e.peak < 0.15:
+            ill_posed.append((a["arch"], a["micro_batch"], a["seq_len"], round(worst, 2)))
             continue
-        pred = estimate(_setup(archs, p), k).peak
-        worst = max(worst, abs(pred / p["peak_bytes"] - 1))
-    assert worst <= 0.15, worst
+        assert worst <= 0.15, (a["arch"], a["micro_batch"], a["seq_len"], a["grad_checkpointing"], worst)
+    assert len(ill_posed) <= 2, ill_posed
 
 
 def test_sweep_analytic_model_alone_within_5_percent():
@@ -260,6 +262,7 @@ def test_sweep_simulated_ooms_first_proposed_rung_fits():
                 n = next((i + 1 for i, r in enumerate(path) if r is not None and r["peak_bytes"] <= cap), len(path))
                 plain_relaunches += n
         assert cases >= 10
+        print(f"{arch}: {fits}/{cases} first rungs fit; plain ladder {plain_relaunches / cases:.2f} relaunches")
         assert fits / cases >= 0.9, (arch, fits, cases)
         assert plain_relaunches / cases > 1.0  # where the plain ladder needs more than one relaunch on average
 
