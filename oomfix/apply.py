@@ -324,7 +324,7 @@ def fit_choice(diag: Diagnosis, fc: FailureClass, primary: Config, pfacts: Mappi
     try:
         res = fit.predict(primary, _world_for(primary, primary, diag, launchers), diag, fc, pfacts, allow_semantic,
                           target)
-    except (ConfigError, RuleError, ValueError, OSError) as e:  # the model is advice: it never blocks the ladder
+    except Exception as e:  # noqa: BLE001 - the model is advice: whatever goes wrong in it, the plain ladder stands
         return [(plain, 1)], (f"memory model: cannot say ({e}); the plain ladder",)
     lines = tuple(fit.prediction_lines(res))
     if res.chosen is None:

@@ -124,16 +124,21 @@ def from_config_json(data: Any, name: str) -> Architecture:
     """An architecture from a Hugging Face config.json (its `text_config` for multimodal wrappers)."""
     if isinstance(data, dict) and isinstance(data.get("text_config"), dict) and "hidden_size" not in data:
         data = data["text_config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: config.json is not a JSON object")
     try:
         h = int(data["hidden_size"])
         heads = int(data["num_attention_heads"])
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "vocab_size"):
+            if not 0 < int(data[key]) < 1 << 24:
+                raise ValueError(f"{key} = {data[key]!r} is not a plausible size")
         arch = Architecture(
             name, h, int(data["intermediate_size"]), int(data["num_hidden_layers"]), heads,
             int(data.get("num_key_value_heads") or heads), int(data.get("head_dim") or h // heads),
             int(data["vocab_size"]), bool(data.get("tie_word_embeddings", False)),
             bool(data.get("attention_bias", str(data.get("model_type", "")).startswith("qwen2"))),
             str(data.get("model_type", "")).startswith("qwen3"), "config.json")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
         raise ConfigError(f"{name}: config.json lacks what the memory model needs ({e})") from None
     return arch
 
@@ -147,7 +152,7 @@ def resolve(model: str | None) -> Architecture | None:
         try:
             with open(cfg, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise ConfigError(f"{cfg}: cannot read: {e}") from None
         return from_config_json(data, cfg)
     return lookup(model)

@@ -362,7 +362,12 @@ def predict(cfg: Config, world: int | None, diag: Diagnosis | None, fc: FailureC
             fits = None if capacity is None else peak * MARGIN <= capacity
             cands.append(Candidate(tuple((r.id, t) for r, t in rungs), _label(values, v), v, peak, fits))
     chosen = next((i for i, c in enumerate(cands) if c.fits), None)
-    if chosen is None and capacity is not None:
+    if capacity is not None and now.peak * MARGIN <= capacity:
+        # no rung needed by the model's account; after a real OOM the model is wrong here: the plain ladder decides
+        chosen = None
+        notes.append("the config is predicted to fit as it is: no rung is needed by this estimate"
+                     + ("; it failed all the same, so the plain ladder decides" if calibrated else ""))
+    elif chosen is None and capacity is not None:
         # none with the 10% margin: the first predicted to fit at all, said to be tight
         chosen = next((i for i, c in enumerate(cands) if c.peak <= capacity), None)
         if chosen is not None:
@@ -428,7 +433,7 @@ def render_text(res: FitResult) -> str:
             fits = "tight    " if c.fits is False and res.capacity is not None and c.peak <= res.capacity else \
                 _fits(c.fits)
             out.append(f"  {mark} {c.label:<{w}}  {c.peak / GIB:7.2f} GiB  {fits}  ({c.rule_id})")
-        if res.chosen is None and res.capacity is not None:
+        if res.chosen is None and res.capacity is not None and res.now.peak > res.capacity:
             out.append("  no rung is predicted to fit: the plain ladder's next rung, then the next")
     for n in res.notes:
         out.append(f"note: {n}")
@@ -457,8 +462,11 @@ def prediction_lines(res: FitResult) -> list[str]:
         tag = "  <- proposed" if i == res.chosen else ""
         verdict = "fits" if c.fits else ("tight (within the 10% margin)" if c.peak <= res.capacity else "too large")
         lines.append(f"  {c.label}: {c.peak / GIB:.1f} GiB, {verdict}{tag}")
-    if res.chosen is None:
-        lines.append("  no rung is predicted to fit with a 10% margin: the plain ladder's next rung")
+    if res.chosen is None and res.now.peak * MARGIN <= res.capacity:
+        lines.append("  the config itself is predicted to fit, yet it failed: the estimate is off here; the plain "
+                     "ladder's next rung")
+    elif res.chosen is None:
+        lines.append("  no rung is predicted to fit: the plain ladder's next rung")
     return lines
 
 
@@ -477,7 +485,7 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
     from oomfix.errors import UsageError
     from oomfix.rules import load_rules
 
-    if gpu_memory_gib is not None and not gpu_memory_gib > 1:
+    if gpu_memory_gib is not None and not 1 < gpu_memory_gib < 1e6:
         raise UsageError(f"--gpu-memory {gpu_memory_gib:g}: give the GPU's memory in GiB (e.g. 80)")
     cfg = load_config(config)
     launchers = launchers_in([root])

@@ -347,3 +347,20 @@ def test_architecture_dataclass_is_frozen():
     with pytest.raises(Exception):
         a.hidden = 1  # type: ignore[misc]
     assert isinstance(a, Architecture)
+
+
+def test_fit_bad_model_config_and_capacity_are_one_line_answers(tmp_path, monkeypatch):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({
+        "hidden_size": 0, "num_attention_heads": 0, "intermediate_size": 1, "num_hidden_layers": 1, "vocab_size": 5}))
+    (tmp_path / "c.yaml").write_text("model_name_or_path: m\nstage: sft\nfinetuning_type: full\ncutoff_len: 1024\n"
+                                     "per_device_train_batch_size: 2\n")
+    monkeypatch.chdir(tmp_path)
+    r = run("fit", "c.yaml")
+    assert r.exit_code == 0 and "no estimate" in r.output and "not a plausible size" in r.output
+    (tmp_path / "m" / "config.json").write_text("[1")
+    r = run("fit", "c.yaml")
+    assert r.exit_code == 0 and "cannot read" in r.output
+    for bad in ("inf", "nan", "0", "-3"):
+        r = CliRunner().invoke(main, ["fit", "c.yaml", "--gpu-memory", bad])
+        assert r.exit_code == 2, bad
