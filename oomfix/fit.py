@@ -170,8 +170,10 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         precision = "pure_bf16"
     elif v.get("bf16") or v.get("fp16") or d.get("bf16") or d.get("fp16"):
         precision = "bf16"
+    elif cfg.dialect.name == "llamafactory" and "bf16" not in d and "fp16" not in d:
+        precision = "bf16"  # LLaMA-Factory loads the model in bf16 where the device has it
     else:
-        precision = "bf16" if cfg.dialect.name == "llamafactory" else "fp32"
+        precision = "fp32"
     ft = "full"
     if cfg.dialect.name == "llamafactory":
         ft = str(d.get("finetuning_type") or "lora")  # LLaMA-Factory's default
@@ -412,19 +414,22 @@ def render_text(res: FitResult) -> str:
     a, s = res.arch, res.setup
     assert a is not None and s is not None and res.now is not None
     src = "its config.json" if a.source == "config.json" else a.source
-    out.append(f"model: {res.model} ({a.params() / 1e9:.2f}B parameters; architecture from {src})")
+    n = a.params()
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+    out.append(f"model: {res.model} ({size} parameters; architecture from {src})")
     par = f"ZeRO-{s.zero_stage}" if s.zero_stage else "no ZeRO"
     if s.offload_optimizer:
         par += " + optimizer offload" + (" + parameter offload" if s.offload_params else "")
     out.append(f"setup: {s.finetuning} fine-tuning, {s.precision}, {par}, world size {s.world_size}, micro batch "
                f"{s.micro_batch}, sequence length {s.seq_len}, gradient checkpointing "
                f"{'on' if s.grad_checkpointing else 'off'}, {'flash/SDPA' if s.flash else 'eager'} attention")
-    cap = "unknown" if res.capacity is None else f"{res.capacity / GIB:.2f} GiB"
+    cap = "unknown" if res.capacity is None else _gib(res.capacity)
     out.append(f"capacity: {cap} ({res.capacity_source})")
     out.append(f"calibration: {res.calibration}")
     b = res.now.breakdown()
-    out.append(f"now: {b['peak_gib']:.2f} GiB per device (model states {b['model_states_gib']:.2f}, activations "
-               f"{b['activations_gib']:.2f}, logits {b['logits_gib']:.2f})" + _verdict(res.now.peak, res.capacity))
+    out.append(f"now: {_gib(res.now.peak)} per device (model states {_gib(res.now.states)}, activations "
+               f"{_gib(b['activations_gib'] * GIB)}, logits {_gib(b['logits_gib'] * GIB)})"
+               + _verdict(res.now.peak, res.capacity))
     if res.candidates:
         out.append("rungs (least disruptive first; * = the first predicted to fit with a 10% margin, else the first tight one):")
         w = max(len(c.label) for c in res.candidates)
@@ -432,13 +437,17 @@ def render_text(res: FitResult) -> str:
             mark = "*" if i == res.chosen else " "
             fits = "tight    " if c.fits is False and res.capacity is not None and c.peak <= res.capacity else \
                 _fits(c.fits)
-            out.append(f"  {mark} {c.label:<{w}}  {c.peak / GIB:7.2f} GiB  {fits}  ({c.rule_id})")
+            out.append(f"  {mark} {c.label:<{w}}  {_gib(c.peak):>10}  {fits}  ({c.rule_id})")
         if res.chosen is None and res.capacity is not None and res.now.peak > res.capacity:
             out.append("  no rung is predicted to fit: the plain ladder's next rung, then the next")
     for n in res.notes:
         out.append(f"note: {n}")
     out.append(f"uncertainty: {res.uncertainty}")
     return "\n".join(out) + "\n"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _fits(f: bool | None) -> str:
