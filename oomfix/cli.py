@@ -163,7 +163,8 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
 @main.command()
 @click.argument("config")
 @click.option("--log", "log", type=str, default=None, help="A CUDA OOM log of this config: calibrates the model.")
-@click.option("--gpu-memory", "gpu_memory", type=float, default=None, help="The GPU's memory in GiB (else: from the log).")
+@click.option("--gpu-memory", "gpu_memory", type=float, default=None,
+              help="The GPU's memory in GiB (else: from the log).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @handled
 def fit(config: str, log: str | None, gpu_memory: float | None, fmt: str) -> None:

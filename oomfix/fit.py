@@ -165,7 +165,8 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         off_opt = bool((values or {}).get("offload_optimizer", False))
         off_par = bool((values or {}).get("offload_params", False))
     if stage and not world:
-        return None, arch, "the world size is unknown (ZeRO/FSDP divide model states by it): pass it in the log"
+        return None, arch, ("the world size is unknown (ZeRO/FSDP divide model states by it) and no launcher or log "
+                            "shows it")
     if d.get("pure_bf16"):
         precision = "pure_bf16"
     elif v.get("bf16") or v.get("fp16") or d.get("bf16") or d.get("fp16"):
@@ -196,7 +197,9 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
 
 def capacity_of(mem: MemoryInfo | None, gpu_memory_gib: float | None) -> tuple[int | None, str]:
     if gpu_memory_gib:
-        return int(gpu_memory_gib * GIB - CUDA_RESERVED), f"--gpu-memory {gpu_memory_gib:g} GiB less ~1 GiB (CUDA context)"
+        # the user's figure wins over the log's: they may be moving the job to another card
+        return (int(gpu_memory_gib * GIB - CUDA_RESERVED),
+                f"--gpu-memory {gpu_memory_gib:g} GiB less ~1 GiB (CUDA context)")
     if mem is not None and mem.allocated_gib is not None and mem.free_gib is not None:
         got = mem.allocated_gib + (mem.reserved_unallocated_gib or 0.0) + mem.free_gib
         return int(got * GIB), (f"from the OOM: allocated {mem.allocated_gib:.2f} + reserved-unallocated "
@@ -431,7 +434,8 @@ def render_text(res: FitResult) -> str:
                f"{_gib(b['activations_gib'] * GIB)}, logits {_gib(b['logits_gib'] * GIB)})"
                + _verdict(res.now.peak, res.capacity))
     if res.candidates:
-        out.append("rungs (least disruptive first; * = the first predicted to fit with a 10% margin, else the first tight one):")
+        out.append("rungs (least disruptive first; * = the first predicted to fit with a 10% margin, else the first "
+                   "tight one):")
         w = max(len(c.label) for c in res.candidates)
         for i, c in enumerate(res.candidates):
             mark = "*" if i == res.chosen else " "

@@ -5,15 +5,16 @@ Every term names where its formula comes from:
 * Model states (Rajbhandari et al. 2020, "ZeRO", section 3: mixed-precision Adam keeps 2 + 2 + 12 bytes per
   parameter: fp16/bf16 weights and gradients, fp32 master weights and two moments; K = 12). Stage 1 keeps
   2P + 2P + KP/N, stage 2 2P + (2 + K)P/N, stage 3 (2 + 2 + K)P/N (ZeRO, figure 1). DeepSpeed's own estimators
-  are upper bounds that also count buffers and are exposed here for the tests, `estimate_zero2_model_states_mem_needs` (deepspeed/runtime/zero/
-  stage_1_and_2.py: GPU 4P + 16P/N, or 2P with optimizer offload) and `estimate_zero3_model_states_mem_needs`
-  (deepspeed/runtime/zero/stage3.py: GPU 4L + 18P/N, 4L + 2P/N with optimizer offload, 4L with parameter offload,
-  L the largest layer); the offload cases and the gathered largest layer of stage 3 follow them. Without DeepSpeed, HF/LLaMA-Factory mixed precision keeps fp32 weights, fp32 gradients,
-  Adam moments and a bf16 copy: 18 bytes per parameter, `pure_bf16` 8 (LLaMA-Factory README, "Hardware
-  Requirement"). FSDP full_shard is counted as ZeRO-3, shard_grad_op as ZeRO-2.
+  are upper bounds that also count buffers; they are exposed here for the tests:
+  `estimate_zero2_model_states_mem_needs` (deepspeed/runtime/zero/stage_1_and_2.py: GPU 4P + 16P/N, or 2P with
+  optimizer offload) and `estimate_zero3_model_states_mem_needs` (deepspeed/runtime/zero/stage3.py: GPU
+  4L + 18P/N, 4L + 2P/N with optimizer offload, 4L with parameter offload, L the largest layer); the offload cases
+  and the gathered largest layer of stage 3 follow them. Without DeepSpeed, HF/LLaMA-Factory mixed precision keeps
+  fp32 weights, fp32 gradients, Adam moments and a bf16 copy: 18 bytes per parameter, `pure_bf16` 8 (LLaMA-Factory
+  README, "Hardware Requirement"). FSDP full_shard is counted as ZeRO-3, shard_grad_op as ZeRO-2.
 * LoRA / QLoRA: the frozen base at 2 bytes (bf16) or bits/8 (QLoRA: the decoder's linears; embeddings, LM head
-  and norms stay bf16) per parameter, the adapters (r x (in + out)
-  per linear, every linear of every layer) at full optimizer cost.
+  and norms stay bf16) per parameter, the adapters (r x (in + out) per linear, every linear of every layer) at
+  full optimizer cost.
 * Activations per decoder layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models", section 4.1: count the tensors autograd saves for backward, s x b x h x bytes each, plus 5 a s^2 b for
   the attention scores, softmax and dropout). Here counted for a Llama/Qwen decoder as Hugging Face writes it:

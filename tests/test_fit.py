@@ -175,7 +175,12 @@ def _sweep():
 def _setup(archs, p, **over):
     kw = dict(micro_batch=p["micro_batch"], seq_len=p["seq_len"], grad_checkpointing=p["grad_checkpointing"])
     kw.update(over)
-    return Setup(archs[p["arch"]], precision="fp32", device="cpu", **kw)
+    precision = "pure_bf16" if p.get("dtype") == "bf16" else "fp32"  # bf16 weights, grads and AdamW states
+    return Setup(archs[p["arch"]], precision=precision, device="cpu", **kw)
+
+
+def _group(p):
+    return p["arch"], p.get("dtype", "fp32")
 
 
 def _two_sided_scale(e, peak):
@@ -199,7 +204,7 @@ def test_sweep_every_point_within_15_percent_after_calibration_on_one():
         e = estimate(_setup(archs, a))
         k = _two_sided_scale(e, a["peak_bytes"])
         worst = max(abs(estimate(_setup(archs, p), k).peak / p["peak_bytes"] - 1)
-                    for p in d["points"] if p["arch"] == a["arch"])
+                    for p in d["points"] if _group(p) == _group(a))
         if (e.activations + e.logits) / e.peak < 0.15:
             ill_posed.append((a["arch"], a["micro_batch"], a["seq_len"], round(worst, 2)))
             continue
@@ -225,8 +230,8 @@ def _replay_oom(p, capacity):
 def test_sweep_simulated_ooms_first_proposed_rung_fits():
     d, archs = _sweep()
     fc = load_rules().classes["cuda_oom"]
-    for arch in archs:
-        by = {(p["micro_batch"], p["seq_len"], p["grad_checkpointing"]): p for p in d["points"] if p["arch"] == arch}
+    for arch in sorted({_group(p) for p in d["points"]}):
+        by = {(p["micro_batch"], p["seq_len"], p["grad_checkpointing"]): p for p in d["points"] if _group(p) == arch}
         cases = fits = plain_relaunches = 0
         for (m, s, gc), p in by.items():
             for frac in (0.6, 0.7, 0.8, 0.9, 0.97):
@@ -261,7 +266,7 @@ def test_sweep_simulated_ooms_first_proposed_rung_fits():
                 path += [r for (rs, _), r in zip(cands, reachable) if len(rs) > 1 or rs[0][1] > 1]
                 n = next((i + 1 for i, r in enumerate(path) if r is not None and r["peak_bytes"] <= cap), len(path))
                 plain_relaunches += n
-        assert cases >= 10
+        assert cases >= 5
         print(f"{arch}: {fits}/{cases} first rungs fit; plain ladder {plain_relaunches / cases:.2f} relaunches")
         assert fits / cases >= 0.9, (arch, fits, cases)
         assert plain_relaunches / cases > 1.0  # where the plain ladder needs more than one relaunch on average

@@ -32,6 +32,8 @@ GRID = {
     "qwen3-tiny": [(m, s, gc) for s in (128, 256, 512) for m in (1, 2, 4, 8) for gc in (False, True)],
     "llama-tiny": [(m, s, gc) for s in (256,) for m in (1, 2, 4) for gc in (False, True)],
 }
+# pure bf16 (weights, gradients and AdamW states in bf16, as LLaMA-Factory's pure_bf16): half-precision activations
+BF16_GRID = [(m, s, gc) for s in (256,) for m in (1, 2, 4) for gc in (False, True)]
 
 
 def build(name: str):
@@ -49,10 +51,12 @@ def loss_of(model, ids):
     return model(input_ids=ids, labels=ids).loss
 
 
-def one(name: str, micro: int, seq: int, gc: bool) -> dict:
+def one(name: str, micro: int, seq: int, gc: bool, dtype: str = "fp32") -> dict:
     torch.manual_seed(0)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model = build(name)
+        if dtype == "bf16":
+            model = model.to(torch.bfloat16)
         model.train()
         if gc:
             model.gradient_checkpointing_enable()
@@ -74,8 +78,8 @@ def one(name: str, micro: int, seq: int, gc: bool) -> dict:
         peak = max(peak, total)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     highs = [h for h in highs if h[0] + h[1] >= 0.3 * peak]
-    return {"arch": name, "micro_batch": micro, "seq_len": seq, "grad_checkpointing": gc, "peak_bytes": peak,
-            "params": n_params, "record_highs": highs}
+    return {"arch": name, "dtype": dtype, "micro_batch": micro, "seq_len": seq, "grad_checkpointing": gc,
+            "peak_bytes": peak, "params": n_params, "record_highs": highs}
 
 
 def main() -> None:
@@ -87,11 +91,15 @@ def main() -> None:
             points.append(one(name, micro, seq, gc))
             print(f"{name} micro {micro} seq {seq} gc {gc}: {points[-1]['peak_bytes'] / 2**20:.1f} MiB",
                   file=sys.stderr, flush=True)
+    for micro, seq, gc in BF16_GRID:
+        points.append(one("qwen3-tiny", micro, seq, gc, "bf16"))
+        print(f"qwen3-tiny bf16 micro {micro} seq {seq} gc {gc}: {points[-1]['peak_bytes'] / 2**20:.1f} MiB",
+              file=sys.stderr, flush=True)
     import transformers
 
     json.dump({"how": "tools/fit_cpu_sweep.py: torch.profiler profile_memory=True, running sum of the CPU allocator's "
-                      "[memory] events from before the model is built; fp32, AdamW (foreach), SDPA, gradient "
-                      "accumulation 2, two optimizer steps",
+                      "[memory] events from before the model is built; fp32 (and pure bf16 points: dtype bf16), AdamW "
+                      "(foreach), SDPA, gradient accumulation 2, two optimizer steps",
                "torch": torch.__version__, "transformers": transformers.__version__,
                "python": platform.python_version(), "seconds": round(time.time() - t0, 1),
                "archs": ARCHS, "points": points}, sys.stdout, indent=None, separators=(",", ":"))
@@ -100,7 +108,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        r = one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
+        r = one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1",
+                sys.argv[6] if len(sys.argv) > 6 else "fp32")
         print(r["peak_bytes"] / 2**20, len(r["record_highs"]))
     else:
         main()
