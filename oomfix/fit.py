@@ -116,10 +116,16 @@ def _ds_json(cfg: Config) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _zero_section(data: Mapping[str, Any]) -> dict[str, Any]:
+    z = data.get("zero_optimization")
+    return z if isinstance(z, dict) else {}
+
+
 def _offloads(data: Mapping[str, Any]) -> tuple[bool, bool]:
-    z = data.get("zero_optimization") if isinstance(data.get("zero_optimization"), dict) else {}
-    opt = (z.get("offload_optimizer") or {}).get("device") if isinstance(z.get("offload_optimizer"), dict) else None
-    par = (z.get("offload_param") or {}).get("device") if isinstance(z.get("offload_param"), dict) else None
+    z = _zero_section(data)
+    o, p = z.get("offload_optimizer"), z.get("offload_param")
+    opt = o.get("device") if isinstance(o, dict) else None
+    par = p.get("device") if isinstance(p, dict) else None
     return opt not in (None, "none"), par not in (None, "none")
 
 
@@ -146,14 +152,18 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         return None, None, (f"model {name!r} is neither a local directory with a config.json nor in the table of "
                             f"known architectures" if name else "the config names no model")
     micro, seq = v.get("micro_batch"), v.get("seq_len")
-    if not isinstance(micro, int) or not isinstance(seq, int):
+    if not isinstance(seq, int):
+        # HF Trainer has no sequence key of its own; TRL's SFTConfig and custom scripts name it one of these
+        seq = next((d[k] for k in ("max_seq_length", "max_length", "model_max_length", "max_seq_len")
+                    if isinstance(d.get(k), int) and not isinstance(d.get(k), bool)), None)
+    if not isinstance(micro, int) or not isinstance(seq, int) or micro < 1 or seq < 1:
         return None, arch, "the config's micro batch or sequence length is unknown"
     stage, deepspeed, off_opt, off_par = 0, False, False, False
     if cfg.zero is not None:
         deepspeed = True
         data = _ds_json(cfg)
-        z = data.get("zero_optimization") if isinstance(data.get("zero_optimization"), dict) else {}
-        stage = z.get("stage") if isinstance(z.get("stage"), int) else (cfg.zero.stage or 0)
+        zs = _zero_section(data).get("stage")
+        stage = zs if isinstance(zs, int) else (cfg.zero.stage or 0)
         off_opt, off_par = _offloads(data)
     fsdp = str(d.get("fsdp") or "")
     if "full_shard" in fsdp:
@@ -186,8 +196,9 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         return None, arch, f"finetuning type {ft!r} is not modelled"
     attn = str(d.get("flash_attn") or d.get("attn_implementation") or "auto").lower()
     flash = attn not in ("disabled", "eager")
-    rank = v.get("lora_rank") if isinstance(v.get("lora_rank"), int) else 8
-    bits = d.get("quantization_bit") if isinstance(d.get("quantization_bit"), int) else 4
+    r, q = v.get("lora_rank"), d.get("quantization_bit")
+    rank = r if isinstance(r, int) else 8
+    bits = q if isinstance(q, int) else 4
     setup = Setup(arch, micro, seq, bool(v.get("grad_checkpointing")), world or 1, int(stage or 0), deepspeed,
                   off_opt, off_par, precision, ft, rank, bits, flash)
     return setup, arch, None
@@ -302,7 +313,8 @@ def ladder_candidates(fc: FailureClass, values: Mapping[str, Any], facts: Mappin
                 break
             times += 1
     # the plain ladder's path: each step the first rung that applies to what the previous steps left
-    cur, path = base, []
+    cur: dict[str, Any] = base
+    path: list[tuple[Rung, int]] = []
     for _ in range(8):
         f = {**facts, "config": {**facts.get("config", {}), **cur},
              "zero": {"stage": cur.get("zero_stage"), "offload": "cpu" if cur.get("offload_optimizer") else None}}
@@ -345,7 +357,7 @@ def predict(cfg: Config, world: int | None, diag: Diagnosis | None, fc: FailureC
     capacity, cap_src = capacity_of(mem, gpu_memory_gib)
     notes: list[str] = []
     # calibrate where the run failed: the log's batch values when it shows them (the config may have moved since)
-    failed = setup
+    failed: Setup | None = setup
     if run_values and any(cfg.values.get(k) != v for k, v in run_values.items()):
         failed, _, _ = setup_from_config(cfg, world, {**values, **run_values}, arch)
         notes.append(f"the log ran at {run_values}, the config now says "
@@ -385,9 +397,9 @@ def _zero_values(cfg: Config) -> dict[str, Any]:
     if cfg.zero is None:
         return {}
     data = _ds_json(cfg)
-    z = data.get("zero_optimization") if isinstance(data.get("zero_optimization"), dict) else {}
     off_opt, off_par = _offloads(data)
-    stage = z.get("stage") if isinstance(z.get("stage"), int) else cfg.zero.stage
+    zs = _zero_section(data).get("stage")
+    stage = zs if isinstance(zs, int) else cfg.zero.stage
     return {"zero_stage": stage or 0, "offload_optimizer": off_opt, "offload_params": off_par}
 
 
@@ -444,8 +456,8 @@ def render_text(res: FitResult) -> str:
             out.append(f"  {mark} {c.label:<{w}}  {_gib(c.peak):>10}  {fits}  ({c.rule_id})")
         if res.chosen is None and res.capacity is not None and res.now.peak > res.capacity:
             out.append("  no rung is predicted to fit: the plain ladder's next rung, then the next")
-    for n in res.notes:
-        out.append(f"note: {n}")
+    for note in res.notes:
+        out.append(f"note: {note}")
     out.append(f"uncertainty: {res.uncertainty}")
     return "\n".join(out) + "\n"
 

@@ -369,3 +369,16 @@ def test_fit_bad_model_config_and_capacity_are_one_line_answers(tmp_path, monkey
     for bad in ("inf", "nan", "0", "-3"):
         r = CliRunner().invoke(main, ["fit", "c.yaml", "--gpu-memory", bad])
         assert r.exit_code == 2, bad
+
+
+def test_fit_reads_an_hf_trainer_config_with_trl_sequence_length(tmp_path, monkeypatch):
+    (tmp_path / "sft.yaml").write_text("model_name_or_path: meta-llama/Llama-3.1-8B\nper_device_train_batch_size: 4\n"
+                                       "gradient_accumulation_steps: 4\nmax_seq_length: 2048\nbf16: true\n"
+                                       "gradient_checkpointing: false\n")
+    monkeypatch.chdir(tmp_path)
+    out = json.loads(run("fit", "sft.yaml", "--gpu-memory", "80", "--format", "json").output)
+    assert out["architecture"]["name"] == "llama-3.1-8b" and out["setup"]["seq_len"] == 2048
+    assert out["setup"]["precision"] == "bf16" and out["setup"]["zero_stage"] == 0
+    # 8B with AMP and no ZeRO: 18 bytes/param = 134.6 GiB of states alone; no batch rung can fit an 80 GB card
+    assert out["now"]["model_states_gib"] == pytest.approx(18 * 8.03e9 / GIB, rel=0.01)
+    assert out["chosen"] is None and all(not r["fits"] for r in out["rungs"])
