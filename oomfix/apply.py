@@ -553,10 +553,14 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     diag = diagnose_logs([log], rules_dir=rules_dir)
     done = already_applied(log, root)
     if done is not None:
-        files = ", ".join(os.path.relpath(Journal(root).resolve(f["file"])) for f in done["files"])
+        journal = Journal(root)
+        files = ", ".join(os.path.relpath(journal.resolve(f["file"])) for f in done["files"])
+        back = [os.path.relpath(journal.resolve(f)) for f in reverted_files(journal, done)]
+        more = (f" {', '.join(back)} is back at its values from before that fix while the other files keep it; "
+                f"restore it with `oomfix undo` and apply again, or edit it by hand." if back else "")
         return Plan(log, picked, diag, "already", rule=done.get("rule"),
                     message=f"this log was already applied ({done['tx']}, rule {done.get('rule')}: {files}); "
-                            f"nothing changed. `oomfix undo` reverts it.")
+                            f"nothing changed. `oomfix undo` reverts it." + more)
     rules = load_rules(rules_dir)
     fc = rules.classes.get(diag.cls)
     if fc is None:
@@ -610,9 +614,10 @@ def write_plan(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> str
 
 def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
     """The journal's transaction for this log, if the files still carry its edit. Judged from the files' content:
-    each must be at the transaction's after-hash, or at the after-hash of a later transaction that started from it
-    (a further rung on top). A file put back (`git checkout configs/`, an editor) means the edit no longer stands,
-    and the log's fix is proposed again."""
+    when every file it wrote is back at its hash from before the fix (`git checkout configs/`, an editor's undo),
+    the edit no longer stands and the log's fix is proposed again. A file edited since in some other way (a further
+    fix on top, a learning rate changed by hand) still counts as carrying it: proposing the log's fix again there
+    would climb a second rung for one failure."""
     sha = file_sha256(plan_log)
     if sha is None:
         return None
@@ -620,22 +625,14 @@ def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
     tx = journal.applied(sha)
     if tx is None:
         return None
-    return tx if _still_carried(journal, tx) else None
+    return None if reverted_files(journal, tx) == [f["file"] for f in tx.get("files", [])] else tx
 
 
-def _still_carried(journal: Journal, tx: Mapping[str, Any]) -> bool:
-    later = False
-    chains: dict[str, set[str]] = {f["file"]: {f["after_sha256"]} for f in tx.get("files", [])}
-    for t in journal.transactions():
-        if t.get("tx") == tx.get("tx"):
-            later = True
-            continue
-        if not later or t["status"] not in ("committed", "incomplete"):
-            continue
-        for f in t.get("files", []):
-            if f["file"] in chains and f["before_sha256"] in chains[f["file"]]:
-                chains[f["file"]].add(f["after_sha256"])
-    return all(file_sha256(journal.resolve(name)) in hashes for name, hashes in chains.items())
+def reverted_files(journal: Journal, tx: Mapping[str, Any]) -> list[str]:
+    """The files of a transaction whose content is back at its before-hash (and was not rewritten by a later
+    transaction to that same content)."""
+    return [f["file"] for f in tx.get("files", [])
+            if file_sha256(journal.resolve(f["file"])) == f["before_sha256"]]
 
 
 # --- aligning drifted siblings (no log needed) ---------------------------------------------------------------

@@ -253,3 +253,22 @@ def test_align_siblings_on_the_genuine_project(tmp_path, monkeypatch):
     assert out["status"] == "edits" and [e["file"] for e in out["edits"]] == ["configs/qwen3_lora_sft_a.yaml"]
     assert {(c["key"], c["old"], c["new"]) for c in out["edits"][0]["changes"]} == \
         {("per_device_train_batch_size", 2, 1), ("gradient_accumulation_steps", 8, 16)}
+
+
+def test_a_config_edited_elsewhere_still_carries_the_fix(project):
+    # a hand edit of another key is not a revert: proposing the log's fix again would climb a second rung
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    for x in "ab":
+        p = project / f"configs/qwen3_14b_{x}.yaml"
+        p.write_text(p.read_text().replace("learning_rate: 1.0e-5", "learning_rate: 2.0e-5"))
+    r = run("apply", "logs/job_a.log", "--all-configs")
+    assert "already applied" in r.output
+
+
+def test_one_sibling_put_back_is_named_not_double_fixed(project):
+    b = project / "configs/qwen3_14b_b.yaml"
+    before_b = b.read_bytes()
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    b.write_bytes(before_b)
+    r = run("apply", "logs/job_a.log", "--all-configs")
+    assert "already applied" in r.output and "configs/qwen3_14b_b.yaml is back at its values" in r.output
