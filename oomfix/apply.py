@@ -288,8 +288,12 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     notes: list[str] = [f"{c.path}: deepspeed: {c.zero.ref} resolves outside the project tree, to {c.zero.path}"
                         for c in targets if c.zero and c.zero.path and not inside(c.zero.path)]
     planned_values: dict[str, dict[str, Any]] = {}
+    cfg_rung: dict[str, Rung] = {}  # a combined rung as it applies to each config (its parts that hold there)
     for cfg in targets:
-        values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls, parts)
+        cfacts = config_facts(dfacts, cfg, launchers)
+        values = rung_values(rung, cfg, cfacts, fc.cls, parts)
+        if len(parts) > 1 or parts[0][1] > 1:
+            cfg_rung[cfg.path] = combined_rung(applied_parts(parts, cfg, cfacts, fc.cls)[1] or parts)
         if values is None:
             notes.append(f"{cfg.path}: the rung's precondition does not hold, or it cannot keep the global batch "
                          f"here; left as it is")
@@ -299,7 +303,8 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     for cfg in targets:
         if cfg.path in planned_values:
             world = _world_for(cfg, primary, diag, launchers)
-            fes, more = file_edits(rung, cfg, planned_values[cfg.path], launchers, world, edits, fc.cls)
+            fes, more = file_edits(cfg_rung.get(cfg.path, rung), cfg, planned_values[cfg.path], launchers, world,
+                                   edits, fc.cls)
             edits.extend(fes)
             notes.extend(more)
     if not edits:
@@ -353,22 +358,10 @@ def combined_rung(parts: Sequence[tuple[Rung, int]]) -> Rung:
 
 def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str,
                 parts: Sequence[tuple[Rung, int]] = ()) -> dict[str, Any] | None:
-    """The config's canonical values after the rung, or None when the rung does not apply to it. A combined rung
-    (`parts`) applies to a sibling part by part: a part that does not apply there (a split at micro 1) is left out."""
+    """The config's canonical values after the rung, or None when the rung does not apply to it (a combined rung:
+    see `applied_parts`)."""
     if len(parts) > 1 or (parts and parts[0][1] > 1):
-        cur = dict(cfg.values)
-        any_part = False
-        for r, n in parts:
-            for _ in range(n):
-                if not holds(r.when, {**facts, "config": {**facts.get("config", {}), **cur}}):
-                    break
-                changes = compute_changes(r, cur)
-                if changes is None:
-                    break
-                _memory_never_rises(cls, changes, r)
-                cur.update({c.key: c.new for c in changes})
-                any_part = True
-        return cur if any_part else None
+        return applied_parts(parts, cfg, facts, cls)[0]
     if not holds(rung.when, facts):
         return None
     changes = compute_changes(rung, cfg.values)
@@ -376,6 +369,35 @@ def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str,
         return None
     _memory_never_rises(cls, changes, rung)
     return {**cfg.values, **{c.key: c.new for c in changes}}
+
+
+def applied_parts(parts: Sequence[tuple[Rung, int]], cfg: Config, facts: Mapping[str, Any], cls: str
+                  ) -> tuple[dict[str, Any] | None, list[tuple[Rung, int]]]:
+    """A combined rung, part by part, on one config: each part where its precondition holds on what the parts
+    before it left (a DeepSpeed switch moves the ZeRO facts to its target's stage); a part that does not apply here
+    (a split at micro 1, ZeRO-3 where it is already on) is left out. (values after, the parts applied)."""
+    cur = dict(cfg.values)
+    zero = dict(facts.get("zero") or {})
+    done: list[tuple[Rung, int]] = []
+    for r, n in parts:
+        k = 0
+        for _ in range(n):
+            f = {**facts, "config": {**(facts.get("config") or {}), **cur}, "zero": zero}
+            if not holds(r.when, f):
+                break
+            changes = compute_changes(r, cur)
+            if changes is None:
+                break
+            _memory_never_rises(cls, changes, r)
+            cur.update({c.key: c.new for c in changes})
+            k += 1
+            req = next((e["switch_file"].get("require") or {} for e in r.edit if "switch_file" in e), None)
+            if req is not None:
+                zero = {"stage": req.get("stage", zero.get("stage")),
+                        "offload": "cpu" if req.get("offload") else None}
+        if k:
+            done.append((r, k))
+    return (cur if done else None), done
 
 
 def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers: Sequence[Launcher],

@@ -382,3 +382,16 @@ def test_fit_reads_an_hf_trainer_config_with_trl_sequence_length(tmp_path, monke
     # 8B with AMP and no ZeRO: 18 bytes/param = 134.6 GiB of states alone; no batch rung can fit an 80 GB card
     assert out["now"]["model_states_gib"] == pytest.approx(18 * 8.03e9 / GIB, rel=0.01)
     assert out["chosen"] is None and all(not r["fits"] for r in out["rungs"])
+
+
+def test_apply_jumps_to_offload_when_zero3_alone_is_predicted_too_large(project):
+    # constructed: the same OOM on a 40 GiB card (numbers scaled down in the message)
+    log = project / "logs/job_a.log"
+    log.write_text(log.read_text().replace("total capacity of 79.25 GiB of which 1.06 GiB is free",
+                                           "total capacity of 39.39 GiB of which 1.06 GiB is free")
+                   .replace("74.02 GiB is allocated by PyTorch", "34.02 GiB is allocated by PyTorch"))
+    out = json.loads(run("apply", "logs/job_a.log", "--all-configs", "--format", "json").output)
+    assert out["rule"] == "cuda-oom-zero3+cuda-oom-zero3-offload", out["prediction"]
+    for e in out["edits"]:
+        assert e["changes"] == [{"key": "deepspeed", "old": "configs/ds/ds_z2_config.json",
+                                 "new": "configs/ds/ds_z3_offload_config.json"}]
