@@ -83,6 +83,7 @@ def main() -> None:
     \b
     oomfix diagnose train.log        what killed the run, and what to do
     oomfix apply --all-configs       the fix, as a diff, for the config and its siblings
+    oomfix fit CONFIG --log LOG      will the relaunch fit? per-device memory now and per rung
     oomfix check                     pre-relaunch gate for CI / pre-commit
     oomfix run -- CMD [ARG...]       run a job; on a failure, fix and relaunch it until it trains
     oomfix demo                      a guided run on a bundled example
