@@ -34,7 +34,7 @@ activations is left free: `oomfix.fit` calibrates it from the OOM message.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from oomfix.architectures import Architecture
 
@@ -197,12 +197,3 @@ def estimate(s: Setup, scale: float = 1.0) -> Estimate:
     # peak in every setting of the CPU sweep (tests/data/fit_cpu_sweep.json), even at micro 1
     return Estimate(states, activations(s), logits(s), 0, scale)
 
-
-@dataclass(frozen=True)
-class Reference:
-    """A published figure and where it comes from, for the validation tests."""
-
-    what: str
-    value: float
-    source: str
-    notes: tuple[str, ...] = field(default_factory=tuple)
