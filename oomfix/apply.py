@@ -12,7 +12,7 @@ from oomfix.configs import (Config, inside, read_text, job_for_config, launchers
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
-from oomfix.errors import ConfigError, RuleError, UsageError
+from oomfix.errors import ConfigError, OomfixError, RuleError, UsageError
 from oomfix.journal import Journal, PlannedWrite, file_sha256, sha256
 from oomfix.launcher import Job, Launcher, concurrent, job_path, log_matches
 from oomfix.model import MEMORY_CLASSES, Diagnosis
@@ -43,28 +43,42 @@ class Plan:
     edits: tuple[FileEdit, ...] = ()
     skipped: tuple[str, ...] = ()  # notes about files that got no edit, rungs that need an opt-in
     semantic: bool = False
+    prediction: tuple[str, ...] = ()  # the memory model's verdict on the rungs (oomfix.fit), shown beside the diff
 
     @property
     def exit_code(self) -> int:
         return 1 if self.status == "no_rung" else 0
 
 
+SAME_MOMENT_S = 2.0  # logs written this close together are "the newest" alike (sibling jobs end together)
+
+
 def newest_log(root: str = ".") -> str:
-    best = None
+    """The default LOG: the newest *.log under root. Sibling jobs started side by side often end within the same
+    second; among the logs written that close to the newest, one that shows a failure wins over a clean one (the
+    log to fix is the one that failed, whichever file the file system stamped last)."""
+    found: list[tuple[float, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
         for f in filenames:
             if f.endswith(".log"):
                 p = os.path.join(dirpath, f)
                 try:
-                    m = os.stat(p).st_mtime
+                    found.append((os.stat(p).st_mtime, p))
                 except OSError:
                     continue
-                if best is None or m > best[0]:
-                    best = (m, p)
-    if best is None:
+    if not found:
         raise UsageError("no LOG given and no *.log under the current directory")
-    return os.path.relpath(best[1])
+    found.sort(reverse=True)
+    close = [p for m, p in found if m >= found[0][0] - SAME_MOMENT_S]
+    if len(close) > 1:
+        for p in close[:8]:  # newest first
+            try:
+                if diagnose_logs([p]).cls != "none":
+                    return os.path.relpath(p)
+            except OomfixError:
+                continue
+    return os.path.relpath(found[0][1])
 
 
 def _launchers_for_log(log: str, launchers: Sequence[Launcher],
@@ -264,13 +278,22 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     if not rung.edit:
         return Plan(log, log_picked, diag, "advice", rule=rung.id, why=rung.why,
                     message="no config change: " + rung.why)
+    parts: list[tuple[Rung, int]] = [(rung, 1)]
+    prediction: tuple[str, ...] = ()
+    if diag.cls == "cuda_oom":
+        parts, prediction = fit_choice(diag, fc, primary, pfacts, allow_semantic, launchers, rung)
+        rung = combined_rung(parts)
     targets = siblings(primary, launchers) if all_configs else [primary]
     edits: list[FileEdit] = []
     notes: list[str] = [f"{c.path}: deepspeed: {c.zero.ref} resolves outside the project tree, to {c.zero.path}"
                         for c in targets if c.zero and c.zero.path and not inside(c.zero.path)]
     planned_values: dict[str, dict[str, Any]] = {}
+    cfg_rung: dict[str, Rung] = {}  # a combined rung as it applies to each config (its parts that hold there)
     for cfg in targets:
-        values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls)
+        cfacts = config_facts(dfacts, cfg, launchers)
+        values = rung_values(rung, cfg, cfacts, fc.cls, parts)
+        if len(parts) > 1 or parts[0][1] > 1:
+            cfg_rung[cfg.path] = combined_rung(applied_parts(parts, cfg, cfacts, fc.cls)[1] or parts)
         if values is None:
             notes.append(f"{cfg.path}: the rung's precondition does not hold, or it cannot keep the global batch "
                          f"here; left as it is")
@@ -280,18 +303,65 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     for cfg in targets:
         if cfg.path in planned_values:
             world = _world_for(cfg, primary, diag, launchers)
-            fes, more = file_edits(rung, cfg, planned_values[cfg.path], launchers, world, edits, fc.cls)
+            fes, more = file_edits(cfg_rung.get(cfg.path, rung), cfg, planned_values[cfg.path], launchers, world,
+                                   edits, fc.cls)
             edits.extend(fes)
             notes.extend(more)
     if not edits:
         return Plan(log, log_picked, diag, "no_rung", rule=rung.id,
-                    message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes))
+                    message="the rung applies to no file here: " + "; ".join(notes), skipped=tuple(notes),
+                    prediction=prediction)
     return Plan(log, log_picked, diag, "edits", rule=rung.id, why=rung.why, edits=tuple(edits),
-                skipped=tuple(notes + skipped), semantic=rung.semantic)
+                skipped=tuple(notes + skipped), semantic=rung.semantic, prediction=prediction)
 
 
-def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str) -> dict[str, Any] | None:
-    """The config's canonical values after the rung, or None when the rung does not apply to it."""
+def fit_choice(diag: Diagnosis, fc: FailureClass, primary: Config, pfacts: Mapping[str, Any], allow_semantic: bool,
+               launchers: Sequence[Launcher], plain: Rung) -> tuple[list[tuple[Rung, int]], tuple[str, ...]]:
+    """The least disruptive rung the memory model predicts to fit (oomfix.fit), else the plain ladder's `plain`:
+    rungs predicted to fail are skipped, none past the first predicted to fit is climbed. A model that cannot say
+    (unknown architecture, world size or capacity) leaves the plain ladder as it was."""
+    from oomfix import fit
+
+    def target(r: Rung) -> dict[str, Any] | None:
+        ref = _switch_target(r, primary)
+        return None if ref is None else fit.zero_of_ref(ref, primary)
+
+    try:
+        res = fit.predict(primary, _world_for(primary, primary, diag, launchers), diag, fc, pfacts, allow_semantic,
+                          target)
+    except Exception as e:  # noqa: BLE001 - the model is advice: whatever goes wrong in it, the plain ladder stands
+        return [(plain, 1)], (f"memory model: cannot say ({e}); the plain ladder",)
+    lines = tuple(fit.prediction_lines(res))
+    if res.chosen is None:
+        return [(plain, 1)], lines
+    by_id = {r.id: r for r in fc.ladder}
+    return [(by_id[i], n) for i, n in res.candidates[res.chosen].rules], lines
+
+
+def combined_rung(parts: Sequence[tuple[Rung, int]]) -> Rung:
+    """One rung for several (a split repeated, or the ladder's rungs in a row): their edits in order, the last
+    DeepSpeed switch only (it names the final target)."""
+    if len(parts) == 1 and parts[0][1] == 1:
+        return parts[0][0]
+    edits: list[Mapping[str, Any]] = []
+    for r, n in parts:
+        for _ in range(n):
+            edits.extend(e for e in r.edit if "switch_file" not in e)
+    switches = [e for r, _ in parts for e in r.edit if "switch_file" in e]
+    edits.extend(switches[-1:])
+    first = parts[0][0]
+    ident = "+".join(r.id + (f"(x{n})" if n > 1 else "") for r, n in parts)
+    return Rung(ident, first.cls, first.index, {}, tuple(edits),
+                "global_batch" if all(r.keeps == "global_batch" for r, _ in parts) else None,
+                any(r.semantic for r, _ in parts), " ".join(r.why for r, _ in parts), (), first.source)
+
+
+def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str,
+                parts: Sequence[tuple[Rung, int]] = ()) -> dict[str, Any] | None:
+    """The config's canonical values after the rung, or None when the rung does not apply to it (a combined rung:
+    see `applied_parts`)."""
+    if len(parts) > 1 or (parts and parts[0][1] > 1):
+        return applied_parts(parts, cfg, facts, cls)[0]
     if not holds(rung.when, facts):
         return None
     changes = compute_changes(rung, cfg.values)
@@ -299,6 +369,35 @@ def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str) -> 
         return None
     _memory_never_rises(cls, changes, rung)
     return {**cfg.values, **{c.key: c.new for c in changes}}
+
+
+def applied_parts(parts: Sequence[tuple[Rung, int]], cfg: Config, facts: Mapping[str, Any], cls: str
+                  ) -> tuple[dict[str, Any] | None, list[tuple[Rung, int]]]:
+    """A combined rung, part by part, on one config: each part where its precondition holds on what the parts
+    before it left (a DeepSpeed switch moves the ZeRO facts to its target's stage); a part that does not apply here
+    (a split at micro 1, ZeRO-3 where it is already on) is left out. (values after, the parts applied)."""
+    cur = dict(cfg.values)
+    zero = dict(facts.get("zero") or {})
+    done: list[tuple[Rung, int]] = []
+    for r, n in parts:
+        k = 0
+        for _ in range(n):
+            f = {**facts, "config": {**(facts.get("config") or {}), **cur}, "zero": zero}
+            if not holds(r.when, f):
+                break
+            changes = compute_changes(r, cur)
+            if changes is None:
+                break
+            _memory_never_rises(cls, changes, r)
+            cur.update({c.key: c.new for c in changes})
+            k += 1
+            req = next((e["switch_file"].get("require") or {} for e in r.edit if "switch_file" in e), None)
+            if req is not None:
+                zero = {"stage": req.get("stage", zero.get("stage")),
+                        "offload": "cpu" if req.get("offload") else None}
+        if k:
+            done.append((r, k))
+    return (cur if done else None), done
 
 
 def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers: Sequence[Launcher],
@@ -476,10 +575,14 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     diag = diagnose_logs([log], rules_dir=rules_dir)
     done = already_applied(log, root)
     if done is not None:
-        files = ", ".join(os.path.relpath(Journal(root).resolve(f["file"])) for f in done["files"])
+        journal = Journal(root)
+        files = ", ".join(os.path.relpath(journal.resolve(f["file"])) for f in done["files"])
+        back = [os.path.relpath(journal.resolve(f)) for f in reverted_files(journal, done)]
+        more = (f" {', '.join(back)} is back at its values from before that fix while the other files keep it; "
+                f"restore it with `oomfix undo` and apply again, or edit it by hand." if back else "")
         return Plan(log, picked, diag, "already", rule=done.get("rule"),
                     message=f"this log was already applied ({done['tx']}, rule {done.get('rule')}: {files}); "
-                            f"nothing changed. `oomfix undo` reverts it.")
+                            f"nothing changed. `oomfix undo` reverts it." + more)
     rules = load_rules(rules_dir)
     fc = rules.classes.get(diag.cls)
     if fc is None:
@@ -519,18 +622,93 @@ def write_plan(plan: Plan, root: str = ".", explicit: Sequence[str] = ()) -> str
         return None
     check_writable(plan, root, explicit)
     journal = Journal(root)
-    log_sha = file_sha256(plan.log)
+    log_sha = file_sha256(plan.log) if plan.log else None  # --align-siblings has no log
     with journal.lock():
-        if already_applied(plan.log, root) is not None:
+        if plan.log and already_applied(plan.log, root) is not None:
             return None
         for e in plan.edits:
             if file_sha256(e.path) != sha256(_encode(e.before)):
                 raise ConfigError(f"{e.path}: changed on disk since it was read; nothing written, run again")
         writes = [PlannedWrite(e.path, _encode(e.before), _encode(e.after)) for e in plan.edits]
-        return journal.write(writes, log=os.path.abspath(plan.log), log_sha=log_sha, rule=plan.rule,
-                             cls=plan.diagnosis.cls)
+        return journal.write(writes, log=os.path.abspath(plan.log) if plan.log else None, log_sha=log_sha,
+                             rule=plan.rule, cls=plan.diagnosis.cls if plan.log else None)
 
 
 def already_applied(plan_log: str, root: str = ".") -> dict[str, Any] | None:
+    """The journal's transaction for this log, if the files still carry its edit. Judged from the files' content:
+    when every file it wrote is back at its hash from before the fix (`git checkout configs/`, an editor's undo),
+    the edit no longer stands and the log's fix is proposed again. A file edited since in some other way (a further
+    fix on top, a learning rate changed by hand) still counts as carrying it: proposing the log's fix again there
+    would climb a second rung for one failure."""
     sha = file_sha256(plan_log)
-    return None if sha is None else Journal(root).applied(sha)
+    if sha is None:
+        return None
+    journal = Journal(root)
+    tx = journal.applied(sha)
+    if tx is None:
+        return None
+    return None if reverted_files(journal, tx) == [f["file"] for f in tx.get("files", [])] else tx
+
+
+def reverted_files(journal: Journal, tx: Mapping[str, Any]) -> list[str]:
+    """The files of a transaction whose content is back at its before-hash (and was not rewritten by a later
+    transaction to that same content)."""
+    return [f["file"] for f in tx.get("files", [])
+            if file_sha256(journal.resolve(f["file"])) == f["before_sha256"]]
+
+
+# --- aligning drifted siblings (no log needed) ---------------------------------------------------------------
+
+ALIGN_RULE = "align-siblings"
+
+
+def plan_align(root: str = ".") -> Plan:
+    """`oomfix apply --align-siblings`: every sibling group (as `oomfix check` groups them: same directory and
+    model/stage/finetuning type, or started side by side by one launcher) whose configs drift in their
+    micro-batch/accumulation split moves to the group's lower-memory split: the smallest micro batch of the
+    group, accumulation raised to keep each config's global batch exactly. Configs whose global batches differ, or
+    whose batch cannot be split evenly, are left alone with a note (choosing a global batch changes training)."""
+    from oomfix.check import _world, discover, sibling_groups
+    from oomfix.model import RootCause
+
+    tree = discover([root])
+    rung = Rung(ALIGN_RULE, "cuda_oom", 0, {}, (), "global_batch", False,
+                "Siblings train the same model the same way: every drifted sibling moves to the lower-memory split "
+                "of its group (the smaller micro batch, accumulation raised to keep the global batch), so none "
+                "of them is raised.", (), "oomfix apply --align-siblings")
+    edits: list[FileEdit] = []
+    notes: list[str] = []
+    for group in sibling_groups(tree):
+        by_world: dict[Any, list[Config]] = {}
+        for c in group:
+            by_world.setdefault(_world(tree, c), []).append(c)
+        for world, cfgs in by_world.items():
+            sized = [c for c in cfgs if isinstance(c.values.get("micro_batch"), int)
+                     and isinstance(c.values.get("grad_accum"), int) and c.values["micro_batch"] >= 1]
+            splits = {(c.values["micro_batch"], c.values["grad_accum"]) for c in sized}
+            if len(splits) < 2:
+                continue
+            products = {m * a for m, a in splits}
+            names = ", ".join(c.path for c in sized)
+            if len(products) > 1:
+                notes.append(f"{names}: their global batches differ ({sorted(products)} x world size); not aligning "
+                             f"(choosing one changes training; `oomfix check` reports it)")
+                continue
+            product = products.pop()
+            low = min(m for m, _ in splits)
+            if product % low:
+                notes.append(f"{names}: micro batch {low} does not divide the batch {product}; not aligning")
+                continue
+            for c in sized:
+                if c.values["micro_batch"] == low:
+                    continue
+                new = {**c.values, "micro_batch": low, "grad_accum": product // low}
+                fes, more = file_edits(rung, c, new, tree.launchers, world, edits, "cuda_oom")
+                edits.extend(fes)
+                notes.extend(more)
+    diag = Diagnosis("none", "high", "no log: aligning sibling configs", RootCause())
+    if not edits:
+        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes),
+                    message="the sibling configs already agree on their micro-batch/accumulation split; nothing to "
+                            "change" + ("" if not notes else ": " + "; ".join(notes)))
+    return Plan("", False, diag, "edits", rule=ALIGN_RULE, why=rung.why, edits=tuple(edits), skipped=tuple(notes))

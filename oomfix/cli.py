@@ -86,6 +86,7 @@ def main() -> None:
     \b
     oomfix diagnose train.log        what killed the run, and what to do
     oomfix apply --all-configs       the fix, as a diff, for the config and its siblings
+    oomfix fit CONFIG --log LOG      will the relaunch fit? per-device memory now and per rung
     oomfix check                     pre-relaunch gate for CI / pre-commit
     oomfix run -- CMD [ARG...]       run a job; on a failure, fix and relaunch it until it trains
     oomfix demo                      a guided run on a bundled example
@@ -139,21 +140,37 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
               "length, precision).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--rules", "rules_dir", type=click.Path(), default=None, help="A directory of extra rules.")
+@click.option("--align-siblings", is_flag=True, help="No log: move every drifted sibling config to the lower-memory "
+              "micro/accumulation split of its group, keeping the global batch.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit status tells (errors still go to stderr).")
 @handled
 def apply(log: str | None, config: str | None, all_configs: bool, write: bool, allow_semantic_changes: bool,
-          fmt: str, rules_dir: str | None, quiet: bool) -> None:
+          fmt: str, rules_dir: str | None, align_siblings: bool, quiet: bool) -> None:
     """Turn a diagnosis into the next fix, for the config and (with --all-configs) its siblings.
 
     \b
     Example:
       oomfix apply train.log --all-configs          # dry run: the diff
       oomfix apply train.log --all-configs --write  # write it (atomic, journalled)
+      oomfix apply --align-siblings                 # no log: drifted siblings to their lower-memory split
     """
     from oomfix import progress
-    from oomfix.apply import plan_apply, write_plan
+    from oomfix.apply import plan_align, plan_apply, write_plan
+    from oomfix.errors import UsageError
     from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
 
+    if align_siblings:
+        if log or config or all_configs:
+            raise UsageError("--align-siblings takes no LOG, --config or --all-configs: it aligns every sibling group")
+        plan = plan_align()
+        tx = write_plan(plan) if write else None
+        if quiet:
+            pass
+        elif fmt == "json":
+            click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
+        else:
+            click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+        sys.exit(plan.exit_code)
     with progress.reading("reading " + (log or "the newest log"), [log] if log else [], quiet):
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
     tx = write_plan(plan, explicit=[config] if config else []) if write else None
@@ -166,6 +183,31 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
     else:
         click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
     sys.exit(plan.exit_code)
+
+
+@main.command()
+@click.argument("config")
+@click.option("--log", "log", type=str, default=None, help="A CUDA OOM log of this config: calibrates the model.")
+@click.option("--gpu-memory", "gpu_memory", type=float, default=None,
+              help="The GPU's memory in GiB (else: from the log).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handled
+def fit(config: str, log: str | None, gpu_memory: float | None, fmt: str) -> None:
+    """Will it fit? Per-device peak memory of CONFIG now and after each rung of the OOM ladder.
+
+    \b
+    Example:
+      oomfix fit configs/sft.yaml --log logs/train.log   # calibrated on the OOM message
+      oomfix fit configs/sft.yaml --gpu-memory 80        # analytic only
+    """
+    from oomfix.fit import fit_config, render_text
+    from oomfix.report import render_json, versioned
+
+    res = fit_config(config, log, gpu_memory)
+    if fmt == "json":
+        click.echo(render_json(versioned(res.to_json())), nl=False)
+    else:
+        click.echo(render_text(res), nl=False)
 
 
 @main.command()

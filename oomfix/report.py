@@ -184,7 +184,7 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
     out = []
     if plan.log_picked:
         out.append(s.dim(f"(no LOG given: using the newest log, {plan.log})"))
-    out.append(s.bold(headline(d)))
+    out.append(s.bold("Aligning sibling configs (no log)" if not plan.log else headline(d)))
     if plan.status in ("nothing", "advice", "already"):
         out.append(plan.message or "nothing to change")
         return "\n".join(out) + "\n"
@@ -194,6 +194,7 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
     out.append(f"rule: {plan.rule}" + (" (changes training semantics)" if plan.semantic else ""))
     if plan.why:
         out.append(f"why: {plan.why}")
+    out.extend(getattr(plan, "prediction", ()))
     out.append("")
     for e in plan.edits:
         diff = unified_diff(e.path, e.before, e.after)
@@ -239,6 +240,7 @@ def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
                    "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}
                   for e in plan.edits],
         "notes": list(plan.skipped),
+        "prediction": list(getattr(plan, "prediction", ())),
     }
 
 

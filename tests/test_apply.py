@@ -152,3 +152,123 @@ def test_standalone_deepspeed_json_is_a_config_too(tmp_path, monkeypatch):
     assert Path("ds_config.json").read_text() == ds.replace('"train_micro_batch_size_per_gpu": 2',
                                                            '"train_micro_batch_size_per_gpu": 1').replace(
         '"gradient_accumulation_steps": 8', '"gradient_accumulation_steps": 16')
+
+
+# --- issue 21 item 4: "already applied" is judged from the configs' content -------------------------------------
+
+def test_reverted_configs_get_the_fix_proposed_again(project):
+    before = snapshot(project)
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    assert "already applied" in run("apply", "logs/job_a.log", "--all-configs").output
+    for p, data in before.items():  # `git checkout configs/`: the files are back at the values that OOMed
+        if "configs" in p.parts:
+            p.write_bytes(data)
+    r = run("apply", "logs/job_a.log", "--all-configs", "--format", "json")
+    out = json.loads(r.output)
+    assert out["status"] == "edits" and out["rule"] == "cuda-oom-zero3"
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    assert "ds_z3_config.json" in (project / "configs/qwen3_14b_a.yaml").read_text()
+    assert "already applied" in run("apply", "logs/job_a.log", "--all-configs").output
+
+
+def test_reverted_launcher_gets_setsid_proposed_again(project):
+    before = (project / "launch.sh").read_bytes()
+    assert run("apply", "logs/job_b.log", "--write").exit_code == 0
+    (project / "launch.sh").write_bytes(before)
+    out = json.loads(run("apply", "logs/job_b.log", "--format", "json").output)
+    assert out["status"] == "edits" and "setsid" in out["edits"][0]["diff"]
+
+
+# --- issue 21 item 7c: the default LOG prefers the log that failed over a clean one of the same moment ----------
+
+def test_default_log_prefers_the_failed_log_written_in_the_same_second(tmp_path, monkeypatch):
+    from conftest import SHARED, shared_or_skip
+    from oomfix.apply import newest_log
+
+    corpus = SHARED / "corpus" / "genuine_lf"
+    shared_or_skip(corpus)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    failed = logs / "train_gpu0_a.log"
+    clean = logs / "train_gpu1_b.log"
+    shutil.copy(corpus / "sighup_tmux_script_held_job_a.log", failed)
+    shutil.copy(corpus / "clean_job_b.log", clean)
+    import os
+    t = 1_700_000_000
+    os.utime(failed, (t, t + 0.2))
+    os.utime(clean, (t, t + 0.9))  # the clean sibling was stamped last, within the same second
+    monkeypatch.chdir(tmp_path)
+    assert newest_log(".") == os.path.join("logs", "train_gpu0_a.log")
+    os.utime(clean, (t, t + 60))  # a clean run a minute later is the newest log, whatever the older one says
+    assert newest_log(".") == os.path.join("logs", "train_gpu1_b.log")
+
+
+# --- issue 21 item 9: apply --align-siblings ------------------------------------------------------------------
+
+def test_align_siblings_moves_the_drifted_sibling_to_the_lower_memory_split(project):
+    _set_two_eight(project, "b")
+    before = snapshot(project)
+    r = run("apply", "--align-siblings")
+    assert r.exit_code == 0 and "dry run" in r.output and snapshot(project) == before
+    out = json.loads(run("apply", "--align-siblings", "--format", "json").output)
+    assert out["status"] == "edits" and [e["file"] for e in out["edits"]] == ["configs/qwen3_14b_b.yaml"]
+    assert out["edits"][0]["global_batch_before"] == out["edits"][0]["global_batch_after"] == 64
+    assert run("apply", "--align-siblings", "--write").exit_code == 0
+    b = (project / "configs/qwen3_14b_b.yaml").read_text()
+    a = (project / "configs/qwen3_14b_a.yaml").read_text()
+    assert a.replace("sft_a", "sft_b") == b  # byte-identical apart from the output path
+    r = run("apply", "--align-siblings")  # idempotent
+    assert r.exit_code == 0 and "already agree" in r.output
+    assert run("undo").exit_code == 0
+    assert snapshot(project) == before
+
+
+def test_align_siblings_leaves_different_global_batches_alone(project):
+    p = project / "configs/qwen3_14b_b.yaml"
+    p.write_text(p.read_text().replace("gradient_accumulation_steps: 16", "gradient_accumulation_steps: 8"))
+    before = snapshot(project)
+    r = run("apply", "--align-siblings", "--write")
+    assert r.exit_code == 0 and "global batches differ" in r.output
+    assert snapshot(project) == before
+
+
+def test_align_siblings_takes_no_log(project):
+    r = CliRunner().invoke(main, ["apply", "logs/job_a.log", "--align-siblings"])
+    assert r.exit_code == 2
+
+
+def test_align_siblings_on_the_genuine_project(tmp_path, monkeypatch):
+    from conftest import SHARED, shared_or_skip
+
+    src = SHARED / "corpus" / "genuine_lf" / "project"
+    shared_or_skip(src)
+    dst = tmp_path / "project"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "data"))
+    a = dst / "configs/qwen3_lora_sft_a.yaml"
+    # the story's "memory fix" after a SIGHUP, as genuine_lf/README.md says it was made
+    a.write_text(a.read_text().replace("per_device_train_batch_size: 1\n", "per_device_train_batch_size: 2\n")
+                 .replace("gradient_accumulation_steps: 16\n", "gradient_accumulation_steps: 8\n"))
+    monkeypatch.chdir(dst)
+    out = json.loads(run("apply", "--align-siblings", "--format", "json").output)
+    assert out["status"] == "edits" and [e["file"] for e in out["edits"]] == ["configs/qwen3_lora_sft_a.yaml"]
+    assert {(c["key"], c["old"], c["new"]) for c in out["edits"][0]["changes"]} == \
+        {("per_device_train_batch_size", 2, 1), ("gradient_accumulation_steps", 8, 16)}
+
+
+def test_a_config_edited_elsewhere_still_carries_the_fix(project):
+    # a hand edit of another key is not a revert: proposing the log's fix again would climb a second rung
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    for x in "ab":
+        p = project / f"configs/qwen3_14b_{x}.yaml"
+        p.write_text(p.read_text().replace("learning_rate: 1.0e-5", "learning_rate: 2.0e-5"))
+    r = run("apply", "logs/job_a.log", "--all-configs")
+    assert "already applied" in r.output
+
+
+def test_one_sibling_put_back_is_named_not_double_fixed(project):
+    b = project / "configs/qwen3_14b_b.yaml"
+    before_b = b.read_bytes()
+    assert run("apply", "logs/job_a.log", "--all-configs", "--write").exit_code == 0
+    b.write_bytes(before_b)
+    r = run("apply", "logs/job_a.log", "--all-configs")
+    assert "already applied" in r.output and "configs/qwen3_14b_b.yaml is back at its values" in r.output

@@ -160,6 +160,7 @@ def _json_invocations(project):
         "check": ["check", "--format", "json"],
         "jobs": ["jobs", str(sh), "--format", "json"],
         "runs": ["runs", "--format", "json"],
+        "fit": ["fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log", "--format", "json"],
     }
 
 
