@@ -140,6 +140,8 @@ class _FileState:
     failure_seen: bool = False
     error_seen: bool = False
     finished: bool = False
+    attempt_line: int = 0  # the last launch in the file starts here: what came before is an earlier attempt
+    finish_line: int | None = None  # the last clean finish of this attempt
 
     @property
     def failed(self) -> bool:
@@ -353,9 +355,25 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     entry: dict[str, str] | None = None
     table_entries: list[tuple[str | None, dict[str, str], Event]] = []
     keep = _Retention(st.events)
+    after_finish: list[Event] = []
     for ev in evs:
         keep.add(ev)
         role = ev.role
+        if role == P.RUN_START or ev.pattern == "lf_dist_tasks":
+            if st.failure_seen or st.error_seen or st.deaths or st.closing or st.finished:
+                # a new launch appended to the same file: the outcome is that of the last attempt
+                st.failure_seen = st.error_seen = st.finished = False
+                st.deaths, st.closing, st.finish_line = {}, {}, None
+                table_entries.clear()
+                after_finish.clear()
+                section, entry = None, None
+                st.attempt_line = ev.line
+            if role == P.RUN_START:
+                continue
+        if st.finish_line is not None and role in (P.TRACEBACK, P.EXCEPTION):
+            after_finish.append(ev)  # after a clean finish: a failure only if it is not exit-time teardown
+            if role == P.TRACEBACK:
+                continue
         if role == P.TABLE_SECTION:
             section = "root" if ev.pattern == "table_root" else "failures"
             st.failure_seen = True
@@ -394,12 +412,22 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
                 st.failure_seen = True
                 st.deaths.setdefault(f"line{ev.line}", _Death(None, None, code, ev.line, file, ev.text, ev.time,
                                                               host=ev.host, signal=signal_name(code), event=ev))
+        elif role == P.EXCEPTION and st.finish_line is not None:
+            if not _teardown(ev) and exception_class(ev.data["exc"], ev.data.get("msg", "")) is not None:
+                st.failure_seen = True
         elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
             st.failure_seen = True
         elif role == P.ERROR_LEVEL or (role == P.WEAK and ev.cls != "nan_loss"):
             st.error_seen = True  # an error was reported; a clean finish later outweighs it
         elif role == P.FINISHED:
+            # a clean finish: what this attempt printed before it did not stop it (a caught, logged traceback; a helper
+            # step that failed before the training step); a failure after it still counts
             st.finished = True
+            st.finish_line = ev.line
+            st.failure_seen = False
+            st.deaths, st.closing = {}, {}
+            table_entries.clear()
+            section, entry = None, None
     keep.close()
     for sec, e, ev in table_entries:
         code_m = re.match(r"(-?\d+)(?: \(pid: (\d+)\))?", e.get("exitcode", ""))
@@ -429,6 +457,18 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     return st
 
 
+# exit-time teardown, printed after a run finished: CPython's multiprocessing finalizers (synchronize.py _cleanup
+# unlinking a semaphore already gone, util.py _exit_function, resource_tracker), atexit callbacks, __del__ methods and
+# weakref finalizers ("Exception ignored in: <function X.__del__>"). Noise, not the outcome.
+_TEARDOWN_FRAME = re.compile(r"multiprocessing/(?:synchronize|util|resource_tracker|queues|managers|popen_\w+)\.py|"
+                             r"atexit|weakref\.py| in (?:__del__|_cleanup|_exit_function|_run_finalizers|"
+                             r"_python_exit|__exit__)$")
+
+
+def _teardown(ev: Event) -> bool:
+    return bool(ev.frame and _TEARDOWN_FRAME.search(ev.frame))
+
+
 def _is_victim(d: _Death, st: _FileState) -> bool:
     if d.exitcode == -15 or d.signal == "SIGTERM":
         return True
@@ -441,6 +481,13 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
     weak: list[_Cause] = []
     agent_signal_seen = False
     for ev in st.events:
+        if ev.line < st.attempt_line:
+            continue  # an earlier attempt appended to the same file
+        if st.finish_line is not None and ev.line < st.finish_line and ev.cls != "nan_loss" and \
+                ev.role in (P.CAUSE, P.WEAK, P.EXCEPTION, P.AGENT_SIGNAL, P.CLOSING):
+            continue  # the run finished after it: it did not stop the run
+        if st.finish_line is not None and ev.role == P.EXCEPTION and _teardown(ev):
+            continue
         if ev.role == P.CAUSE and ev.cls:
             exc = msg = None
             m = P.PATTERNS_BY_NAME["exception"].regex.search(ev.text.split("]: ", 1)[-1].lstrip()) \
@@ -616,14 +663,18 @@ def _phase(st: _FileState, ev: Event) -> str | None:
     for e in st.events:
         if e.line >= ev.line:
             break
-        if e.role == P.PHASE:
+        if e.role == P.PHASE and e.line >= st.attempt_line:
             last = e
     step = f"step {ev.progress[0]}/{ev.progress[1]}" if ev.progress else None
     if last is None:
         return step
     phase = last.cls
-    if phase == "checkpoint save" and ev.line - last.line > 50:
-        phase = "training"
+    if phase == "checkpoint save":
+        # training went on after the save (HF names the step it saved: "checkpoint-4"; the bar before the failure says
+        # 5/160): the failure is in a later training step, not in the save
+        saved = _int(last.data.get("step")) if last.data else None
+        if ev.line - last.line > 50 or (saved is not None and ev.progress and ev.progress[0] > saved):
+            phase = "training"
     if phase == "training" and step:
         return f"training {step}"
     return phase

@@ -28,6 +28,7 @@ PHASE = "phase"
 OOM_DETAIL = "oom_detail"
 FINISHED = "finished"
 TRACEBACK = "traceback"  # a traceback starts: something failed, even if the excerpt ends here
+RUN_START = "run_start"  # a launch begins: what came before it in the file belongs to an earlier attempt
 ERROR_LEVEL = "error_level"  # a line that reports an error in words no specific pattern knows: never "none"
 
 
@@ -108,9 +109,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # this worker". Before the CUDA patterns: Ray's OutOfMemoryError is host RAM, not GPU memory.
     # (newest: "1 worker(s) were killed due to the node running low on memory ... Ray killed 1 worker(s)")
     _p("ray_oom", [b"memory pressure (OOM)", b"running low on memory", b"memory usage threshold",
-                   b"ray.exceptions.OutOfMemoryError", b"Ray killed"],
+                   b"ray.exceptions.OutOfMemoryError", b"Ray killed", b"where the task"],
        r"killed due to memory pressure \(OOM\)|running low on memory|exceeds the memory usage threshold|"
-       r"ray\.exceptions\.OutOfMemoryError|Ray killed (?:this worker|\d+ worker)", CAUSE, "host_oom", "high"),
+       r"ray\.exceptions\.OutOfMemoryError|Ray killed (?:this worker|\d+ worker)|"
+       # the same message when a terminal or a log collector split it: its first line alone
+       r"Memory on the node \(IP: [^)]*\) where the task", CAUSE, "host_oom", "high"),
     # SLURM: srun "srun: error: node01: task 0: Out Of Memory", slurmstepd "StepId=7.batch exceeded memory limit
     # (734003200 > 52428800), being killed"; the kernel's "python invoked oom-killer: gfp_mask=..."; kubelet "The node
     # had condition: [MemoryPressure]"
@@ -255,6 +258,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # ================================================================================================================
     # ports (c10d TCPStore / socket.cpp, gloo, torch elastic's static rendezvous)
     # ================================================================================================================
+    # accelerate (commands/launch.py, utils/launch.py prepare_multi_gpu_env, 0.20+): "ConnectionError: Tried to launch
+    # distributed communication on port `29500`, but another process is utilizing it."
+    _p("accelerate_port_in_use", [b"another process is utilizing it"],
+       r"Tried to launch distributed communication on port `?(?P<port>\d+)`?, but another process is utilizing it",
+       CAUSE, "port_in_use", "high"),
     _p("port_in_use", [b"EADDRINUSE", b"ddress already in use", b"server socket has failed"],
        r"EADDRINUSE|[Aa]ddress already in use|server socket has failed to (?:listen|bind)", CAUSE,
        "port_in_use", "high"),
@@ -325,6 +333,18 @@ PATTERNS: tuple[Pattern, ...] = (
        "sigterm", "high"),
     _p("slurm_task_failure", [b"DUE TO TASK FAILURE"], r"CANCELLED AT \S+ DUE TO TASK FAILURE", ERROR_LEVEL),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
+    # submitit (submitit/core/job_environment.py): the SLURM signal handler logs "Caught signal SIGUSR2 on HOST: this
+    # job is preempted." (or "timed-out"), then "Requeued job 123 (2 remaining timeouts)"; its SIGTERM handler logs
+    # "Bypassing signal SIGTERM" (a preemption notice, the job stops soon after). An outside stop: resume, never edit.
+    _p("submitit_preempted", [b"this job is preempted", b"this job is timed-out", b"Requeued job", b"Bypassing signal"],
+       r"Caught signal (?P<sig>SIG[A-Z0-9]+) on \S+: this job is (?:preempted|timed-out)|Requeued job \S+|"
+       r"Bypassing signal (?P<sig2>SIG[A-Z0-9]+)", CAUSE, "sigterm", "high"),
+    # Kubernetes (kubelet eviction manager, pod status), cloud spot/preemptible reclaim (AWS "Spot Instance
+    # interruption notice", GCE "Instance was preempted" / metadata "preempted": TRUE)
+    _p("outside_reclaim", [b"Pod was evicted", b"The node was low on resource", b"pot Instance interruption",
+                           b"pot instance interruption", b"Instance was preempted", b"instance was preempted"],
+       r"Pod was evicted|The node was low on resource: (?!memory)|[Ss]pot [Ii]nstance [Ii]nterruption|"
+       r"[Ii]nstance was preempted", CAUSE, "sigterm", "high"),
 
     # ================================================================================================================
     # argparse (Lib/argparse.py ArgumentParser.error): "train.py: error: unrecognized arguments: --foo", "... the
@@ -369,7 +389,21 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("phase_eval", [b"***** Running Evaluation *****", b"***** Running evaluation *****"],
        r"\*+ Running [Ee]valuation \*+", PHASE, "evaluation"),
     _p("phase_eval_done", [b"'eval_loss'"], r"'eval_loss'", PHASE, "training"),
-    _p("phase_save", [b"Saving model checkpoint"], r"Saving model checkpoint", PHASE, "checkpoint save"),
+    _p("phase_save", [b"Saving model checkpoint"], r"Saving model checkpoint(?: to \S*?checkpoint-(?P<step>\d+))?", PHASE,
+       "checkpoint save"),
+    # HF Trainer (trainer.py _load_from_checkpoint) when it resumes: "Loading model from out/checkpoint-8." (a failure
+    # after it, inside trainer.train -> _load_optimizer_and_scheduler, is a resume failure, not preprocessing)
+    _p("phase_resume", [b"Loading model from"], r"Loading model from \S*checkpoint-\d+", PHASE, "checkpoint resume"),
+    # a launch begins (printed once per launch, at its start): detectron2 engine/defaults.py default_setup "Rank of
+    # current process: 0. World size: 4", detectron2/mmcv/mmdet "Environment info:" before their environment table.
+    # Appended log files (detectron2's log.txt, `>> train.log`) hold several attempts: the last one is the outcome.
+    _p("run_start_rank", [b"Rank of current process:"], r"Rank of current process: \d+\. World size: \d+", RUN_START),
+    _p("run_start_env", [b"Environment info:"], r"\bEnvironment info:\s*$", RUN_START),
+    # clean finishes: HF Trainer (trainer.py) "Training completed. Do not forget to share your model on
+    # huggingface.co/models =)"; Lightning (trainer/trainer.py, 1.8+) "`Trainer.fit` stopped: `max_epochs=3` reached.";
+    # Megatron-LM (training.py) "[after training is done] datetime: ..."
+    _p("train_completed", [b"Training completed. Do not forget", b"`Trainer.fit` stopped:", b"after training is done"],
+       r"Training completed\. Do not forget to share|`Trainer\.fit` stopped: |\[after training is done\]", FINISHED),
     _p("traceback_start", [b"Traceback (most recent call last)"], r"Traceback \(most recent call last\)", TRACEBACK),
     # a frame line: an excerpt that starts inside a traceback still shows that something failed
     _p("traceback_frame", [b'File "'], r'^\s*File "[^"]+", line \d+', TRACEBACK),
@@ -386,10 +420,20 @@ PATTERNS: tuple[Pattern, ...] = (
        "nccl_error", "low", levels="EF"),
     # a line that says an error happened, in words no pattern above knows: the run failed, cause unknown. Lines that
     # carry a lower severity (INFO/WARNING/DEBUG, a glog I/W) are not errors whatever words they contain.
-    _p("error_level", [b"rror", b"RROR", b"ailed", b"AILED", b"atal", b"ATAL", b"bort", b"BORT", b"Assertion",
-                       b"CRITICAL"],
-       r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:.*\b(?:[Ee]rror|ERROR|[Ff]ailed|FAILED|[Ff]atal|"
-       r"FATAL|[Aa]bort(?:ed|ing)?|ABORT(?:ED|ING)?|CRITICAL)\b|.*\bAssertion\b.*\bfailed)", ERROR_LEVEL),
+    # a line whose STRUCTURE says it reports an error, in words no pattern above knows: a level field (Python logging
+    # "ERROR:root:", "- ERROR -", "[ERROR]", loguru "| ERROR |", detectron2 "d2.x ERROR:"), a program's "error:"/"fatal:"
+    # prefix ("srun: error:", "error: ...", "Fatal Python error:"), glibc's "Assertion `x' failed.", a C++ terminate,
+    # a status word (FAILED, ABORTED). Words in prose are not severity: compiler flags ("-Werror=return-type",
+    # "-Wno-error=..."), metric names ("error_rate", "errors: 0"), a notifier's "An error occurred connecting to
+    # Discord", a model's generated text. Lines that carry a lower level (INFO/WARNING/DEBUG, a glog I/W) are not errors.
+    _p("error_level", [b"ERROR", b"CRITICAL", b"FATAL", b"FAILED", b"ABORT", b"rror:", b"atal:", b"Assertion",
+                       b"terminate called", b"Fatal Python error"],
+       r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:"
+       r".*(?<![\w=\-])(?:ERROR|CRITICAL|FATAL|FAILED|ABORT(?:ED|ING)?)\b(?![=_])"
+       r"|(?:[\w.\-/]+: )?(?:[Ee]rror|[Ff]atal)(?: error)?: "
+       r"|Fatal Python error"
+       r"|.*\bAssertion [`'\"].*\bfailed"
+       r"|terminate called (?:after throwing|without an active exception))", ERROR_LEVEL),
 )
 
 MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.markers}))
