@@ -98,7 +98,11 @@ _DESCRIBE = {
 }
 
 
-def describe(cls: str) -> str:
+def describe(cls: str, confidence: str | None = None) -> str:
+    """The class in words; a host-memory kill known only from a bare SIGKILL says only what is known."""
+    if cls == "host_oom" and confidence == "low":
+        return ("a process was killed with SIGKILL; the log does not say who sent it (the kernel OOM killer is the "
+                "usual sender, a scheduler or a person are the others)")
     return _DESCRIBE.get(cls, cls)
 
 
@@ -685,9 +689,13 @@ def _run_params(states: Sequence[_FileState]) -> RunParams:
     cmd_text = None
     for st in states:
         for ev in st.events:
-            if ev.role != P.RUN:
+            if ev.role == P.EXCEPTION and ev.data.get("exc", "").endswith("CalledProcessError"):
+                # the exception line names the command the wrapper ran: it fills what the log does not say otherwise
+                name, d = "called_process_exc", {"cmd": ev.text}
+            elif ev.role != P.RUN:
                 continue
-            name, d = ev.pattern, ev.data
+            else:
+                name, d = ev.pattern, ev.data
             if name == "hf_micro_batch":
                 vals["micro"] = int(d["v"])
             elif name == "hf_accumulation":
@@ -700,7 +708,7 @@ def _run_params(states: Sequence[_FileState]) -> RunParams:
                 vals["world"] = int(d["v"])
             elif name == "lf_dist_tasks":
                 vals.setdefault("master_port", int(d["port"]))
-            elif name in ("called_process", "launch_command"):
+            elif name in ("called_process", "launch_command", "called_process_exc"):
                 raw = ev.text if name == "called_process" else d["cmd"]
                 toks = _parse_command(raw)
                 if not toks:
