@@ -359,7 +359,7 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     entry: dict[str, str] | None = None
     table_entries: list[tuple[str | None, dict[str, str], Event]] = []
     keep = _Retention(st.events)
-    after_finish: list[Event] = []
+    pending_tb: list[Event] = []
     for ev in evs:
         keep.add(ev)
         role = ev.role
@@ -369,15 +369,21 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
                 st.failure_seen = st.error_seen = st.finished = False
                 st.deaths, st.closing, st.finish_line = {}, {}, None
                 table_entries.clear()
-                after_finish.clear()
+                pending_tb.clear()
                 section, entry = None, None
                 st.attempt_line = ev.line
             if role == P.RUN_START:
                 continue
-        if st.finish_line is not None and role in (P.TRACEBACK, P.EXCEPTION):
-            after_finish.append(ev)  # after a clean finish: a failure only if it is not exit-time teardown
-            if role == P.TRACEBACK:
-                continue
+        if role == P.TRACEBACK:
+            # a traceback is a failure once its exception line is known not to be exit-time teardown (or when the
+            # excerpt ends before it)
+            pending_tb.append(ev)
+            continue
+        if role == P.EXCEPTION and _teardown(ev):
+            pending_tb.clear()
+            continue
+        if role == P.EXCEPTION:
+            pending_tb.clear()
         if role == P.TABLE_SECTION:
             section = "root" if ev.pattern == "table_root" else "failures"
             st.failure_seen = True
@@ -417,9 +423,9 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
                 st.deaths.setdefault(f"line{ev.line}", _Death(None, None, code, ev.line, file, ev.text, ev.time,
                                                               host=ev.host, signal=signal_name(code), event=ev))
         elif role == P.EXCEPTION and st.finish_line is not None:
-            if not _teardown(ev) and exception_class(ev.data["exc"], ev.data.get("msg", "")) is not None:
+            if exception_class(ev.data["exc"], ev.data.get("msg", "")) is not None:
                 st.failure_seen = True
-        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
+        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION):
             st.failure_seen = True
         elif role == P.ERROR_LEVEL or (role == P.WEAK and ev.cls != "nan_loss"):
             st.error_seen = True  # an error was reported; a clean finish later outweighs it
@@ -429,10 +435,13 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             st.finished = True
             st.finish_line = ev.line
             st.failure_seen = False
+            pending_tb.clear()
             st.deaths, st.closing = {}, {}
             table_entries.clear()
             section, entry = None, None
     keep.close()
+    if pending_tb:
+        st.failure_seen = True  # a traceback whose exception line the excerpt does not show
     for sec, e, ev in table_entries:
         code_m = re.match(r"(-?\d+)(?: \(pid: (\d+)\))?", e.get("exitcode", ""))
         rank_m = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", e.get("rank", ""))
@@ -490,8 +499,8 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
         if st.finish_line is not None and ev.line < st.finish_line and ev.cls != "nan_loss" and \
                 ev.role in (P.CAUSE, P.WEAK, P.EXCEPTION, P.AGENT_SIGNAL, P.CLOSING):
             continue  # the run finished after it: it did not stop the run
-        if st.finish_line is not None and ev.role == P.EXCEPTION and _teardown(ev):
-            continue
+        if ev.role == P.EXCEPTION and _teardown(ev):
+            continue  # exit-time teardown (a multiprocessing finalizer, atexit, __del__): noise, never the cause
         if ev.role == P.CAUSE and ev.cls:
             exc = msg = None
             m = P.PATTERNS_BY_NAME["exception"].regex.search(ev.text.split("]: ", 1)[-1].lstrip()) \
@@ -626,7 +635,24 @@ def _pick(st: _FileState) -> _Cause | None:
                 chosen.confidence = "high"  # the message and the exit signal agree
         else:
             chosen = next((c for c in causes if c.death is root), causes[0])
-    return _cuda_before_nccl(chosen, causes)
+    return _cuda_before_nccl(_timeout_before_nccl(chosen, causes), causes)
+
+
+def _timeout_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:
+    """A collective that timed out is the root cause of the NCCL errors that follow it: once a watchdog aborts its
+    communicator (or the timed-out rank dies), the other ranks' pending collectives fail with "NCCL error in: ...".
+    The earliest timeout, in log order, wins over an NCCL error printed after it."""
+    if chosen.cls != "nccl_error":
+        return chosen
+    timeouts = [c for c in causes if c.cls == "nccl_timeout" and c.event.line < chosen.event.line]
+    if not timeouts:
+        return chosen
+    t = timeouts[0]
+    t.note = (f"the NCCL error (line {chosen.event.line}) followed the collective timeout (line {t.event.line}): the "
+              f"timeout is the root cause")
+    if t.death is None and chosen.death is not None and (t.event.rank is None or t.event.rank == chosen.death.rank):
+        t.death = chosen.death
+    return t
 
 
 def _cuda_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:

@@ -103,6 +103,9 @@ def strip_prefixes(text: str) -> Prefixes:
     rank = host = time = level = src = None
     if "repeated" in body:
         body = P.RAY_REPEATED.sub("", body)
+    first = body.lstrip()[:1]
+    if first and first in P.RICH_BOX_CHARS:
+        body = P.RICH_TRAIL.sub("", P.RICH_LEAD.sub("", body, count=1), count=1)
     for _ in range(8):
         before = body
         m = P.MARKDOWN_PREFIX.match(body)

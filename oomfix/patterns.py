@@ -63,7 +63,8 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("sigkill_escalation", [b"forcefully exiting via SIGKILL"],
        r"Unable to shutdown process (?P<pid>\d+) via (?P<sig>SIG[A-Z]+), forcefully exiting via SIGKILL", CLOSING),
     _p("worker_failed", [b"failed (exitcode"],
-       r"failed \(exitcode: (?P<code>-?\d+)\) local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\)", DEATH),
+       # (the local rank and pid are optional: a renderer that wraps lines, such as rich, may put them on the next)
+       r"failed \(exitcode: (?P<code>-?\d+)\)(?: local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\))?", DEATH),
     # subprocess.CalledProcessError of a directly launched worker: "died with <Signals.SIGKILL: 9>."
     # (torch.distributed.launch < 1.9 names the worker in the command: '--local_rank=7')
     _p("subprocess_signal", [b"died with <Signals."],
@@ -121,6 +122,11 @@ PATTERNS: tuple[Pattern, ...] = (
        r"tasks? [\d\-,]+: Out Of Memory|exceeded memory limit \(\d+ > \d+\), being killed|invoked oom-killer|"
        r"had condition: \[MemoryPressure\]", CAUSE, "host_oom", "high"),
     # torch/utils/data/_utils/signal_handling.py: "DataLoader worker (pid 123) is killed by signal: Killed."
+    # the DataLoader's SIGCHLD handler when a worker died of SIGTERM ("is killed by signal: Terminated."): the process
+    # group was stopped from outside (scancel, kill, a k8s pod deletion). Weak: in a torchrun cascade it is a victim's
+    # line, and the failing rank's own error wins.
+    _p("dataloader_terminated", [b"killed by signal: Terminated"],
+       r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) is killed by signal: Terminated", WEAK, "sigterm", "medium"),
     _p("dataloader_killed", [b"killed by signal: Killed"],
        r"DataLoader worker \(pid(?:\(s\))? (?P<pid>[\d, ]+)\) is killed by signal: Killed", CAUSE, "host_oom",
        "medium"),
@@ -144,7 +150,8 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("shm_bus_error", [b"bus error encountered", b"insufficient shared memory", b"out of shared memory"],
        r"bus error encountered in worker|insufficient shared memory|out of shared memory", CAUSE,
        "shm_bus_error", "high"),
-    _p("dataloader_bus_error", [b"killed by signal: Bus error"], r"killed by signal: Bus error", CAUSE,
+    # (the line may end at "Bus" when a renderer such as rich wrapped the message at a word boundary)
+    _p("dataloader_bus_error", [b"killed by signal: Bus"], r"killed by signal: Bus(?: error|\s*$)", CAUSE,
        "shm_bus_error", "high"),
     # torch's shared-memory tensors live in /dev/shm as /torch_<pid>_...: a full /dev/shm reports ENOSPC
     _p("shm_full", [b"unable to write to file </torch_", b"unable to allocate shared memory"],
@@ -402,8 +409,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # clean finishes: HF Trainer (trainer.py) "Training completed. Do not forget to share your model on
     # huggingface.co/models =)"; Lightning (trainer/trainer.py, 1.8+) "`Trainer.fit` stopped: `max_epochs=3` reached.";
     # Megatron-LM (training.py) "[after training is done] datetime: ..."
-    _p("train_completed", [b"Training completed. Do not forget", b"`Trainer.fit` stopped:", b"after training is done"],
-       r"Training completed\. Do not forget to share|`Trainer\.fit` stopped: |\[after training is done\]", FINISHED),
+    # verl (trainer/ppo/ray_trainer.py fit) "Final validation metrics: {...}" after the last step
+    _p("train_completed", [b"Training completed. Do not forget", b"`Trainer.fit` stopped:", b"after training is done",
+                           b"Final validation metrics:"],
+       r"Training completed\. Do not forget to share|`Trainer\.fit` stopped: |\[after training is done\]|"
+       r"Final validation metrics: ", FINISHED),
     _p("traceback_start", [b"Traceback (most recent call last)"], r"Traceback \(most recent call last\)", TRACEBACK),
     # a frame line: an excerpt that starts inside a traceback still shows that something failed
     _p("traceback_frame", [b'File "'], r'^\s*File "[^"]+", line \d+', TRACEBACK),
@@ -491,6 +501,11 @@ RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray dedupli
 CLOCK_PREFIX = re.compile(
     r"^\[?(?:(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[ T_])?(?P<hms>\d\d:\d\d:\d\d)(?:[.,](?P<f>\d+))?"
     r"(?:Z|[+-]\d\d:?\d\d)?\]?(?:\s+|(?=\[))")
+# `rich` (Console, Panel, RichHandler, rich.traceback): box-drawing edges around a line ("│ text   │", a title in a
+# border "╭──── Traceback (most recent call last) ────╮"), stripped so that the text inside reads like plain output
+RICH_BOX_CHARS = "│┃║╭╰╮╯├┤┝┥┠┨┣┫╞╡─━═"
+RICH_LEAD = re.compile(r"^\s*[│┃║╭╰├┝┠┣╞][─━═]*\s?")
+RICH_TRAIL = re.compile(r"\s*[─━═]*[│┃║╮╯┤┥┨┫╡]\s*$")
 MARKDOWN_PREFIX = re.compile(r"^(?:>\s?)+|^\*\*(?!\*)|^`+(?!`)")
 # glog, as c10 (c10/util/Logging.cpp) and torch's Python logging in glog style print it, with or without brackets,
 # pid and date: "E1127 19:02:18.114000 11226 api.py:1002] ", "[E429 13:55:49.384372190 ProcessGroupNCCL.cpp:1743] ",
