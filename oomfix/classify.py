@@ -363,7 +363,11 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     for ev in evs:
         keep.add(ev)
         role = ev.role
-        if role == P.RUN_START or ev.pattern == "lf_dist_tasks":
+        # a training start after a SLURM step's task exit: that step (a helper run before training) is over, and
+        # the training step that then started is the job's outcome
+        new_step = ev.pattern == "phase_training" and any(
+            d.event is not None and d.event.pattern == "srun_task_exit" for d in st.deaths.values())
+        if role == P.RUN_START or ev.pattern == "lf_dist_tasks" or new_step:
             if st.failure_seen or st.error_seen or st.deaths or st.closing or st.finished:
                 # a new launch appended to the same file: the outcome is that of the last attempt
                 st.failure_seen = st.error_seen = st.finished = False
