@@ -437,13 +437,21 @@ PATTERNS: tuple[Pattern, ...] = (
     # "-Wno-error=..."), metric names ("error_rate", "errors: 0"), a notifier's "An error occurred connecting to
     # Discord", a model's generated text. Lines that carry a lower level (INFO/WARNING/DEBUG, a glog I/W) are not errors.
     _p("error_level", [b"ERROR", b"CRITICAL", b"FATAL", b"FAILED", b"ABORT", b"rror:", b"atal:", b"Assertion",
-                       b"terminate called", b"Fatal Python error"],
+                       b"terminate called", b"Fatal Python error", b"Aborted", b"core dumped"],
        r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:"
-       r".*(?<![\w=\-])(?:ERROR|CRITICAL|FATAL|FAILED|ABORT(?:ED|ING)?)\b(?![=_])"
-       r"|(?:[\w.\-/]+: )?(?:[Ee]rror|[Ff]atal)(?: error)?: "
+       # a level field, not a value ("log_level: ERROR", "'level': 'ERROR'", "LOGLEVEL=ERROR")
+       r".*(?<![\w=\-'\"])(?<!level: )(?<!level )(?:ERROR|CRITICAL|FATAL|FAILED|ABORT(?:ED|ING)?)\b(?![=_'\"])"
+       # a program's own prefix: "error: x", "srun: error: x", "file.cpp:12:3: fatal error: x", "fatal: x"
+       r"|(?:[\w.\-/]+(?::\d+)*: )?(?:[Ee]rror|[Ff]atal)(?: error)?: "
        r"|Fatal Python error"
        r"|.*\bAssertion [`'\"].*\bfailed"
-       r"|terminate called (?:after throwing|without an active exception))", ERROR_LEVEL),
+       r"|terminate called (?:after throwing|without an active exception)"
+       # the shell's report of a job that died of a signal: "Aborted (core dumped)", "line 3: 123 Aborted  python x"
+       r"|(?:.*\b\d+ )?Aborted(?:\s+\(core dumped\))?(?:\s*$|\s{2,}\S)|.*\(core dumped\))", ERROR_LEVEL),
+    # a glog E/F line (c10, torch's Python logging in glog style) that says an error happened in words: the level
+    # letter is the structure, the words say it is not routine
+    _p("glog_error_words", [b"rror", b"ailed", b"bort"],
+       r"\b(?:[Ee]rror|ERROR|[Ff]ailed|FAILED|[Aa]bort(?:ed|ing)?)\b", ERROR_LEVEL, levels="EF"),
 )
 
 MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.markers}))
