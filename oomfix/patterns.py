@@ -339,6 +339,20 @@ PATTERNS: tuple[Pattern, ...] = (
        r"CANCELLED AT \S+(?! DUE TO TASK FAILURE)(?: DUE TO (?P<why>[A-Z ]+?))?[\s,]*(?:SEE [A-Z ]+)?\*", CAUSE,
        "sigterm", "high"),
     _p("slurm_task_failure", [b"DUE TO TASK FAILURE"], r"CANCELLED AT \S+ DUE TO TASK FAILURE", ERROR_LEVEL),
+    # IBM Spectrum LSF's job report (appended to the job's output): "TERM_MEMLIMIT: job killed after reaching LSF memory
+    # usage limit." (host RAM), "TERM_RUNLIMIT: job killed after reaching LSF run time limit.", TERM_OWNER/ADMIN/
+    # PREEMPT/REQUEUE_*/CPULIMIT (stopped from outside), "Exited with exit code 1." (the job's own exit status),
+    # "Successfully completed." (exit 0)
+    _p("lsf_memlimit", [b"TERM_MEMLIMIT", b"TERM_SWAP"], r"TERM_(?:MEMLIMIT|SWAP): job killed", CAUSE, "host_oom",
+       "high"),
+    _p("lsf_killed", [b"TERM_"], r"TERM_(?:RUNLIMIT|OWNER|ADMIN|PREEMPT|REQUEUE_\w+|CPULIMIT|FORCE_\w+|UNKNOWN): job "
+       r"killed", CAUSE, "sigterm", "high"),
+    _p("lsf_exit", [b"Exited with exit code"], r"^Exited with exit code (?P<code>\d+)\.\s*$", DEATH),
+    _p("lsf_done", [b"Successfully completed."], r"^Successfully completed\.\s*$", FINISHED),
+    # CPython itself when the script is missing: "python: can't open file '/x/main.py': [Errno 2] No such file or
+    # directory" (Modules/main.c): a bad command line, like argparse's
+    _p("python_cant_open", [b"can't open file"], r"^\S*python[\d.]*: can't open file '[^']*': \[Errno \d+\]", CAUSE,
+       "python_exception", "high"),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
     # submitit (submitit/core/job_environment.py): the SLURM signal handler logs "Caught signal SIGUSR2 on HOST: this
     # job is preempted." (or "timed-out"), then "Requeued job 123 (2 remaining timeouts)"; its SIGTERM handler logs
