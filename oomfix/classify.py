@@ -365,7 +365,7 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
         role = ev.role
         # a training start after a SLURM step's task exit: that step (a helper run before training) is over, and
         # the training step that then started is the job's outcome
-        new_step = ev.pattern == "phase_training" and any(
+        new_step = ev.pattern in ("phase_training", "phase_training_start") and any(
             d.event is not None and d.event.pattern == "srun_task_exit" for d in st.deaths.values())
         if role == P.RUN_START or ev.pattern == "lf_dist_tasks" or new_step:
             if st.failure_seen or st.error_seen or st.deaths or st.closing or st.finished:

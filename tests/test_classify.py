@@ -192,6 +192,10 @@ SEVERITY_CASES = [
      "[12/22 19:15:01] detectron2 INFO: Rank of current process: 0. World size: 4\n"
      "[12/22 19:31:02] detectron2 INFO: Rank of current process: 0. World size: 4\n"
      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n", "cuda_oom"),
+    ("a helper step's task exit before a training step that trains is not the outcome",
+     "srun: error: node7: task 0: Exited with exit code 1\n"
+     "[12/22 19:31:29] d2.engine.train_loop INFO: Starting training from iteration 0\n"
+     "[12/22 19:41:29] d2.utils.events INFO:  eta: 1:02:03  iter: 19  total_loss: 1.2\n", "none"),
     ("SLURM preemption through submitit is an outside stop",
      "submitit WARNING (2024-03-02 14:00:12,448) - Caught signal SIGUSR2 on node7: this job is preempted.\n",
      "sigterm"),
