@@ -247,3 +247,17 @@ def test_a_frame_source_line_is_code_not_the_root_cause(tmp_path):
     d = diagnose_logs([str(p)])
     assert (d.cls, d.root_cause.line, d.root_cause.exception) == ("cuda_oom", 4, "torch.OutOfMemoryError")
     assert d.root_cause.raised_at == "/w/t.py:33 in main" and d.memory.requested_gib == 2.0
+
+
+def test_a_clean_finish_past_the_head_of_a_large_log_is_found(tmp_path):
+    """The finish marker decides the outcome wherever it is: a caught traceback at the start of a 5 MB log, HF's
+    finish at its end, is a clean run with both engines."""
+    from oomfix.reader import Prefilter
+
+    p = tmp_path / "big.log"
+    step = "{'loss': 1.2345, 'grad_norm': 0.3, 'learning_rate': 1e-05, 'epoch': 0.50}\n"
+    p.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nKeyError: 'caught'\n"
+                 + step * 70000 + "{'train_runtime': 1240.5, 'train_loss': 1.3, 'epoch': 1.0}\n")
+    assert p.stat().st_size > 4 << 20  # past patterns.HEAD_BYTES
+    assert diagnose([str(p)]).cls == "none"
+    assert diagnose([str(p)], prefilter=Prefilter()).cls == "none"
