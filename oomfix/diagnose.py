@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
@@ -26,11 +27,34 @@ def _config_near(ref: str, logs: Sequence[str]) -> Config | None:
                 tried.append(os.path.join(d, ref))
                 d = os.path.dirname(d)
     for path in tried:
-        if os.path.isfile(path):
+        if os.path.isfile(path) and _plain(path):
             cfg = try_load(path)
             if cfg is not None:
                 return cfg
     return None
+
+
+_MAX_CONFIG_BYTES = 1 << 20
+_MAX_DEPTH = 64
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _plain(path: str) -> bool:
+    """Worth reading for advice: a training config is small and shallow. A huge or deeply nested file (a hostile
+    one costs the YAML parser seconds) is left to `apply` and `check`, which refuse it with a message."""
+    try:
+        if os.path.getsize(path) > _MAX_CONFIG_BYTES:
+            return False
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(data):
+        depth = depth + 1 if m[0] in (b"[", b"{") else max(depth - 1, 0)
+        if depth > _MAX_DEPTH:
+            return False
+    return True
 
 
 def diagnosis_facts(d: Diagnosis, config: Config | None = None) -> dict[str, Any]:

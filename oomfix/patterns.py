@@ -357,9 +357,12 @@ PATTERNS: tuple[Pattern, ...] = (
     # submitit (submitit/core/job_environment.py): the SLURM signal handler logs "Caught signal SIGUSR2 on HOST: this
     # job is preempted." (or "timed-out"), then "Requeued job 123 (2 remaining timeouts)"; its SIGTERM handler logs
     # "Bypassing signal SIGTERM" (a preemption notice, the job stops soon after). An outside stop: resume, never edit.
-    _p("submitit_preempted", [b"this job is preempted", b"this job is timed-out", b"Requeued job", b"Bypassing signal"],
-       r"Caught signal (?P<sig>SIG[A-Z0-9]+) on \S+: this job is (?:preempted|timed-out)|Requeued job \S+|"
-       r"Bypassing signal (?P<sig2>SIG[A-Z0-9]+)", CAUSE, "sigterm", "high"),
+    _p("submitit_preempted", [b"this job is preempted", b"this job is timed-out", b"Requeued job"],
+       r"Caught signal (?P<sig>SIG[A-Z0-9]+) on \S+: this job is (?:preempted|timed-out)|Requeued job \S+", CAUSE,
+       "sigterm", "high"),
+    # (the SIGTERM it bypasses is SLURM's notice: alone, without the preemption line, it is a weaker sign)
+    _p("submitit_bypass", [b"Bypassing signal"], r"Bypassing signal (?P<sig>SIG[A-Z0-9]+)", CAUSE, "sigterm",
+       "medium"),
     # Kubernetes (kubelet eviction manager, pod status), cloud spot/preemptible reclaim (AWS "Spot Instance
     # interruption notice", GCE "Instance was preempted" / metadata "preempted": TRUE)
     _p("outside_reclaim", [b"Pod was evicted", b"The node was low on resource", b"pot Instance interruption",
@@ -424,6 +427,9 @@ PATTERNS: tuple[Pattern, ...] = (
     # Appended log files (detectron2's log.txt, `>> train.log`) hold several attempts: the last one is the outcome.
     _p("run_start_rank", [b"Rank of current process:"], r"Rank of current process: \d+\. World size: \d+", RUN_START),
     _p("run_start_env", [b"Environment info:"], r"\bEnvironment info:\s*$", RUN_START),
+    # submitit (core/submission.py process_job): "Starting with JobEnvironment(job_id=..., ...)" at each (re)launch; a
+    # requeued job appends to the same log file
+    _p("run_start_submitit", [b"Starting with JobEnvironment("], r"Starting with JobEnvironment\(", RUN_START),
     # clean finishes: HF Trainer (trainer.py) "Training completed. Do not forget to share your model on
     # huggingface.co/models =)"; Lightning (trainer/trainer.py, 1.8+) "`Trainer.fit` stopped: `max_epochs=3` reached.";
     # Megatron-LM (training.py) "[after training is done] datetime: ..."
