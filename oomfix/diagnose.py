@@ -5,16 +5,18 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oomfix.classify import diagnose as classify_logs
-from oomfix.configs import Config, try_load
 from oomfix.errors import UsageError
 from oomfix.model import Diagnosis
 from oomfix.reader import Prefilter
 
+if TYPE_CHECKING:
+    from oomfix.configs import Config
 
-def _config_near(ref: str, logs: Sequence[str]) -> Config | None:
+
+def _config_near(ref: str, logs: Sequence[str]) -> "Config | None":
     """The config a log names (`run.config`, or --config), read where the run read it: relative to the current
     directory, or to the log's directory and the two above it (logs/ under the project the job ran in)."""
     tried: list[str] = [ref]
@@ -28,6 +30,8 @@ def _config_near(ref: str, logs: Sequence[str]) -> Config | None:
                 d = os.path.dirname(d)
     for path in tried:
         if os.path.isfile(path) and _plain(path):
+            from oomfix.configs import try_load  # only when there is a config to read: diagnose starts fast
+
             cfg = try_load(path)
             if cfg is not None:
                 return cfg
@@ -57,7 +61,7 @@ def _plain(path: str) -> bool:
     return True
 
 
-def diagnosis_facts(d: Diagnosis, config: Config | None = None) -> dict[str, Any]:
+def diagnosis_facts(d: Diagnosis, config: "Config | None" = None) -> dict[str, Any]:
     """What rule preconditions may ask about a diagnosis: the log's facts, and the config's values when the config it
     names can be read (so that advice says what fits that config: never "halve" a value that is already 0)."""
     config_values = dict(config.values) if config is not None else {}
