@@ -98,7 +98,11 @@ _DESCRIBE = {
 }
 
 
-def describe(cls: str) -> str:
+def describe(cls: str, confidence: str | None = None) -> str:
+    """The class in words; a host-memory kill known only from a bare SIGKILL says only what is known."""
+    if cls == "host_oom" and confidence == "low":
+        return ("a process was killed with SIGKILL; the log does not say who sent it (the kernel OOM killer is the "
+                "usual sender, a scheduler or a person are the others)")
     return _DESCRIBE.get(cls, cls)
 
 
@@ -140,6 +144,8 @@ class _FileState:
     failure_seen: bool = False
     error_seen: bool = False
     finished: bool = False
+    attempt_line: int = 0  # the last launch in the file starts here: what came before is an earlier attempt
+    finish_line: int | None = None  # the last clean finish of this attempt
 
     @property
     def failed(self) -> bool:
@@ -353,9 +359,35 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     entry: dict[str, str] | None = None
     table_entries: list[tuple[str | None, dict[str, str], Event]] = []
     keep = _Retention(st.events)
+    pending_tb: list[Event] = []
     for ev in evs:
         keep.add(ev)
         role = ev.role
+        # a training start after a SLURM step's task exit: that step (a helper run before training) is over, and
+        # the training step that then started is the job's outcome
+        new_step = ev.pattern in ("phase_training", "phase_training_start") and any(
+            d.event is not None and d.event.pattern == "srun_task_exit" for d in st.deaths.values())
+        if role == P.RUN_START or ev.pattern == "lf_dist_tasks" or new_step:
+            if st.failure_seen or st.error_seen or st.deaths or st.closing or st.finished:
+                # a new launch appended to the same file: the outcome is that of the last attempt
+                st.failure_seen = st.error_seen = st.finished = False
+                st.deaths, st.closing, st.finish_line = {}, {}, None
+                table_entries.clear()
+                pending_tb.clear()
+                section, entry = None, None
+                st.attempt_line = ev.line
+            if role == P.RUN_START:
+                continue
+        if role == P.TRACEBACK:
+            # a traceback is a failure once its exception line is known not to be exit-time teardown (or when the
+            # excerpt ends before it)
+            pending_tb.append(ev)
+            continue
+        if role == P.EXCEPTION and _teardown(ev):
+            pending_tb.clear()
+            continue
+        if role == P.EXCEPTION:
+            pending_tb.clear()
         if role == P.TABLE_SECTION:
             section = "root" if ev.pattern == "table_root" else "failures"
             st.failure_seen = True
@@ -394,13 +426,26 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
                 st.failure_seen = True
                 st.deaths.setdefault(f"line{ev.line}", _Death(None, None, code, ev.line, file, ev.text, ev.time,
                                                               host=ev.host, signal=signal_name(code), event=ev))
-        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION, P.TRACEBACK):
+        elif role == P.EXCEPTION and st.finish_line is not None:
+            if exception_class(ev.data["exc"], ev.data.get("msg", "")) is not None:
+                st.failure_seen = True
+        elif role in (P.CAUSE, P.AGENT_SIGNAL, P.EXCEPTION):
             st.failure_seen = True
         elif role == P.ERROR_LEVEL or (role == P.WEAK and ev.cls != "nan_loss"):
             st.error_seen = True  # an error was reported; a clean finish later outweighs it
         elif role == P.FINISHED:
+            # a clean finish: what this attempt printed before it did not stop it (a caught, logged traceback; a helper
+            # step that failed before the training step); a failure after it still counts
             st.finished = True
+            st.finish_line = ev.line
+            st.failure_seen = False
+            pending_tb.clear()
+            st.deaths, st.closing = {}, {}
+            table_entries.clear()
+            section, entry = None, None
     keep.close()
+    if pending_tb:
+        st.failure_seen = True  # a traceback whose exception line the excerpt does not show
     for sec, e, ev in table_entries:
         code_m = re.match(r"(-?\d+)(?: \(pid: (\d+)\))?", e.get("exitcode", ""))
         rank_m = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", e.get("rank", ""))
@@ -429,6 +474,18 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
     return st
 
 
+# exit-time teardown, printed after a run finished: CPython's multiprocessing finalizers (synchronize.py _cleanup
+# unlinking a semaphore already gone, util.py _exit_function, resource_tracker), atexit callbacks, __del__ methods and
+# weakref finalizers ("Exception ignored in: <function X.__del__>"). Noise, not the outcome.
+_TEARDOWN_FRAME = re.compile(r"multiprocessing/(?:synchronize|util|resource_tracker|queues|managers|popen_\w+)\.py|"
+                             r"atexit|weakref\.py| in (?:__del__|_cleanup|_exit_function|_run_finalizers|"
+                             r"_python_exit|__exit__)$")
+
+
+def _teardown(ev: Event) -> bool:
+    return bool(ev.frame and _TEARDOWN_FRAME.search(ev.frame))
+
+
 def _is_victim(d: _Death, st: _FileState) -> bool:
     if d.exitcode == -15 or d.signal == "SIGTERM":
         return True
@@ -441,6 +498,13 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
     weak: list[_Cause] = []
     agent_signal_seen = False
     for ev in st.events:
+        if ev.line < st.attempt_line:
+            continue  # an earlier attempt appended to the same file
+        if st.finish_line is not None and ev.line < st.finish_line and ev.cls != "nan_loss" and \
+                ev.role in (P.CAUSE, P.WEAK, P.EXCEPTION, P.AGENT_SIGNAL, P.CLOSING):
+            continue  # the run finished after it: it did not stop the run
+        if ev.role == P.EXCEPTION and _teardown(ev):
+            continue  # exit-time teardown (a multiprocessing finalizer, atexit, __del__): noise, never the cause
         if ev.role == P.CAUSE and ev.cls:
             exc = msg = None
             m = P.PATTERNS_BY_NAME["exception"].regex.search(ev.text.split("]: ", 1)[-1].lstrip()) \
@@ -575,7 +639,24 @@ def _pick(st: _FileState) -> _Cause | None:
                 chosen.confidence = "high"  # the message and the exit signal agree
         else:
             chosen = next((c for c in causes if c.death is root), causes[0])
-    return _cuda_before_nccl(chosen, causes)
+    return _cuda_before_nccl(_timeout_before_nccl(chosen, causes), causes)
+
+
+def _timeout_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:
+    """A collective that timed out is the root cause of the NCCL errors that follow it: once a watchdog aborts its
+    communicator (or the timed-out rank dies), the other ranks' pending collectives fail with "NCCL error in: ...".
+    The earliest timeout, in log order, wins over an NCCL error printed after it."""
+    if chosen.cls != "nccl_error":
+        return chosen
+    timeouts = [c for c in causes if c.cls == "nccl_timeout" and c.event.line < chosen.event.line]
+    if not timeouts:
+        return chosen
+    t = timeouts[0]
+    t.note = (f"the NCCL error (line {chosen.event.line}) followed the collective timeout (line {t.event.line}): the "
+              f"timeout is the root cause")
+    if t.death is None and chosen.death is not None and (t.event.rank is None or t.event.rank == chosen.death.rank):
+        t.death = chosen.death
+    return t
 
 
 def _cuda_before_nccl(chosen: _Cause, causes: list[_Cause]) -> _Cause:
@@ -616,14 +697,18 @@ def _phase(st: _FileState, ev: Event) -> str | None:
     for e in st.events:
         if e.line >= ev.line:
             break
-        if e.role == P.PHASE:
+        if e.role == P.PHASE and e.line >= st.attempt_line:
             last = e
     step = f"step {ev.progress[0]}/{ev.progress[1]}" if ev.progress else None
     if last is None:
         return step
     phase = last.cls
-    if phase == "checkpoint save" and ev.line - last.line > 50:
-        phase = "training"
+    if phase == "checkpoint save":
+        # training went on after the save (HF names the step it saved: "checkpoint-4"; the bar before the failure says
+        # 5/160): the failure is in a later training step, not in the save
+        saved = _int(last.data.get("step")) if last.data else None
+        if ev.line - last.line > 50 or (saved is not None and ev.progress and ev.progress[0] > saved):
+            phase = "training"
     if phase == "training" and step:
         return f"training {step}"
     return phase
@@ -634,9 +719,13 @@ def _run_params(states: Sequence[_FileState]) -> RunParams:
     cmd_text = None
     for st in states:
         for ev in st.events:
-            if ev.role != P.RUN:
+            if ev.role == P.EXCEPTION and ev.data.get("exc", "").endswith("CalledProcessError"):
+                # the exception line names the command the wrapper ran: it fills what the log does not say otherwise
+                name, d = "called_process_exc", {"cmd": ev.text}
+            elif ev.role != P.RUN:
                 continue
-            name, d = ev.pattern, ev.data
+            else:
+                name, d = ev.pattern, ev.data
             if name == "hf_micro_batch":
                 vals["micro"] = int(d["v"])
             elif name == "hf_accumulation":
@@ -649,7 +738,7 @@ def _run_params(states: Sequence[_FileState]) -> RunParams:
                 vals["world"] = int(d["v"])
             elif name == "lf_dist_tasks":
                 vals.setdefault("master_port", int(d["port"]))
-            elif name in ("called_process", "launch_command"):
+            elif name in ("called_process", "launch_command", "called_process_exc"):
                 raw = ev.text if name == "called_process" else d["cmd"]
                 toks = _parse_command(raw)
                 if not toks:

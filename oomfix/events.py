@@ -103,6 +103,9 @@ def strip_prefixes(text: str) -> Prefixes:
     rank = host = time = level = src = None
     if "repeated" in body:
         body = P.RAY_REPEATED.sub("", body)
+    first = body.lstrip()[:1]
+    if first and first in P.RICH_BOX_CHARS:
+        body = P.RICH_TRAIL.sub("", P.RICH_LEAD.sub("", body, count=1), count=1)
     for _ in range(8):
         before = body
         m = P.MARKDOWN_PREFIX.match(body)
@@ -334,6 +337,30 @@ def _may_unwrap(cand: Candidate, text: str) -> bool:
     return _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
 
 
+# (WEAK patterns may match code on purpose: `self._store = TCPStore(` is where a busy port surfaces)
+_CODE_ROLES = frozenset({P.CAUSE, P.EXCEPTION, P.ERROR_LEVEL})
+_FRAME_LINE = re.compile(r'^\s*File "[^"]+", line \d+, in ')
+
+
+def _indent(text: str, lead: str) -> int:
+    """Spaces just before the line's body (after any prefix): CPython indents a frame's source line by 4."""
+    i = text.find(lead[:40]) if lead else -1
+    j = i
+    while j > 0 and text[j - 1] == " ":
+        j -= 1
+    return i - j
+
+
+def _frame_source(cand: Candidate) -> bool:
+    """Is this indented line the source line CPython prints under a traceback frame (`File "x.py", line 3, in f`)?"""
+    b = cand.before[-4096:] if cand.before else b""
+    i = b.rfind(b"\n")
+    if i == -1:
+        return False
+    prev = _phys(b[b.rfind(b"\n", 0, i) + 1:i])
+    return bool(_FRAME_LINE.match(strip_prefixes(prev).body))
+
+
 def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
     evs = parse_records(cand, file, patterns)
     return evs[0] if evs else None
@@ -344,6 +371,8 @@ def _parse_text(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...], tex
     body, rank, host, time = pre.body, pre.rank, pre.host, pre.time
     lead = body.lstrip()
     for pat, mm in _matches(patterns, text, body, lead, pre.level):
+        if pat.role in _CODE_ROLES and _indent(text, lead) >= 4 and _frame_source(cand):
+            return None  # a traceback frame's source line ("    raise torch.OutOfMemoryError(msg)") is code, not an event
         data = {k: v for k, v in mm.groupdict().items() if v is not None}
         if rank is None and pat.role in (P.CAUSE, P.WEAK, P.EXCEPTION):
             r = P.RANK_IN_TEXT.search(body)

@@ -28,6 +28,7 @@ PHASE = "phase"
 OOM_DETAIL = "oom_detail"
 FINISHED = "finished"
 TRACEBACK = "traceback"  # a traceback starts: something failed, even if the excerpt ends here
+RUN_START = "run_start"  # a launch begins: what came before it in the file belongs to an earlier attempt
 ERROR_LEVEL = "error_level"  # a line that reports an error in words no specific pattern knows: never "none"
 
 
@@ -62,7 +63,8 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("sigkill_escalation", [b"forcefully exiting via SIGKILL"],
        r"Unable to shutdown process (?P<pid>\d+) via (?P<sig>SIG[A-Z]+), forcefully exiting via SIGKILL", CLOSING),
     _p("worker_failed", [b"failed (exitcode"],
-       r"failed \(exitcode: (?P<code>-?\d+)\) local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\)", DEATH),
+       # (the local rank and pid are optional: a renderer that wraps lines, such as rich, may put them on the next)
+       r"failed \(exitcode: (?P<code>-?\d+)\)(?: local_rank: (?P<lr>\d+) \(pid: (?P<pid>\d+)\))?", DEATH),
     # subprocess.CalledProcessError of a directly launched worker: "died with <Signals.SIGKILL: 9>."
     # (torch.distributed.launch < 1.9 names the worker in the command: '--local_rank=7')
     _p("subprocess_signal", [b"died with <Signals."],
@@ -108,9 +110,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # this worker". Before the CUDA patterns: Ray's OutOfMemoryError is host RAM, not GPU memory.
     # (newest: "1 worker(s) were killed due to the node running low on memory ... Ray killed 1 worker(s)")
     _p("ray_oom", [b"memory pressure (OOM)", b"running low on memory", b"memory usage threshold",
-                   b"ray.exceptions.OutOfMemoryError", b"Ray killed"],
+                   b"ray.exceptions.OutOfMemoryError", b"Ray killed", b"where the task"],
        r"killed due to memory pressure \(OOM\)|running low on memory|exceeds the memory usage threshold|"
-       r"ray\.exceptions\.OutOfMemoryError|Ray killed (?:this worker|\d+ worker)", CAUSE, "host_oom", "high"),
+       r"ray\.exceptions\.OutOfMemoryError|Ray killed (?:this worker|\d+ worker)|"
+       # the same message when a terminal or a log collector split it: its first line alone
+       r"Memory on the node \(IP: [^)]*\) where the task", CAUSE, "host_oom", "high"),
     # SLURM: srun "srun: error: node01: task 0: Out Of Memory", slurmstepd "StepId=7.batch exceeded memory limit
     # (734003200 > 52428800), being killed"; the kernel's "python invoked oom-killer: gfp_mask=..."; kubelet "The node
     # had condition: [MemoryPressure]"
@@ -118,6 +122,11 @@ PATTERNS: tuple[Pattern, ...] = (
        r"tasks? [\d\-,]+: Out Of Memory|exceeded memory limit \(\d+ > \d+\), being killed|invoked oom-killer|"
        r"had condition: \[MemoryPressure\]", CAUSE, "host_oom", "high"),
     # torch/utils/data/_utils/signal_handling.py: "DataLoader worker (pid 123) is killed by signal: Killed."
+    # the DataLoader's SIGCHLD handler when a worker died of SIGTERM ("is killed by signal: Terminated."): the process
+    # group was stopped from outside (scancel, kill, a k8s pod deletion). Weak: in a torchrun cascade it is a victim's
+    # line, and the failing rank's own error wins.
+    _p("dataloader_terminated", [b"killed by signal: Terminated"],
+       r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) is killed by signal: Terminated", WEAK, "sigterm", "medium"),
     _p("dataloader_killed", [b"killed by signal: Killed"],
        r"DataLoader worker \(pid(?:\(s\))? (?P<pid>[\d, ]+)\) is killed by signal: Killed", CAUSE, "host_oom",
        "medium"),
@@ -141,7 +150,8 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("shm_bus_error", [b"bus error encountered", b"insufficient shared memory", b"out of shared memory"],
        r"bus error encountered in worker|insufficient shared memory|out of shared memory", CAUSE,
        "shm_bus_error", "high"),
-    _p("dataloader_bus_error", [b"killed by signal: Bus error"], r"killed by signal: Bus error", CAUSE,
+    # (the line may end at "Bus" when a renderer such as rich wrapped the message at a word boundary)
+    _p("dataloader_bus_error", [b"killed by signal: Bus"], r"killed by signal: Bus(?: error|\s*$)", CAUSE,
        "shm_bus_error", "high"),
     # torch's shared-memory tensors live in /dev/shm as /torch_<pid>_...: a full /dev/shm reports ENOSPC
     _p("shm_full", [b"unable to write to file </torch_", b"unable to allocate shared memory"],
@@ -255,6 +265,11 @@ PATTERNS: tuple[Pattern, ...] = (
     # ================================================================================================================
     # ports (c10d TCPStore / socket.cpp, gloo, torch elastic's static rendezvous)
     # ================================================================================================================
+    # accelerate (commands/launch.py, utils/launch.py prepare_multi_gpu_env, 0.20+): "ConnectionError: Tried to launch
+    # distributed communication on port `29500`, but another process is utilizing it."
+    _p("accelerate_port_in_use", [b"another process is utilizing it"],
+       r"Tried to launch distributed communication on port `?(?P<port>\d+)`?, but another process is utilizing it",
+       CAUSE, "port_in_use", "high"),
     _p("port_in_use", [b"EADDRINUSE", b"ddress already in use", b"server socket has failed"],
        r"EADDRINUSE|[Aa]ddress already in use|server socket has failed to (?:listen|bind)", CAUSE,
        "port_in_use", "high"),
@@ -324,7 +339,36 @@ PATTERNS: tuple[Pattern, ...] = (
        r"CANCELLED AT \S+(?! DUE TO TASK FAILURE)(?: DUE TO (?P<why>[A-Z ]+?))?[\s,]*(?:SEE [A-Z ]+)?\*", CAUSE,
        "sigterm", "high"),
     _p("slurm_task_failure", [b"DUE TO TASK FAILURE"], r"CANCELLED AT \S+ DUE TO TASK FAILURE", ERROR_LEVEL),
+    # IBM Spectrum LSF's job report (appended to the job's output): "TERM_MEMLIMIT: job killed after reaching LSF memory
+    # usage limit." (host RAM), "TERM_RUNLIMIT: job killed after reaching LSF run time limit.", TERM_OWNER/ADMIN/
+    # PREEMPT/REQUEUE_*/CPULIMIT (stopped from outside), "Exited with exit code 1." (the job's own exit status),
+    # "Successfully completed." (exit 0)
+    _p("lsf_memlimit", [b"TERM_MEMLIMIT", b"TERM_SWAP"], r"TERM_(?:MEMLIMIT|SWAP): job killed", CAUSE, "host_oom",
+       "high"),
+    _p("lsf_killed", [b"TERM_"], r"TERM_(?:RUNLIMIT|OWNER|ADMIN|PREEMPT|REQUEUE_\w+|CPULIMIT|FORCE_\w+|UNKNOWN): job "
+       r"killed", CAUSE, "sigterm", "high"),
+    _p("lsf_exit", [b"Exited with exit code"], r"^Exited with exit code (?P<code>\d+)\.\s*$", DEATH),
+    _p("lsf_done", [b"Successfully completed."], r"^Successfully completed\.\s*$", FINISHED),
+    # CPython itself when the script is missing: "python: can't open file '/x/main.py': [Errno 2] No such file or
+    # directory" (Modules/main.c): a bad command line, like argparse's
+    _p("python_cant_open", [b"can't open file"], r"^\S*python[\d.]*: can't open file '[^']*': \[Errno \d+\]", CAUSE,
+       "python_exception", "high"),
     _p("k8s_memory_eviction", [b"low on resource: memory"], r"low on resource: memory", CAUSE, "host_oom", "high"),
+    # submitit (submitit/core/job_environment.py): the SLURM signal handler logs "Caught signal SIGUSR2 on HOST: this
+    # job is preempted." (or "timed-out"), then "Requeued job 123 (2 remaining timeouts)"; its SIGTERM handler logs
+    # "Bypassing signal SIGTERM" (a preemption notice, the job stops soon after). An outside stop: resume, never edit.
+    _p("submitit_preempted", [b"this job is preempted", b"this job is timed-out", b"Requeued job"],
+       r"Caught signal (?P<sig>SIG[A-Z0-9]+) on \S+: this job is (?:preempted|timed-out)|Requeued job \S+", CAUSE,
+       "sigterm", "high"),
+    # (the SIGTERM it bypasses is SLURM's notice: alone, without the preemption line, it is a weaker sign)
+    _p("submitit_bypass", [b"Bypassing signal"], r"Bypassing signal (?P<sig>SIG[A-Z0-9]+)", CAUSE, "sigterm",
+       "medium"),
+    # Kubernetes (kubelet eviction manager, pod status), cloud spot/preemptible reclaim (AWS "Spot Instance
+    # interruption notice", GCE "Instance was preempted" / metadata "preempted": TRUE)
+    _p("outside_reclaim", [b"Pod was evicted", b"The node was low on resource", b"pot Instance interruption",
+                           b"pot instance interruption", b"Instance was preempted", b"instance was preempted"],
+       r"Pod was evicted|The node was low on resource: (?!memory)|[Ss]pot [Ii]nstance [Ii]nterruption|"
+       r"[Ii]nstance was preempted", CAUSE, "sigterm", "high"),
 
     # ================================================================================================================
     # argparse (Lib/argparse.py ArgumentParser.error): "train.py: error: unrecognized arguments: --foo", "... the
@@ -366,10 +410,34 @@ PATTERNS: tuple[Pattern, ...] = (
        r"Running tokenizer on dataset|Converting format of dataset", PHASE, "preprocessing"),
     _p("phase_loading", [b"Loading checkpoint shards"], r"Loading checkpoint shards", PHASE, "model loading"),
     _p("phase_training", [b"***** Running training *****"], r"\*+ Running training \*+", PHASE, "training"),
+    # detectron2's start of training (engine/train_loop.py): "Starting training from iteration 0" (one state literal:
+    # each costs the pure-Python engine a pass past the head)
+    _p("phase_training_start", [b"Starting training from iteration"], r"Starting training from iteration \d+", PHASE,
+       "training"),
     _p("phase_eval", [b"***** Running Evaluation *****", b"***** Running evaluation *****"],
        r"\*+ Running [Ee]valuation \*+", PHASE, "evaluation"),
     _p("phase_eval_done", [b"'eval_loss'"], r"'eval_loss'", PHASE, "training"),
-    _p("phase_save", [b"Saving model checkpoint"], r"Saving model checkpoint", PHASE, "checkpoint save"),
+    _p("phase_save", [b"Saving model checkpoint"], r"Saving model checkpoint(?: to \S*?checkpoint-(?P<step>\d+))?", PHASE,
+       "checkpoint save"),
+    # HF Trainer (trainer.py _load_from_checkpoint) when it resumes: "Loading model from out/checkpoint-8." (a failure
+    # after it, inside trainer.train -> _load_optimizer_and_scheduler, is a resume failure, not preprocessing)
+    _p("phase_resume", [b"Loading model from"], r"Loading model from \S*checkpoint-\d+", PHASE, "checkpoint resume"),
+    # a launch begins (printed once per launch, at its start): detectron2 engine/defaults.py default_setup "Rank of
+    # current process: 0. World size: 4", detectron2/mmcv/mmdet "Environment info:" before their environment table.
+    # Appended log files (detectron2's log.txt, `>> train.log`) hold several attempts: the last one is the outcome.
+    _p("run_start_rank", [b"Rank of current process:"], r"Rank of current process: \d+\. World size: \d+", RUN_START),
+    _p("run_start_env", [b"Environment info:"], r"\bEnvironment info:\s*$", RUN_START),
+    # submitit (core/submission.py process_job): "Starting with JobEnvironment(job_id=..., ...)" at each (re)launch; a
+    # requeued job appends to the same log file
+    _p("run_start_submitit", [b"Starting with JobEnvironment("], r"Starting with JobEnvironment\(", RUN_START),
+    # clean finishes: HF Trainer (trainer.py) "Training completed. Do not forget to share your model on
+    # huggingface.co/models =)"; Lightning (trainer/trainer.py, 1.8+) "`Trainer.fit` stopped: `max_epochs=3` reached.";
+    # Megatron-LM (training.py) "[after training is done] datetime: ..."
+    # verl (trainer/ppo/ray_trainer.py fit) "Final validation metrics: {...}" after the last step
+    _p("train_completed", [b"Training completed. Do not forget", b"`Trainer.fit` stopped:", b"after training is done",
+                           b"Final validation metrics:"],
+       r"Training completed\. Do not forget to share|`Trainer\.fit` stopped: |\[after training is done\]|"
+       r"Final validation metrics: ", FINISHED),
     _p("traceback_start", [b"Traceback (most recent call last)"], r"Traceback \(most recent call last\)", TRACEBACK),
     # a frame line: an excerpt that starts inside a traceback still shows that something failed
     _p("traceback_frame", [b'File "'], r'^\s*File "[^"]+", line \d+', TRACEBACK),
@@ -386,10 +454,28 @@ PATTERNS: tuple[Pattern, ...] = (
        "nccl_error", "low", levels="EF"),
     # a line that says an error happened, in words no pattern above knows: the run failed, cause unknown. Lines that
     # carry a lower severity (INFO/WARNING/DEBUG, a glog I/W) are not errors whatever words they contain.
-    _p("error_level", [b"rror", b"RROR", b"ailed", b"AILED", b"atal", b"ATAL", b"bort", b"BORT", b"Assertion",
-                       b"CRITICAL"],
-       r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:.*\b(?:[Ee]rror|ERROR|[Ff]ailed|FAILED|[Ff]atal|"
-       r"FATAL|[Aa]bort(?:ed|ing)?|ABORT(?:ED|ING)?|CRITICAL)\b|.*\bAssertion\b.*\bfailed)", ERROR_LEVEL),
+    # a line whose STRUCTURE says it reports an error, in words no pattern above knows: a level field (Python logging
+    # "ERROR:root:", "- ERROR -", "[ERROR]", loguru "| ERROR |", detectron2 "d2.x ERROR:"), a program's "error:"/"fatal:"
+    # prefix ("srun: error:", "error: ...", "Fatal Python error:"), glibc's "Assertion `x' failed.", a C++ terminate,
+    # a status word (FAILED, ABORTED). Words in prose are not severity: compiler flags ("-Werror=return-type",
+    # "-Wno-error=..."), metric names ("error_rate", "errors: 0"), a notifier's "An error occurred connecting to
+    # Discord", a model's generated text. Lines that carry a lower level (INFO/WARNING/DEBUG, a glog I/W) are not errors.
+    _p("error_level", [b"ERROR", b"CRITICAL", b"FATAL", b"FAILED", b"ABORT", b"rror:", b"atal:", b"Assertion",
+                       b"terminate called", b"Fatal Python error", b"Aborted", b"core dumped"],
+       r"^(?!.*(?:\b(?:INFO|WARN(?:ING)?|DEBUG|NOTICE)\b|[Ww]arning\b))(?:"
+       # a level field, not a value ("log_level: ERROR", "'level': 'ERROR'", "LOGLEVEL=ERROR")
+       r".*(?<![\w=\-'\"])(?<!level: )(?<!level )(?:ERROR|CRITICAL|FATAL|FAILED|ABORT(?:ED|ING)?)\b(?![=_'\"])"
+       # a program's own prefix: "error: x", "srun: error: x", "file.cpp:12:3: fatal error: x", "fatal: x"
+       r"|(?:[\w.\-/]+(?::\d+)*: )?(?:[Ee]rror|[Ff]atal)(?: error)?: "
+       r"|Fatal Python error"
+       r"|.*\bAssertion [`'\"].*\bfailed"
+       r"|terminate called (?:after throwing|without an active exception)"
+       # the shell's report of a job that died of a signal: "Aborted (core dumped)", "line 3: 123 Aborted  python x"
+       r"|(?:.*\b\d+ )?Aborted(?:\s+\(core dumped\))?(?:\s*$|\s{2,}\S)|.*\(core dumped\))", ERROR_LEVEL),
+    # a glog E/F line (c10, torch's Python logging in glog style) that says an error happened in words: the level
+    # letter is the structure, the words say it is not routine
+    _p("glog_error_words", [b"rror", b"ailed", b"bort"],
+       r"\b(?:[Ee]rror|ERROR|[Ff]ailed|FAILED|[Aa]bort(?:ed|ing)?)\b", ERROR_LEVEL, levels="EF"),
 )
 
 MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.markers}))
@@ -447,6 +533,11 @@ RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray dedupli
 CLOCK_PREFIX = re.compile(
     r"^\[?(?:(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[ T_])?(?P<hms>\d\d:\d\d:\d\d)(?:[.,](?P<f>\d+))?"
     r"(?:Z|[+-]\d\d:?\d\d)?\]?(?:\s+|(?=\[))")
+# `rich` (Console, Panel, RichHandler, rich.traceback): box-drawing edges around a line ("│ text   │", a title in a
+# border "╭──── Traceback (most recent call last) ────╮"), stripped so that the text inside reads like plain output
+RICH_BOX_CHARS = "│┃║╭╰╮╯├┤┝┥┠┨┣┫╞╡─━═"
+RICH_LEAD = re.compile(r"^\s*[│┃║╭╰├┝┠┣╞][─━═]*\s?")
+RICH_TRAIL = re.compile(r"\s*[─━═]*[│┃║╮╯┤┥┨┫╡]\s*$")
 MARKDOWN_PREFIX = re.compile(r"^(?:>\s?)+|^\*\*(?!\*)|^`+(?!`)")
 # glog, as c10 (c10/util/Logging.cpp) and torch's Python logging in glog style print it, with or without brackets,
 # pid and date: "E1127 19:02:18.114000 11226 api.py:1002] ", "[E429 13:55:49.384372190 ProcessGroupNCCL.cpp:1743] ",

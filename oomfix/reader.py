@@ -243,8 +243,9 @@ _ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may n
 
 # the lines that end a failure: the pure-Python engine searches every literal in a WINDOW above them
 _ENDS = frozenset({_P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION, _P.EXCEPTION, _P.TRACEBACK})
+# (a clean finish and a new launch decide the outcome as much as a failure does: found wherever they are too)
 _FAILURE_ROLES = frozenset({_P.CAUSE, _P.WEAK, _P.EXCEPTION, _P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION,
-                            _P.TRACEBACK, _P.ERROR_LEVEL})
+                            _P.TRACEBACK, _P.ERROR_LEVEL, _P.FINISHED, _P.RUN_START})
 
 
 @functools.lru_cache(maxsize=16)

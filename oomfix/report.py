@@ -51,7 +51,7 @@ def headline(d: Diagnosis) -> str:
     if d.cls == "none":
         return f"No failure found ({d.reason})."
     rc = d.root_cause
-    what = describe(d.cls)
+    what = describe(d.cls, d.confidence)
     if d.cls == "python_exception" and rc.exception:
         what = f"{rc.exception.rsplit('.', 1)[-1]}: {(rc.message or '')[:120]}"
     parts = [f"Root cause: {what}"]

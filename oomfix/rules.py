@@ -335,11 +335,19 @@ def advice_for(cls: str, facts: Mapping[str, Any], rules: RuleSet | None = None)
     return out
 
 
+# the batch split is what a training log normally shows (HF's "Instantaneous batch size per device"); worker counts
+# and the rest are known only from the config
+_LOG_SHOWN = ("config.micro_batch", "config.grad_accum")
+
+
 def _advice_rungs(fc: FailureClass, facts: Mapping[str, Any]) -> Sequence[Rung]:
     # diagnose has no config on disk, only what the log shows: a condition on something unknown is skipped,
     # and a rung is advised only when everything known about it holds
     picked = []
     for r in fc.ladder:
+        if r.edit and any(k.startswith("config.") and k not in _LOG_SHOWN and _lookup(facts, k) is None
+                          for k in r.when):
+            continue  # an edit of a value neither the log nor a readable config shows: it may not apply (0 workers)
         known = {k: v for k, v in r.when.items() if _lookup(facts, k) is not None}
         if known and holds(known, facts):
             picked.append(r)

@@ -158,3 +158,106 @@ def test_wordings(tmp_path, text, cls, confidence):
     p.write_text(text)
     d = diagnose([str(p)])
     assert (d.cls, d.confidence) == (cls, confidence), d.reason
+
+
+# Severity from structure, outcome in time order (issue 17): each case is the shape a producer prints.
+SEVERITY_CASES = [
+    ("compiler flags in an environment dump are not errors",
+     " - Build settings: CXX_FLAGS= -Wall -Werror=return-type -Werror=non-virtual-dtor -Wno-error=deprecated\n",
+     "none"),
+    ("a notifier's error and metric names are not errors",
+     "bot INFO: posted\nAn error occurred connecting to Discord\nerrors: 0, error_rate: 0.0, failed samples: 0\n",
+     "none"),
+    ("a model's generated text is not an error",
+     "**Final answer:** There is an error in the problem statement.\nreward is 0.1\n", "none"),
+    ("a level value in a config dump is not an error", "log_level: ERROR\n'level': 'ERROR'\n", "none"),
+    ("Python logging's ERROR level is an error", "ERROR:root:could not open shard 12\n", "unknown"),
+    ("a program's error: prefix is an error", "error: RPC failed; curl 56 GnuTLS recv error\n", "unknown"),
+    ("the shell's core dump report is an error", "step 10\nAborted (core dumped)\n", "unknown"),
+    ("a glog E line that says it failed is an error",
+     "E1127 10:00:00.000000 1 some/file.cpp:12] the operation failed\n", "unknown"),
+    ("a caught traceback before HF's clean finish is not the outcome",
+     "Traceback (most recent call last):\n  File \"t.py\", line 1, in f\nKeyError: 'x'\n"
+     "{'train_runtime': 12.0, 'train_loss': 1.0}\n", "none"),
+    ("a kill after the clean finish wins",
+     "{'train_runtime': 12.0, 'train_loss': 1.0}\n/bin/sh: line 1: 4242 Killed python train.py\n", "host_oom"),
+    ("a diverged loss before the finish still counts",
+     "{'loss': nan, 'grad_norm': nan, 'epoch': 1.0}\n{'train_runtime': 12.0, 'train_loss': nan}\n", "nan_loss"),
+    ("an appended attempt that did not fail is the outcome",
+     "[12/22 19:15:01] detectron2 INFO: Rank of current process: 0. World size: 4\n"
+     "RuntimeError: Expected size for first two dimensions of batch2 tensor\n"
+     "[12/22 19:31:02] detectron2 INFO: Rank of current process: 0. World size: 4\n"
+     "[12/22 19:31:29] d2.engine.train_loop INFO: Starting training from iteration 0\n", "none"),
+    ("an appended attempt that failed is the outcome",
+     "[12/22 19:15:01] detectron2 INFO: Rank of current process: 0. World size: 4\n"
+     "[12/22 19:31:02] detectron2 INFO: Rank of current process: 0. World size: 4\n"
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n", "cuda_oom"),
+    ("a helper step's task exit before a training step that trains is not the outcome",
+     "srun: error: node7: task 0: Exited with exit code 1\n"
+     "[12/22 19:31:29] d2.engine.train_loop INFO: Starting training from iteration 0\n"
+     "[12/22 19:41:29] d2.utils.events INFO:  eta: 1:02:03  iter: 19  total_loss: 1.2\n", "none"),
+    ("SLURM preemption through submitit is an outside stop",
+     "submitit WARNING (2024-03-02 14:00:12,448) - Caught signal SIGUSR2 on node7: this job is preempted.\n",
+     "sigterm"),
+    ("a spot reclaim is an outside stop", "Received Spot Instance interruption notice, shutting down\n", "sigterm"),
+    ("a Kubernetes eviction for disk is an outside stop",
+     "Pod was evicted: The node was low on resource: ephemeral-storage.\n", "sigterm"),
+]
+
+
+@pytest.mark.parametrize("text,cls", [c[1:] for c in SEVERITY_CASES], ids=[c[0] for c in SEVERITY_CASES])
+def test_severity_and_time_order(tmp_path, text, cls):
+    p = tmp_path / "x.log"
+    p.write_text(text)
+    assert diagnose([str(p)]).cls == cls
+
+
+def test_genuine_lf_phases_config_and_sigkill_headline():
+    """Issue 21 items 6, 7b, 10 on the genuine LLaMA-Factory logs: the phase is the last state before the failure in
+    log order; the config named by the wrapper's CalledProcessError is run.config; a bare SIGKILL says what is known."""
+    from conftest import SHARED, shared_or_skip
+    from oomfix.diagnose import diagnose_logs
+    from oomfix.report import headline
+
+    g = SHARED / "corpus" / "genuine_lf"
+    shared_or_skip(g / "labels.json")
+    phases = {"sighup_interactive_nohup_job_a.log": "training step 5/160",
+              "sighup_interactive_nohup_job_b.log": "training step 5/160",
+              "sighup_tmux_script_held_job_a.log": "training step 10/160",
+              "sighup_tmux_script_held_job_b.log": "training step 6/160",
+              "sigterm_agent_job_a.log": "training step 11/160",
+              "oomfix_run_attempt2_resume_cpu_device_error.log": "checkpoint resume"}
+    for name, phase in phases.items():
+        assert diagnose_logs([str(g / name)]).root_cause.phase == phase, name
+    for name in ("exc_bad_row.log", "exc_missing_template.log", "port_in_use.log"):
+        assert diagnose_logs([str(g / name)]).run.config == "configs/qwen3_lora_sft_b.yaml", name
+    d = diagnose_logs([str(g / "sigkill_worker_rank1_job_b.log")])
+    assert d.confidence == "low" and "OOM killer)" not in headline(d) and "SIGKILL" in headline(d)
+    assert not any("dataloader_num_workers" in a for a in d.advice)
+
+
+def test_a_frame_source_line_is_code_not_the_root_cause(tmp_path):
+    p = tmp_path / "x.log"
+    p.write_text('[rank1]: Traceback (most recent call last):\n[rank1]:   File "/w/t.py", line 33, in main\n'
+                 "[rank1]:     raise torch.OutOfMemoryError(msg)\n"
+                 "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total "
+                 "capacity of 79.25 GiB of which 1.06 GiB is free.\n")
+    from oomfix.diagnose import diagnose_logs
+
+    d = diagnose_logs([str(p)])
+    assert (d.cls, d.root_cause.line, d.root_cause.exception) == ("cuda_oom", 4, "torch.OutOfMemoryError")
+    assert d.root_cause.raised_at == "/w/t.py:33 in main" and d.memory.requested_gib == 2.0
+
+
+def test_a_clean_finish_past_the_head_of_a_large_log_is_found(tmp_path):
+    """The finish marker decides the outcome wherever it is: a caught traceback at the start of a 5 MB log, HF's
+    finish at its end, is a clean run with both engines."""
+    from oomfix.reader import Prefilter
+
+    p = tmp_path / "big.log"
+    step = "{'loss': 1.2345, 'grad_norm': 0.3, 'learning_rate': 1e-05, 'epoch': 0.50}\n"
+    p.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nKeyError: 'caught'\n"
+                 + step * 70000 + "{'train_runtime': 1240.5, 'train_loss': 1.3, 'epoch': 1.0}\n")
+    assert p.stat().st_size > 4 << 20  # past patterns.HEAD_BYTES
+    assert diagnose([str(p)]).cls == "none"
+    assert diagnose([str(p)], prefilter=Prefilter()).cls == "none"

@@ -59,3 +59,38 @@ def test_the_scoring_tool_agrees():
     last = p.stdout.strip().splitlines()[-1]
     assert "harmful 0" in last and "errors 0" in last and "none-on-failure 0" in last, last
     assert float(last.split("(")[1].split("%")[0]) >= 97, last
+
+
+# The clean-run corpus (issue 17): real logs of runs that finished, and whole failed-run files. Its manifest is
+# fixtures/clean_runs/labels.json; the logs live beside the project (see fixtures/clean_runs/README.md).
+def _clean_dir():
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("OOMFIX_CLEAN_CORPUS")
+    return Path(env) if env else SHARED / "corpus" / "clean_runs"
+
+
+def test_clean_runs_no_false_alarm_and_failed_runs_right():
+    from pathlib import Path
+
+    labels = json.loads((Path(__file__).parent.parent / "fixtures" / "clean_runs" / "labels.json").read_text())
+    where = _clean_dir()
+    if not (where / labels[0]["file"]).exists():
+        import pytest
+
+        pytest.skip(f"clean-run corpus not present at {where} (see fixtures/clean_runs/README.md)")
+    alarms, misses, nones = [], [], []
+    for case in labels:
+        got = diagnose_logs([str(where / case["file"])]).to_json()["class"]
+        if case["accept"] == ["none"]:
+            if got != "none":
+                alarms.append((case["file"], got))
+        elif got not in case["accept"]:
+            misses.append((case["file"], got))
+            if got == "none":
+                nones.append(case["file"])
+    assert len([c for c in labels if c["accept"] == ["none"]]) >= 40
+    assert not alarms, f"false alarms on clean runs: {alarms}"
+    assert not nones, f"'none' for a failed run: {nones}"
+    assert not misses, f"failed runs misread: {misses}"

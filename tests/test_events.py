@@ -78,3 +78,14 @@ def test_progress_padding_inside_a_message_is_squeezed(tmp_path):
 def test_candidate_after_stops_at_the_valid_bytes():
     c = Candidate(1, 0, b"abc", b"abc\ndef\nSTALE", 0, b"", 8)
     assert c.after() == b"\ndef\n"
+
+
+def test_rich_box_edges_are_stripped_like_prefixes():
+    """rich (Panel, rich.traceback) draws box edges around a line; the text inside reads like plain output."""
+    from oomfix.events import strip_prefixes
+
+    assert strip_prefixes("│ torch.OutOfMemoryError: CUDA out of memory.            │").body == \
+        "torch.OutOfMemoryError: CUDA out of memory."
+    assert strip_prefixes("╭──────── Traceback (most recent call last) ────────╮").body == \
+        "Traceback (most recent call last)"
+    assert strip_prefixes("| a | b |").body == "| a | b |"  # a markdown/ASCII table is not a rich box
