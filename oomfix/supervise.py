@@ -367,7 +367,9 @@ class Supervisor:
         # repeat a failure already seen
         self.seen_states: set[tuple[str, str]] = set()
         self.foreign: set[tuple[int, int]] = set()  # processes of ours that are not the job's (an embedding program's)
-        self.last_values: dict[str, int] | None = None  # micro batch / accumulation the last edited-for log showed
+        # canonical key -> (before, after) of the last rung on the primary config: the relaunch's log must not show
+        # a "before" value of a key the rung changed (the keys the log shows: micro batch, accumulation)
+        self.last_change: dict[str, tuple[Any, Any]] = {}
         self.zero_switched = False  # the last rung changed the DeepSpeed config: no resume across it
         # names this run's records in the ledger (another supervisor may append to it at the same time)
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
@@ -523,10 +525,10 @@ class Supervisor:
             return None, (), (f"no relaunch left (--retries {self.opts.retries}); `oomfix apply {log}` shows the "
                               f"next fix")
         prev = self.attempts[-1] if self.attempts else None
-        if prev is not None and prev.files and prev.cls == d.cls and self.last_values is not None \
-                and self.last_values == d.run.canonical_values() and self.last_values:
+        stale = not_picked_up(self.last_change, d.run.canonical_values())
+        if prev is not None and prev.files and prev.cls == d.cls and stale:
             return None, (), (f"the relaunch did not pick up the last edit ({prev.rule}): its log still shows "
-                              f"{self.last_values}; is {self.opts.config or 'the config'} the one CMD trains with?")
+                              f"{stale}; is {self.opts.config or 'the config'} the one CMD trains with?")
         plan = plan_apply(log, self.opts.config, self.opts.all_configs, self.opts.allow_semantic, self.opts.rules_dir,
                           root=self.root)
         if plan.status != "edits":  # no rung left, advice only, already applied: the diagnosis and why
@@ -534,9 +536,11 @@ class Supervisor:
         after = {(os.path.realpath(e.path), _sha_text(e.after)) for e in plan.edits if e.kind == "config"}
         if after and after <= self.seen_states:
             return None, (), f"rule {plan.rule} would bring back a config already tried; not repeating it"
+        before = _canonical(plan)
         tx = write_plan(plan, root=self.root, explicit=[self.opts.config] if self.opts.config else [])
         if tx is None:
             return None, (), "this log was already applied by another oomfix; not relaunching on top of it"
+        self.last_change = changed_keys(before, _canonical(plan))
         self.seen_states |= after
         for e in plan.edits:
             if e.kind == "launcher":
@@ -632,8 +636,8 @@ class Supervisor:
             stop_name = self._sig_name(self.stop_sig) if self.stop_sig is not None else None
             self._record(Attempt(n, launch.shown(), started, ended, status, log, d.cls if d else None, rule,
                                  tuple(os.path.relpath(f) for f in files), stop_name))
-            if d is not None:
-                self.last_values = d.run.canonical_values() if files else None
+            if not files:
+                self.last_change = {}
             if why is not None:
                 if self.stop_sig is None:
                     self._print_stop(d, why)
@@ -645,6 +649,26 @@ class Supervisor:
         name = self._sig_name(self.stop_sig)
         self.term.say(f"oomfix run: {name}: not relaunching")
         return RunResult(128 + self.stop_sig, tuple(self.attempts), f"stopped by {name}")
+
+
+def _canonical(plan: Any) -> dict[str, Any]:
+    """The canonical values of the plan's first config (the primary one), as the dialect reads them now."""
+    from oomfix.configs import try_load
+
+    path = next((e.path for e in plan.edits if e.kind == "config"), None)
+    cfg = try_load(path) if path else None
+    return dict(cfg.values) if cfg is not None else {}
+
+
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What a rung changed, canonical key -> (before, after)."""
+    return {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+
+
+def not_picked_up(change: Mapping[str, tuple[Any, Any]], shown: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys the last rung changed that the relaunch's log still shows at their old value (empty: picked up, or
+    the log does not show any key the rung changed: gradient checkpointing, a ZeRO config switch, offload)."""
+    return {k: shown[k] for k, (old, new) in change.items() if k in shown and shown[k] == old and old != new}
 
 
 def _sha_text(text: str) -> str:

@@ -461,3 +461,44 @@ def test_e2e_resume_from_the_newest_checkpoint_for_that_attempt_only(torchrun, t
     assert second.command.endswith("sft.yaml resume_from_checkpoint=out/checkpoint-1")
     assert "Continuing training from global step 1" in (tmp_path / second.log).read_text()
     assert "resume_from_checkpoint" not in cfg.read_text()
+
+
+def test_pick_up_check_compares_only_the_keys_the_rung_changed():
+    from oomfix.supervise import changed_keys, not_picked_up
+
+    split = changed_keys({"micro_batch": 2, "grad_accum": 8}, {"micro_batch": 1, "grad_accum": 16})
+    assert not_picked_up(split, {"micro_batch": 2, "grad_accum": 8}) == {"micro_batch": 2, "grad_accum": 8}
+    assert not_picked_up(split, {"micro_batch": 1, "grad_accum": 16}) == {}
+    # a rung the log cannot show (ZeRO-3, gradient checkpointing): the unchanged batch numbers prove nothing
+    zero3 = changed_keys({"micro_batch": 1, "zero_config": "ds_z2_config.json"},
+                         {"micro_batch": 1, "zero_config": "ds_z3_config.json"})
+    assert not_picked_up(zero3, {"micro_batch": 1, "grad_accum": 16}) == {}
+    gc = changed_keys({"grad_checkpointing": False}, {"grad_checkpointing": True})
+    assert not_picked_up(gc, {"micro_batch": 1, "grad_accum": 16}) == {}
+
+
+@pytest.mark.slow
+def test_e2e_climbs_split_then_gradient_checkpointing_then_zero3_and_trains(torchrun, tmp_path):
+    # issue 21: the stand-in OOMs at micro batch 1 until gradient checkpointing AND ZeRO-3 are on (STAND_IN_FITS=0.3:
+    # micro 2 costs 2, micro 1 costs 1, with checkpointing 0.5, with ZeRO-3 too 0.25)
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(LF_CONFIG.format(micro=2, accum=8, steps=1)
+                   + "disable_gradient_checkpointing: true\ndeepspeed: ds_z2_config.json\n")
+    (tmp_path / "ds_z2_config.json").write_text('{"zero_optimization": {"stage": 2}, '
+                                                '"train_micro_batch_size_per_gpu": "auto"}\n')
+    (tmp_path / "ds_z3_config.json").write_text('{"zero_optimization": {"stage": 3}, '
+                                                '"train_micro_batch_size_per_gpu": "auto"}\n')
+    r = subprocess.run([*OOMFIX, "run", "--log", "logs/climb.log", "--", *_job(torchrun)], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(STAND_IN_FITS="0.3"), timeout=600)
+    assert r.returncode == 0, r.stderr
+    attempts = ledger.read(tmp_path)
+    assert [(a.exit_code, a.cls, a.rule) for a in attempts] == [
+        (1, "cuda_oom", "cuda-oom-split-micro-batch"),
+        (1, "cuda_oom", "cuda-oom-gradient-checkpointing"),
+        (1, "cuda_oom", "cuda-oom-zero3"),
+        (0, "none", None),
+    ]
+    text = cfg.read_text()
+    assert "per_device_train_batch_size: 1 " in text and "gradient_accumulation_steps: 16\n" in text
+    assert "disable_gradient_checkpointing: false\n" in text and "deepspeed: ds_z3_config.json\n" in text
+    assert "'train_loss'" in (tmp_path / attempts[-1].log).read_text()
