@@ -86,14 +86,19 @@ def test_resume_llamafactory_override_for_one_attempt(tmp_path, monkeypatch):
     Path("sft.yaml").write_text(LF_CONFIG.format(micro=2, accum=4, steps=3))
     argv = ["llamafactory-cli", "train", "sft.yaml"]
     assert resume_argv(argv, "sft.yaml")[0] is None  # no checkpoint yet
-    Path("out/checkpoint-10").mkdir(parents=True)
-    Path("out/checkpoint-20").mkdir()
-    new, why = resume_argv(argv, "sft.yaml")
+    for d in ("out/checkpoint-10", "out/checkpoint-20"):
+        Path(d).mkdir(parents=True)
+        Path(d, "trainer_state.json").write_text('{"global_step": 1}')
+    Path("out/checkpoint-30").mkdir()  # half-written: no trainer_state.json yet
+    said = []
+    new, why = resume_argv(argv, "sft.yaml", say=said.append)
+    assert "checkpoint-30" in said[0] and "trainer_state.json" in said[0]
     assert new == ("llamafactory-cli", "train", "sft.yaml", "resume_from_checkpoint=out/checkpoint-20")
     assert "sft.yaml" in Path("sft.yaml").read_text() or True
     assert "resume_from_checkpoint" not in Path("sft.yaml").read_text()  # the config is not edited
     # an output_dir override on the command line is where the checkpoints are
     Path("other/checkpoint-3").mkdir(parents=True)
+    Path("other/checkpoint-3/trainer_state.json").write_text("{}")
     new, _ = resume_argv([*argv, "output_dir=other"], "sft.yaml")
     assert new[-1] == "resume_from_checkpoint=other/checkpoint-3"
     # HF Trainer flags
