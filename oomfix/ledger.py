@@ -15,7 +15,6 @@ import json
 import os
 import re
 import socket
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -135,6 +134,8 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        except OSError:
+            pass  # a filesystem without locks (some FUSE bucket mounts): one writer at a time is then up to the user
         yield True
     finally:
         os.close(fd)  # closing the descriptor releases the lock, also when the process is killed

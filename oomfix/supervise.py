@@ -709,7 +709,11 @@ class Supervisor:
     def _same_failure(self, log: str, d: Diagnosis) -> str | None:
         """A log written before the last rung's edit cannot come from a run that used it: a second log of the same
         failure (another node's, or the same log under another name) gets no second rung."""
-        last = next((a for a in reversed([*self.history, *self.attempts]) if a.files and a.rule), None)
+        try:  # any run's: two nodes' supervisors (two runs) see one OOM in their own logs
+            recorded = ledger.read(self.root)
+        except OomfixError:
+            recorded = []
+        last = next((a for a in reversed([*recorded, *self.history, *self.attempts]) if a.files and a.rule), None)
         if last is None or last.cls != d.cls:
             return None
         try:
@@ -771,13 +775,14 @@ class Supervisor:
             return replace(res, exit_code=res.verdict.exit_code)
         return res
 
-    def _record(self, rec: Attempt) -> None:
+    def _record(self, rec: Attempt) -> Attempt:
         rec = replace(rec, run=self.run_id, host=ledger.hostname(), next_env=dict(self.extra_env))
         self.attempts.append(rec)
         try:
             ledger.append(rec, self.root)
         except OSError as e:
             self.term.say(f"oomfix run: cannot write the ledger: {e.strerror}")
+        return rec
 
     def _notify(self, event: str, rec: Attempt, why: str | None) -> None:
         if not (self.opts.notify or self.opts.notify_url):
@@ -858,7 +863,7 @@ class Supervisor:
                 name = self._sig_name(self.stop_sig)
                 rec = Attempt(n, launch.shown(), started, ended, status, log, d.cls if d else None, stopped_by=name,
                               verdict=verdicts.OUTSIDE.name)
-                self._record(rec)
+                rec = self._record(rec)
                 self.term.say(f"oomfix run: stopped by {name}; attempt {n} recorded as stopped, no relaunch")
                 self._notify("failure", rec, f"stopped by {name}")
                 return RunResult(128 + self.stop_sig, tuple(self.attempts), f"stopped by {name}", verdicts.OUTSIDE)
@@ -866,7 +871,7 @@ class Supervisor:
             diag_log = self.opts.job_log if self.opts.job_log and os.path.exists(self.opts.job_log) else log
             if status == 0:
                 rec = Attempt(n, launch.shown(), started, ended, 0, log, "none", verdict=verdicts.TRAINED.name)
-                self._record(rec)
+                rec = self._record(rec)
                 self.term.say(f"oomfix run: attempt {n} trained (exit 0)")
                 self._notify("finish", rec, None)
                 return RunResult(0, tuple(self.attempts), "trained", verdicts.TRAINED)
@@ -894,7 +899,7 @@ class Supervisor:
 
                 self.extra_env.update(flightrec.relaunch_env(attempt_log(self.base, n + 1)))
                 self.fr_pending = False
-            self._record(rec)
+            rec = self._record(rec)
             if rem.why is not None or self.opts.once:
                 self._notify("fix" if verdict is verdicts.FIXED else "failure", rec, rem.why)
                 if self.stop_sig is None:
@@ -1029,7 +1034,7 @@ def verdict_of_log(log: str, opts: RunOptions, write: bool = False, root: str = 
             sup.extra_env.update(flightrec.relaunch_env(log))
         rec = Attempt(n + 1, "(oomfix verdict)", _now(), _now(), 1, log, d.cls, rem.rule,
                       tuple(os.path.relpath(f) for f in rem.files), verdict=rem.verdict.name)
-        sup._record(rec)
+        rec = sup._record(rec)
         return LogVerdict(rem.verdict, d, rem.why or f"applied {rem.rule}", rem.rule, rec.files, bool(rem.files),
                           dict(sup.extra_env))
     if d.cls == "port_in_use":
