@@ -227,10 +227,9 @@ def command_jobs(argv: Sequence[str], cwd: str = ".") -> tuple[str | None, list[
 
     here = os.path.abspath(cwd)
     try:
+        if len(argv) >= 2 and os.path.basename(argv[0]) in ("bash", "sh") and os.path.isfile(argv[1]):
+            return argv[1], list(parse_launcher(argv[1]).jobs)  # the script's own jobs, each with its line
         lau = parse_launcher(os.path.join(here, "oomfix-run-command.sh"), shlex.join(argv))
-        if not lau.jobs and len(argv) >= 2 and os.path.basename(argv[0]) in ("bash", "sh") \
-                and os.path.isfile(argv[1]):
-            return argv[1], list(parse_launcher(argv[1]).jobs)
     except OomfixError:
         return None, []  # an unreadable script: the config comes from --config or the log
     return None, list(lau.jobs)
