@@ -44,25 +44,31 @@ class Attempt:
     verdict: str | None = None  # oomfix/verdicts.py: trained | fixed | outside | permanent | no-rung
     next_env: Mapping[str, str] = field(default_factory=dict)  # what the next attempt of the run must set
     host: str | None = None
+    # canonical key -> [before, after] of the rule applied after it: the next attempt's log must not show "before"
+    changed: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("cls")
         d["files"] = list(self.files)
         d["next_env"] = dict(self.next_env)
+        d["changed"] = {k: list(v) for k, v in self.changed.items()}
         keys = ("attempt", "command", "started", "ended", "exit_code", "log", "class", "rule", "files", "stopped_by")
         extra = tuple(k for k in ("run", "verdict", "host") if d[k] is not None)
-        return {k: d[k] for k in keys + extra + (("next_env",) if self.next_env else ())}
+        extra += tuple(k for k in ("next_env", "changed") if d[k])
+        return {k: d[k] for k in keys + extra}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Attempt":
         env = d.get("next_env") or {}
-        if not isinstance(env, dict):
+        changed = d.get("changed") or {}
+        if not isinstance(env, dict) or not isinstance(changed, dict):
             raise TypeError("next_env")
         return cls(_int(d["attempt"]), _str(d["command"]), _str(d["started"]), _str(d["ended"]),
                    _int(d["exit_code"]), _str(d["log"]), _opt(d.get("class")), _opt(d.get("rule")),
                    tuple(_str(f) for f in _list(d.get("files"))), _opt(d.get("stopped_by")), _opt(d.get("run")),
-                   _opt(d.get("verdict")), {_str(k): _str(v) for k, v in env.items()}, _opt(d.get("host")))
+                   _opt(d.get("verdict")), {_str(k): _str(v) for k, v in env.items()}, _opt(d.get("host")),
+                   {_str(k): _pair(v) for k, v in changed.items()})
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,12 @@ def _list(v: Any) -> list[Any]:
     if not isinstance(v, list):
         raise TypeError("not a list")
     return v
+
+
+def _pair(v: Any) -> tuple[Any, Any]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise TypeError("not a pair")
+    return v[0], v[1]
 
 
 def _no_constant(name: str) -> Any:

@@ -258,11 +258,17 @@ def _job_log(job: Any, cwd: str) -> str | None:
 def jobs_problem(script: str | None, jobs: Sequence[Any]) -> str | None:
     """Why one supervisor cannot supervise CMD: a script that starts several jobs, in the background or each with
     its own log (its exit status, after `wait`, says nothing about them; relaunching it restarts all of them)."""
-    if len(jobs) < 2 or not any(j.background or j.log for j in jobs):
+    def exclusive(a: Any, b: Any) -> bool:  # two branches of one if/case: only one of them runs
+        return any(fa == fb and ka != kb for fa, ka in a.branches for fb, kb in b.branches)
+
+    several = any(not exclusive(a, b) for i, a in enumerate(jobs) for b in jobs[i + 1:]) \
+        or any(j.loop_runs > 1 for j in jobs)  # `for cfg in a b; do torchrun ... & done`
+    if not several or not any(j.background or j.log for j in jobs):
         return None
     listed = "; ".join(f"line {j.line}: {' '.join(j.tokens[:6])}{' ...' if len(j.tokens) > 6 else ''}"
                        + (f" > {j.log}" if j.log else "") + (" &" if j.background else "") for j in jobs)
-    return (f"{script or 'CMD'} starts {len(jobs)} training jobs ({listed}); one supervisor cannot tell which of "
+    count = sum(j.loop_runs for j in jobs)
+    return (f"{script or 'CMD'} starts {count} training jobs ({listed}); one supervisor cannot tell which of "
             f"them failed, and a relaunch would restart all of them. Supervise each job on its own: "
             f"`oomfix run --config CONFIG -- JOB-COMMAND`, once per job (in the script: `setsid oomfix run ... &`)")
 
@@ -653,7 +659,8 @@ class Supervisor:
             return Remedy(None, (), same, verdicts.FIXED)
         if relaunches_left <= 0:
             return Remedy(None, (), f"{no_relaunch}; `oomfix apply {log}` shows the next fix", verdicts.NO_RUNG)
-        prev = self.attempts[-1] if self.attempts else None
+        done = [*self.history, *self.attempts]
+        prev = done[-1] if done else None
         stale = not_picked_up(self.last_change, d.run.canonical_values())
         if prev is not None and prev.files and prev.cls == d.cls and stale:
             return Remedy(None, (), f"the relaunch did not pick up the last edit ({prev.rule}): its log still shows "
@@ -810,7 +817,8 @@ class Supervisor:
         if self.history:
             last = self.history[-1]
             self.extra_env.update(last.next_env)
-            self.zero_switched = bool(last.rule and "zero" in last.rule)
+            self.zero_switched = "zero_config" in last.changed  # no resume across a ZeRO stage switch
+            self.last_change = dict(last.changed)
             if MEMORY_PORT_ENV_SET.intersection(last.next_env):
                 self.port = int(last.next_env[PORT_ENV[0]]) if last.next_env.get(PORT_ENV[0], "").isdigit() \
                     else None
@@ -889,10 +897,11 @@ class Supervisor:
                     rem = Remedy(None, (), str(e), verdicts.PERMANENT)
             stop_name = self._sig_name(self.stop_sig) if self.stop_sig is not None else None
             verdict = verdicts.OUTSIDE if stop_name else rem.verdict
-            rec = Attempt(n, launch.shown(), started, ended, status, log, d.cls if d else None, rem.rule,
-                          tuple(os.path.relpath(f) for f in rem.files), stop_name, verdict=verdict.name)
             if not rem.files:
                 self.last_change = {}
+            rec = Attempt(n, launch.shown(), started, ended, status, log, d.cls if d else None, rem.rule,
+                          tuple(os.path.relpath(f) for f in rem.files), stop_name, verdict=verdict.name,
+                          changed=dict(self.last_change))
             if self.fr_pending:  # the next attempt's dumps go beside its log; recorded for a requeue too
                 from oomfix import flightrec
 

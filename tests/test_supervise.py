@@ -785,3 +785,34 @@ def test_e2e_sigkill_of_the_supervisor_stops_torchrun_and_its_workers(torchrun, 
     assert not any(_running(p) for p in workers)
     (s,) = ledger.read_events(tmp_path)
     assert isinstance(s, ledger.Started)
+
+
+def test_once_a_job_that_ignores_the_edit_is_caught_by_the_next_process(tmp_path):
+    # the pick-up check across a requeue: attempt 2 (a new process) still shows the batch attempt 1's rung changed
+    log = ROOT / "tests" / "e2e" / "genuine_oom_micro4.log"
+    (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))
+    job = ["--run-id", "i", "--config", "sft.yaml", "--", sys.executable, "-c",
+           f"import sys; sys.stdout.write(open({str(log)!r}).read()); sys.exit(1)"]
+    assert _once(tmp_path, *job).returncode == 138
+    (a,) = ledger.read(tmp_path)
+    assert dict(a.changed) == {"micro_batch": (4, 2), "grad_accum": (2, 4)}
+    r = _once(tmp_path, *job)
+    assert r.returncode == 3 and "did not pick up the last edit" in r.stderr
+    assert "per_device_train_batch_size: 2 " in (tmp_path / "sft.yaml").read_text()
+
+
+@pytest.mark.parametrize("script,refused", [
+    ("torchrun --nproc_per_node 2 t.py a.yaml > logs/a.log 2>&1 &\ntorchrun --nproc_per_node 2 t.py b.yaml &\nwait\n",
+     True),
+    ("for c in a b; do\n  torchrun --nproc_per_node 2 t.py $c.yaml > logs/$c.log 2>&1 &\ndone\nwait\n", True),
+    ('if [ "$1" = a ]; then\n  torchrun t.py a.yaml > logs/a.log\nelse\n  torchrun t.py b.yaml > logs/b.log\nfi\n',
+     False),
+    ("torchrun --nproc_per_node 2 t.py a.yaml > logs/a.log 2>&1\n", False),
+])
+def test_which_scripts_one_supervisor_cannot_supervise(tmp_path, script, refused):
+    from oomfix.supervise import command_jobs, jobs_problem
+
+    p = tmp_path / "train.sh"
+    p.write_text("#!/bin/bash\n" + script)
+    name, jobs = command_jobs(["bash", str(p)], str(tmp_path))
+    assert (jobs_problem(name, jobs) is not None) == refused
