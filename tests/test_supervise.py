@@ -816,3 +816,26 @@ def test_which_scripts_one_supervisor_cannot_supervise(tmp_path, script, refused
     p.write_text("#!/bin/bash\n" + script)
     name, jobs = command_jobs(["bash", str(p)], str(tmp_path))
     assert (jobs_problem(name, jobs) is not None) == refused
+
+
+@pytest.mark.slow
+def test_e2e_a_scheduler_loop_of_run_once_climbs_to_zero3_and_trains(torchrun, tmp_path):
+    # a scheduler (SLURM --requeue, a Kubernetes Job) as a loop: relaunch while the verdict is retryable
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(LF_CONFIG.format(micro=2, accum=8, steps=1)
+                   + "disable_gradient_checkpointing: true\ndeepspeed: ds_z2_config.json\n")
+    for stage in (2, 3):
+        (tmp_path / f"ds_z{stage}_config.json").write_text(f'{{"zero_optimization": {{"stage": {stage}}}}}\n')
+    codes = []
+    for _ in range(6):
+        r = subprocess.run([*OOMFIX, "run", "--once", "--log", "logs/s.log", "--", *_job(torchrun)], cwd=tmp_path,
+                           capture_output=True, text=True, env=_env(STAND_IN_FITS="0.3", SLURM_JOB_ID="991"),
+                           timeout=300)
+        codes.append(r.returncode)
+        if r.returncode not in (138, 143):
+            break
+    assert codes == [138, 138, 138, 0], r.stderr
+    attempts = ledger.read(tmp_path)
+    assert [(a.run, a.attempt, a.rule, a.verdict) for a in attempts] == [
+        ("991", 1, "cuda-oom-split-micro-batch", "fixed"), ("991", 2, "cuda-oom-gradient-checkpointing", "fixed"),
+        ("991", 3, "cuda-oom-zero3", "fixed"), ("991", 4, None, "trained")]

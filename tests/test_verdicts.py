@@ -133,3 +133,49 @@ def test_docs_name_each_snippet_and_show_the_table(name):
     doc = (ROOT / "docs" / "schedulers.md").read_text()
     assert f"schedulers/{name}" in doc
     assert verdicts.render_table_markdown() in doc
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    p = bin_dir / name
+    p.write_text("#!/bin/bash\n" + body)
+    p.chmod(0o755)
+
+
+@pytest.mark.parametrize("code,requeued", [(0, False), (138, True), (143, True), (3, False), (4, False), (2, False)])
+def test_sbatch_script_requeues_exactly_on_the_retryable_verdicts(tmp_path, code, requeued):
+    # the script itself, run by bash with stand-ins for `oomfix` (exits with a verdict) and `scontrol`
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "oomfix", f"echo \"$@\" > {tmp_path}/oomfix.args\nexit {code}\n")
+    _stub(bin_dir, "scontrol", f"echo \"$@\" > {tmp_path}/scontrol.args\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(SNIPPETS / "slurm.sbatch")], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == code
+    assert (tmp_path / "scontrol.args").exists() == requeued
+    if requeued:
+        assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    assert "--run-id 4242" in (tmp_path / "oomfix.args").read_text()
+
+
+def test_sbatch_script_forwards_slurms_warning_signal(tmp_path):
+    # --signal=B:USR1@T: SLURM signals the batch shell; the script passes USR1 on to oomfix, which stops the job and
+    # exits 143 (outside), and the job is requeued
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "oomfix", f"trap 'exit 143' USR1\ntouch {tmp_path}/started\nwhile :; do sleep 0.05; done\n")
+    _stub(bin_dir, "scontrol", f"echo \"$@\" > {tmp_path}/scontrol.args\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    p = subprocess.Popen(["bash", str(SNIPPETS / "slurm.sbatch")], env=env)
+    import time
+
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.send_signal(__import__("signal").SIGUSR1)
+    assert p.wait(timeout=20) == 143
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "7"]
