@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,23 @@ def test_sbatch_script_forwards_slurms_warning_signal(tmp_path):
     p.send_signal(__import__("signal").SIGUSR1)
     assert p.wait(timeout=20) == 143
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "7"]
+
+
+GENUINE_LF = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "genuine_lf"
+
+
+@pytest.mark.parametrize("log,code", [
+    ("clean_job_a.log", 0), ("oomfix_run_survived_terminal_close_clean.log", 0),
+    ("sighup_interactive_nohup_job_a.log", 143), ("sighup_tmux_script_held_job_b.log", 143),
+    ("sigterm_agent_job_a.log", 143),
+    ("port_in_use.log", 138),
+    ("exc_bad_row.log", 3), ("exc_missing_template.log", 3),
+])
+def test_verdicts_of_the_genuine_llamafactory_logs(log, code):
+    # the genuine LLaMA-Factory runs of ../shared/corpus/genuine_lf (dry run: nothing is written)
+    from conftest import shared_or_skip
+
+    shared_or_skip(GENUINE_LF / log)
+    r = subprocess.run([sys.executable, "-m", "oomfix", "verdict", str(GENUINE_LF / log)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == code, r.stdout + r.stderr
