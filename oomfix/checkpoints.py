@@ -140,7 +140,7 @@ def newest_complete(output_dir: str) -> tuple[str | None, tuple[Skipped, ...]]:
         return None, ()
     found = sorted(((int(m.group(1)), e) for e in entries if (m := _CHECKPOINT.match(e))
                     and os.path.isdir(os.path.join(output_dir, e))), reverse=True)
-    skipped = []
+    skipped: list[Skipped] = []
     for _, name in found:
         path = os.path.join(output_dir, name)
         why = problem(path)

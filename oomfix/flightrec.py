@@ -183,13 +183,13 @@ def analyze(paths: Mapping[int, str]) -> Analysis:
     # pg -> rank -> seq -> op
     seen: dict[str, dict[int, dict[int, str]]] = {}
     for rank, d in dumps.items():
-        for e in d["entries"]:
-            if not isinstance(e, dict) or e.get("is_p2p"):
+        for entry in d["entries"]:
+            if not isinstance(entry, dict) or entry.get("is_p2p"):
                 continue
-            seq = e.get("collective_seq_id")
+            seq = entry.get("collective_seq_id")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
                 continue
-            seen.setdefault(_pg_name(e), {}).setdefault(rank, {})[seq] = str(e.get("profiling_name") or "?")
+            seen.setdefault(_pg_name(entry), {}).setdefault(rank, {})[seq] = str(entry.get("profiling_name") or "?")
     missed: list[Missed] = []
     mismatches: list[Mismatch] = []
     for pg, by_rank in sorted(seen.items()):

@@ -819,9 +819,8 @@ class Supervisor:
             self.extra_env.update(last.next_env)
             self.zero_switched = "zero_config" in last.changed  # no resume across a ZeRO stage switch
             self.last_change = dict(last.changed)
-            if MEMORY_PORT_ENV_SET.intersection(last.next_env):
-                self.port = int(last.next_env[PORT_ENV[0]]) if last.next_env.get(PORT_ENV[0], "").isdigit() \
-                    else None
+            if last.next_env.get(PORT_ENV[0], "").isdigit():  # an explicit port on CMD is replaced by it too
+                self.port = int(last.next_env[PORT_ENV[0]])
             self.term.say(f"oomfix run: run {self.run_id}: attempts 1..{len(events) and max(e.attempt for e in events)}"
                           f" are in the ledger; the last ended {last.verdict or last.cls or 'unrecorded'}"
                           + (f", rule {last.rule}" if last.rule else ""))
@@ -922,9 +921,6 @@ class Supervisor:
         name = self._sig_name(self.stop_sig)
         self.term.say(f"oomfix run: {name}: not relaunching")
         return RunResult(128 + self.stop_sig, tuple(self.attempts), f"stopped by {name}", verdicts.OUTSIDE)
-
-
-MEMORY_PORT_ENV_SET = frozenset(PORT_ENV)
 
 
 def _canonical(plan: Any) -> dict[str, Any]:
