@@ -136,10 +136,27 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def _state_dir(path: Path) -> None:
+    """The directory of the ledger and its locks: created when missing; a symlink or a file there is refused (a
+    cloned repository's `.oomfix` must not send the ledger's writes somewhere else)."""
+    d = path.parent
+    if d.is_symlink():
+        raise InputError(f"{d}: is a symlink; not writing the ledger through it")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{d}: cannot create it: {e.strerror or e}") from None
+    if not d.is_dir():
+        raise InputError(f"{d}: not a directory; cannot keep the ledger there")
+
+
 @contextmanager
 def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    _state_dir(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise InputError(f"{path}: cannot open the lock: {e.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

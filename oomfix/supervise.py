@@ -722,6 +722,9 @@ class Supervisor:
         last = next((a for a in reversed([*recorded, *self.history, *self.attempts]) if a.files and a.rule), None)
         if last is None or last.cls != d.cls:
             return None
+        if self.opts.config and not any(os.path.exists(f) and os.path.samefile(f, self.opts.config)
+                                         for f in last.files):
+            return None  # the last fix went to other configs: this log's config has not been fixed
         try:
             log_m = os.stat(log).st_mtime
             edit_m = max(os.stat(os.path.join(self.root, f)).st_mtime for f in last.files)
@@ -788,6 +791,8 @@ class Supervisor:
             ledger.append(rec, self.root)
         except OSError as e:
             self.term.say(f"oomfix run: cannot write the ledger: {e.strerror}")
+        except OomfixError as e:
+            self.term.say(f"oomfix run: cannot write the ledger: {e}")
         return rec
 
     def _notify(self, event: str, rec: Attempt, why: str | None) -> None:
@@ -804,6 +809,8 @@ class Supervisor:
                           self.root)
         except OSError as e:
             self.term.say(f"oomfix run: cannot write the ledger: {e.strerror}")
+        except OomfixError as e:
+            self.term.say(f"oomfix run: cannot write the ledger: {e}")
 
     def _load_history(self) -> int:
         """The attempts of this run that earlier processes recorded (a requeue, another node): their number, and the

@@ -118,3 +118,29 @@ def test_run_lock_lets_one_attempt_of_a_run_at_a_time(tmp_path):
         waited.append(first.strip())
     out = p.communicate(timeout=30)[0]
     assert waited == ["waiting"] and "got it" in out
+
+
+def test_a_state_directory_that_is_a_file_or_a_symlink_is_refused(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from oomfix.errors import InputError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".oomfix").write_text("a file")
+    with pytest.raises(InputError, match="not a directory|cannot create"):
+        ledger.append(Attempt(1, "x", "s", "e", 0, "l", "none"), tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "b" / ".oomfix")
+    with pytest.raises(InputError, match="symlink"):
+        with ledger.run_lock("R", tmp_path / "b"):
+            pass
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    monkeypatch.chdir(tmp_path / "a")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "oomfix", "run", "--once", "--", "true"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and ".oomfix" in r.stderr
