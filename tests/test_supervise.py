@@ -839,3 +839,29 @@ def test_e2e_a_scheduler_loop_of_run_once_climbs_to_zero3_and_trains(torchrun, t
     assert [(a.run, a.attempt, a.rule, a.verdict) for a in attempts] == [
         ("991", 1, "cuda-oom-split-micro-batch", "fixed"), ("991", 2, "cuda-oom-gradient-checkpointing", "fixed"),
         ("991", 3, "cuda-oom-zero3", "fixed"), ("991", 4, None, "trained")]
+
+
+def test_run_loop_relaunches_an_nccl_timeout_once_with_the_flight_recorder(tmp_path):
+    log = SHARED_LOGS / "058_nccl_timeout.log"
+    shared_or_skip(log)
+    (tmp_path / "job.py").write_text(NCCL_JOB)
+    r = subprocess.run([*OOMFIX, "run", "--log", "logs/l.log", "--", sys.executable, "job.py", str(log),
+                        str(ROOT / "fixtures" / "flight_recorder" / "gloo_desync")], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 1, r.stderr
+    first, second = ledger.read(tmp_path)
+    assert first.rule == "nccl-timeout-flight-recorder" and "TORCH_NCCL_DUMP_ON_TIMEOUT" not in first.command
+    assert "TORCH_NCCL_DUMP_ON_TIMEOUT=1" in second.command and second.verdict == "permanent"
+    assert (tmp_path / "logs" / "l-attempt2.fr" / "nccl_trace_rank_1").exists()
+    assert "rank 1 did not enter it (its last was #3)" in r.stderr
+
+
+def test_terminal_drops_the_echo_instead_of_blocking_on_a_full_pipe():
+    r, w = os.pipe()
+    os.set_blocking(w, True)
+    term = Terminal(out_fd=w, err_fd=w)
+    t0 = time.monotonic()
+    term.out(b"x" * (4 << 20))  # far more than a pipe holds, and nobody reads
+    assert time.monotonic() - t0 < 5 and term.alive and term.dropped > 0
+    os.close(r)
+    os.close(w)
