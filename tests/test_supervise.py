@@ -865,3 +865,14 @@ def test_terminal_drops_the_echo_instead_of_blocking_on_a_full_pipe():
     assert time.monotonic() - t0 < 5 and term.alive and term.dropped > 0
     os.close(r)
     os.close(w)
+
+
+def test_the_genuine_origin_launcher_is_refused_with_its_two_jobs(tmp_path):
+    # ../shared/corpus/genuine_lf/project/start.sh: two `nohup python wrapper.py ... > logs/... &` jobs
+    project = SHARED / "corpus" / "genuine_lf" / "project"
+    shared_or_skip(project / "start.sh")
+    r = subprocess.run([*OOMFIX, "run", "--all-configs", "--", "bash", str(project / "start.sh")], cwd=tmp_path,
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "starts 2 training jobs" in r.stderr and "qwen3_lora_sft_a.yaml" in r.stderr and "once per job" in r.stderr
+    assert not (tmp_path / ".oomfix").exists()
