@@ -247,12 +247,37 @@ def config_of_command(argv: Sequence[str], cwd: str = ".") -> str | None:
     return os.path.relpath(paths.pop(), here)
 
 
+_EXPANSION = re.compile(r"\$\([^()]*\)|\$\{[^{}]*\}|\$\w+|`[^`]*`")
+
+
 def _job_log(job: Any, cwd: str) -> str | None:
-    """The job's own log file, when the script redirects its output to one with a path known before it runs."""
-    if not job.log or "$" in job.log or "`" in job.log:
+    """The job's own log file when the script redirects its output to one: a path, or a glob pattern where the path
+    has parts known only when it runs (`logs/train_$(date +%s).log` -> `logs/train_*.log`)."""
+    if not job.log:
+        return None
+    log = _EXPANSION.sub("*", job.log)
+    if "$" in log or "`" in log or log.strip("*/") == "":
         return None
     base = job.cwd or cwd
-    return os.path.relpath(os.path.normpath(os.path.join(base, job.log)), cwd)
+    return os.path.relpath(os.path.normpath(os.path.join(base, log)), cwd)
+
+
+def job_log_of_attempt(pattern: str, since: float) -> str | None:
+    """The job's log this attempt wrote: the path, or the newest file matching the pattern modified since the
+    attempt started."""
+    import glob
+
+    if not glob.has_magic(pattern):
+        return pattern if os.path.exists(pattern) else None
+    found = []
+    for p in glob.glob(pattern):
+        try:
+            m = os.stat(p).st_mtime
+        except OSError:
+            continue
+        if m >= since - 1:
+            found.append((m, p))
+    return max(found)[1] if found else None
 
 
 def jobs_problem(script: str | None, jobs: Sequence[Any]) -> str | None:
@@ -836,13 +861,13 @@ class Supervisor:
                           f"record: its supervisor was killed; counted as an attempt")
         return max((e.attempt for e in events), default=0)
 
-    def _job_failed(self, status: int, log: str) -> tuple[int, Diagnosis | None]:
+    def _job_failed(self, status: int, job_log: str | None) -> tuple[int, Diagnosis | None]:
         """A script that backgrounds its job and `wait`s exits 0 whatever the job did: the job's own log decides."""
-        if self.opts.job_log is None or status != 0:
+        if job_log is None or status != 0:
             return status, None
-        d = self._diagnose(self.opts.job_log) if os.path.exists(self.opts.job_log) else None
+        d = self._diagnose(job_log)
         if d is not None and d.cls != "none":
-            self.term.say(f"oomfix run: CMD exited 0, but the job's own log {self.opts.job_log} shows {d.cls}")
+            self.term.say(f"oomfix run: CMD exited 0, but the job's own log {job_log} shows {d.cls}")
             return 1, d
         return status, d
 
@@ -867,6 +892,7 @@ class Supervisor:
             self.term.say(f"oomfix run: attempt {n}: {launch.shown()}")
             self.term.say(f"oomfix run: log: {log}")
             started = _now()
+            t_start = time.time()
             self._started(n, launch, log)
             status, stopped = self._run_attempt(launch, log)
             ended = _now()
@@ -880,8 +906,9 @@ class Supervisor:
                 self.term.say(f"oomfix run: stopped by {name}; attempt {n} recorded as stopped, no relaunch")
                 self._notify("failure", rec, f"stopped by {name}")
                 return RunResult(128 + self.stop_sig, tuple(self.attempts), f"stopped by {name}", verdicts.OUTSIDE)
-            status, jd = self._job_failed(status, log)
-            diag_log = self.opts.job_log if self.opts.job_log and os.path.exists(self.opts.job_log) else log
+            job_log = job_log_of_attempt(self.opts.job_log, t_start) if self.opts.job_log else None
+            status, jd = self._job_failed(status, job_log)
+            diag_log = job_log or log
             if status == 0:
                 rec = Attempt(n, launch.shown(), started, ended, 0, log, "none", verdict=verdicts.TRAINED.name)
                 rec = self._record(rec)

@@ -746,7 +746,8 @@ def test_a_script_starting_two_background_jobs_is_refused(tmp_path):
     assert not (tmp_path / ".oomfix").exists() and not (tmp_path / "logs").exists()
 
 
-def test_a_script_that_waits_for_its_job_is_judged_by_the_jobs_own_log(tmp_path):
+@pytest.mark.parametrize("log_name", ["logs/job.log", "logs/job_$(date +%Y%m%d_%H%M%S).log"])
+def test_a_script_that_waits_for_its_job_is_judged_by_the_jobs_own_log(tmp_path, log_name):
     # a stand-in `torchrun` on PATH (the launcher reader knows jobs by their program) that fails with a Python error;
     # the script backgrounds it with its own log and `wait`s, so the script itself exits 0
     (tmp_path / "logs").mkdir()
@@ -756,14 +757,17 @@ def test_a_script_that_waits_for_its_job_is_judged_by_the_jobs_own_log(tmp_path)
                     "print('KeyError: 42')\nsys.exit(1)\n")
     fake.chmod(0o755)
     (tmp_path / "sft.yaml").write_text(LF_CONFIG.format(micro=2, accum=8, steps=2))
-    (tmp_path / "train.sh").write_text("#!/bin/bash\ntorchrun --nproc_per_node 2 train.py sft.yaml > logs/job.log 2>&1 &"
+    (tmp_path / "logs" / "job_20200101_000000.log").write_text("an older run's log\n")
+    os.utime(tmp_path / "logs" / "job_20200101_000000.log", (1.6e9, 1.6e9))
+    (tmp_path / "train.sh").write_text(f"#!/bin/bash\ntorchrun --nproc_per_node 2 train.py sft.yaml > {log_name} 2>&1 &"
                                        "\nwait\n")
     env = _env()
     env["PATH"] = str(tmp_path / "bin") + os.pathsep + env["PATH"]
     r = subprocess.run([*OOMFIX, "run", "--", "bash", "train.sh"], cwd=tmp_path, capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 1, r.stderr
-    assert "CMD exited 0, but the job's own log logs/job.log shows python_exception" in r.stderr
+    assert "CMD exited 0, but the job's own log logs/job" in r.stderr and "shows python_exception" in r.stderr
+    assert "job_20200101_000000.log" not in r.stderr
     (a,) = ledger.read(tmp_path)
     assert a.cls == "python_exception" and a.exit_code == 1
 
