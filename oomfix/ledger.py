@@ -25,6 +25,7 @@ from oomfix.errors import InputError
 from oomfix.journal import STATE_DIR
 
 LEDGER = "runs.jsonl"
+MAX_READ = 32 << 20  # bytes of the ledger read, from its end
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,14 @@ def read_events(root: str | os.PathLike[str] = ".") -> list[Attempt | Started]:
     try:
         if path.is_dir():
             raise InputError(f"{path}: is a directory, not the ledger")
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_READ:  # a runaway or hostile ledger: its newest records are the ones that matter
+                f.seek(size - MAX_READ)
+            data = f.read(MAX_READ)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        if size > MAX_READ and lines:
+            lines = lines[1:]  # the first line starts mid-record
     except FileNotFoundError:
         return []
     except OSError as e:

@@ -144,3 +144,12 @@ def test_a_state_directory_that_is_a_file_or_a_symlink_is_refused(tmp_path, monk
 
     r = subprocess.run([sys.executable, "-m", "oomfix", "run", "--once", "--", "true"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and ".oomfix" in r.stderr
+
+
+def test_a_huge_ledger_is_read_from_its_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger, "MAX_READ", 4096)
+    for n in range(1, 200):
+        ledger.append(Attempt(n, "x", "s", "e", 1, "l", "cuda_oom", run="R"), tmp_path)
+    got = ledger.read(tmp_path)
+    assert got[-1].attempt == 199 and 0 < len(got) < 199
+    assert [a.attempt for a in got] == list(range(got[0].attempt, 200))
