@@ -101,9 +101,11 @@ def main() -> None:
 @click.option("--exit-code", is_flag=True, help=f"Exit {EXIT_FAILED_RUN} when the logs show a failure (any class "
               "but 'none'); 0 when they show none.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; implies --exit-code (errors still go to stderr).")
+@click.option("--flight-recorder", "fr_dumps", type=str, default=None, help="PyTorch Flight Recorder dumps: a "
+              "directory, or the TORCH_NCCL_DEBUG_INFO_TEMP_FILE prefix (default: LOG's .fr/ directory).")
 @handled
 def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str | None, exit_code: bool,
-             quiet: bool) -> None:
+             quiet: bool, fr_dumps: str | None) -> None:
     """Say what killed a run. LOGS: log files of one job (one per node), '-' for stdin, .gz accepted.
 
     \b
@@ -117,16 +119,25 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
     from oomfix import progress
     from oomfix.diagnose import diagnose_logs
 
+    from oomfix import flightrec
+
     what = ("stdin" if logs[0] == "-" else logs[0]) if len(logs) == 1 else f"{len(logs)} logs"
     with progress.reading(f"reading {what}", logs, quiet):
         d = diagnose_logs(list(logs), config=config, rules_dir=rules_dir)
+    dumps = flightrec.dumps_for_logs(list(logs), fr_dumps)
+    fr = flightrec.analyze(dumps) if dumps else None
+    if fr_dumps and not dumps:
+        click.echo(f"oomfix: no Flight Recorder dump found at {fr_dumps}", err=True)
     if not quiet:
         from oomfix.report import Style, render_diagnosis_text, render_json, versioned
 
         if fmt == "json":
-            click.echo(render_json(versioned(d.to_json())), nl=False)
+            click.echo(render_json(versioned({**d.to_json(), **({"flight_recorder": fr.to_json()} if fr else {})})),
+                       nl=False)
         else:
             click.echo(render_diagnosis_text(d, Style()), nl=False)
+            if fr is not None:
+                click.echo(flightrec.render_text(fr), nl=False)
     if (exit_code or quiet) and d.cls != "none":
         sys.exit(EXIT_FAILED_RUN)
 
@@ -340,9 +351,18 @@ def jobs(scripts: tuple[str, ...], fmt: str) -> None:
 @click.option("--detach", is_flag=True, help="Supervise in the background; print the pid and the log to follow.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL when the supervisor is stopped.")
+@click.option("--once", is_flag=True, help="One attempt, then exit with its verdict code for a scheduler to map "
+              "(docs/schedulers.md).")
+@click.option("--run-id", "run_id", type=str, default=None, help="The run the attempts belong to across requeues "
+              "(default with --once: $OOMFIX_RUN_ID, $SLURM_JOB_ID, $SKYPILOT_TASK_ID, else 'default').")
+@click.option("--notify", "notify", type=str, default=None, help="A command run (sh -c) on failure, fix and finish, "
+              "with the verdict in OOMFIX_* environment variables.")
+@click.option("--notify-url", "notify_url", type=str, default=None, help="A webhook that gets the verdict as "
+              "JSON (POST) on failure, fix and finish.")
 @handled
 def run_cmd(cmd: tuple[str, ...], config: str | None, all_configs: bool, retries: int, log: str | None,
-            allow_semantic_changes: bool, resume: bool, detach: bool, grace: float) -> None:
+            allow_semantic_changes: bool, resume: bool, detach: bool, grace: float, once: bool, run_id: str | None,
+            notify: str | None, notify_url: str | None) -> None:
     """Run a training command; when it dies, apply the next fix and relaunch it, until it trains.
 
     \b
@@ -354,7 +374,8 @@ def run_cmd(cmd: tuple[str, ...], config: str | None, all_configs: bool, retries
     """
     from oomfix.supervise import RunOptions, detach as start_detached, supervise
 
-    opts = RunOptions(tuple(cmd), config, all_configs, retries, log, allow_semantic_changes, resume, grace)
+    opts = RunOptions(tuple(cmd), config, all_configs, retries, log, allow_semantic_changes, resume, grace,
+                      once=once, run_id=run_id, notify=notify, notify_url=notify_url)
     if detach:
         for line in start_detached(opts).describe():
             click.echo(line)
@@ -376,11 +397,51 @@ def runs_cmd(fmt: str) -> None:
     from oomfix import ledger
     from oomfix.report import render_json, versioned
 
-    attempts = ledger.read(".")
+    events = ledger.read_events(".")
+    attempts = [a for a in events if isinstance(a, ledger.Attempt)]
+    unfinished = ledger.unfinished(events)
     if fmt == "json":
-        click.echo(render_json(versioned({"attempts": [a.to_json() for a in attempts]})), nl=False)
+        click.echo(render_json(versioned({"attempts": [a.to_json() for a in attempts],
+                                          "unfinished": [s.to_json() for s in unfinished]})), nl=False)
     else:
-        click.echo(ledger.render_text(attempts), nl=False)
+        click.echo(ledger.render_text(attempts, unfinished), nl=False)
+
+
+@main.command("verdict")
+@click.argument("log")
+@click.option("--config", "config", type=str, default=None, help="The config the run used (else: from the log).")
+@click.option("--all-configs", is_flag=True, help="Fix every sibling config too, as `apply --all-configs`.")
+@click.option("--allow-semantic-changes", is_flag=True, help="Allow rungs that change what is trained.")
+@click.option("--write", is_flag=True, help="Apply the fix and record the verdict in the ledger (default: dry run).")
+@click.option("--run-id", "run_id", type=str, default=None, help="The run this log's attempt belongs to.")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="At most this many relaunches of the run (counted in the ledger).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handled
+def verdict_cmd(log: str, config: str | None, all_configs: bool, allow_semantic_changes: bool, write: bool,
+                run_id: str | None, retries: int, fmt: str) -> None:
+    """What a failed attempt's LOG means to a scheduler, as an exit code (docs/schedulers.md).
+
+    \b
+    Exit status: 0 trained, 138 fixed (retry), 143 stopped from outside (retry), 3 permanent, 4 no rung left,
+    2 usage or input error.
+    Example:
+      oomfix verdict logs/train.log --write --all-configs
+    """
+    from oomfix.report import render_json, versioned
+    from oomfix.supervise import RunOptions, verdict_of_log
+
+    opts = RunOptions(("true",), config, all_configs, retries, None, allow_semantic_changes, run_id=run_id)
+    v = verdict_of_log(log, opts, write)
+    if fmt == "json":
+        click.echo(render_json(versioned({"verdict": v.verdict.name, "exit_code": v.verdict.exit_code,
+                                          "retry": v.verdict.retry, "class": v.diagnosis.cls, "rule": v.rule,
+                                          "files": list(v.files), "written": v.written, "reason": v.reason,
+                                          "next_env": dict(v.next_env)})), nl=False)
+    else:
+        click.echo(f"verdict: {v.verdict.name} (exit {v.verdict.exit_code}, retry: "
+                   f"{'yes' if v.verdict.retry else 'no'})\nclass: {v.diagnosis.cls}\n{v.reason}")
+    sys.exit(v.verdict.exit_code)
 
 
 @main.command()

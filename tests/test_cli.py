@@ -161,6 +161,7 @@ def _json_invocations(project):
         "jobs": ["jobs", str(sh), "--format", "json"],
         "runs": ["runs", "--format", "json"],
         "fit": ["fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log", "--format", "json"],
+        "verdict": ["verdict", "logs/job_a.log", "--format", "json"],
     }
 
 
@@ -172,7 +173,7 @@ def test_every_json_output_starts_with_schema_version(project):
     assert with_json == sorted(calls), "a command with --format json has no case here: add one"
     for name, args in calls.items():
         r = run(*args)
-        assert r.exit_code in (0, 1), (name, r.output)
+        assert r.exit_code in ((0, 1) if name != "verdict" else (0, 3, 4, 138, 143)), (name, r.output)
         doc = json.loads(r.output)
         assert list(doc)[0] == "schema_version" and doc["schema_version"] == SCHEMA_VERSION, name
 

@@ -6,8 +6,12 @@ usage: torchrun --nproc_per_node 2 stand_in_train.py CONFIG.yaml [key=value ...]
 It reads a LLaMA-Factory-style YAML (and `key=value` overrides after it, as LLaMA-Factory's `read_args` merges
 them with OmegaConf.from_cli), prints the start-up lines LLaMA-Factory and the HF Trainer print, all-reduces once per
 step, and fails the way a real run fails:
-- STAND_IN_FITS=N: the largest per-device micro batch that "fits". A bigger one raises `torch.OutOfMemoryError` with
-  the CUDA caching allocator's message on rank STAND_IN_BAD_RANK (default 1) at step STAND_IN_OOM_STEP (default 1).
+- STAND_IN_FITS=N: the memory that "fits", in micro-batch units. A step costs the micro batch, halved when gradient
+  checkpointing is on and halved again under ZeRO-3 (so STAND_IN_FITS=0.3 OOMs at micro batch 1 until both are on);
+  more than N raises `torch.OutOfMemoryError` with the CUDA caching allocator's message on rank STAND_IN_BAD_RANK
+  (default 1) at step STAND_IN_OOM_STEP (default 1). Gradient checkpointing counts only when the config turns it
+  on explicitly (`gradient_checkpointing: true`, or LLaMA-Factory's `disable_gradient_checkpointing: false`);
+  ZeRO-3 when `deepspeed:` names a JSON whose zero_optimization.stage is 3 (the JSON is read, DeepSpeed is not used).
 - STAND_IN_MODE=value_error: LLaMA-Factory's argument check raises a ValueError on every rank.
 - STAND_IN_SLEEP=S: seconds per step (so that a test can signal a running job); rank 0 prints READY before step 1.
 - STAND_IN_PIDS=DIR: each worker writes its pid to DIR/rankN.pid.
@@ -53,8 +57,20 @@ def _oom_message(micro: int, rank: int) -> str:
             f"Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
 
 
-def forward(batch: torch.Tensor, micro: int, fits: int, rank: int) -> torch.Tensor:
-    if micro > fits:
+def memory_cost(cfg: dict, micro: int) -> float:
+    cost = float(micro)
+    if cfg.get("gradient_checkpointing") is True or cfg.get("disable_gradient_checkpointing") is False:
+        cost /= 2
+    ds = cfg.get("deepspeed")
+    if isinstance(ds, str) and os.path.isfile(ds):
+        with open(ds, encoding="utf-8") as f:
+            if (json.load(f).get("zero_optimization") or {}).get("stage") == 3:
+                cost /= 2
+    return cost
+
+
+def forward(batch: torch.Tensor, micro: int, cost: float, fits: float, rank: int) -> torch.Tensor:
+    if cost > fits:
         raise torch.OutOfMemoryError(_oom_message(micro, rank))
     return batch * 2
 
@@ -79,7 +95,7 @@ def main() -> None:
     steps = int(cfg.get("max_steps", 3))
     save_steps = int(cfg.get("save_steps", 0) or 0)
     out = cfg.get("output_dir")
-    fits = int(os.environ.get("STAND_IN_FITS", "1000000"))
+    fits = float(os.environ.get("STAND_IN_FITS", "1000000"))
     bad = int(os.environ.get("STAND_IN_BAD_RANK", "1"))
     oom_step = int(os.environ.get("STAND_IN_OOM_STEP", "1"))
     sleep = float(os.environ.get("STAND_IN_SLEEP", "0"))
@@ -107,7 +123,7 @@ def main() -> None:
     for step in range(start + 1, steps + 1):
         t = torch.ones(4)
         if rank == bad and step == oom_step:
-            t = forward(t, micro, fits, rank)
+            t = forward(t, micro, memory_cost(cfg, micro), fits, rank)
         dist.all_reduce(t)
         if sleep:
             time.sleep(sleep)
