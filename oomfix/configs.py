@@ -100,7 +100,8 @@ def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | Non
     return None
 
 
-def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
+def zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
+    """What a `deepspeed:` value points at: the file, its ZeRO stage, offload and explicit batch numbers."""
     if not isinstance(ref, str) or not ref.strip():
         return None
     path = resolve_ref(ref, config_path)
@@ -117,6 +118,9 @@ def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
     return ZeroInfo(ref, path, stage if isinstance(stage, int) else None, off if isinstance(off, str) else None, batch)
 
 
+_zero_info = zero_info  # the former name
+
+
 def load_config(path: str) -> Config:
     text = read_text(path)
     try:
@@ -128,7 +132,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: not a training config oomfix knows (LLaMA-Factory, HF Trainer, axolotl, "
                           f"torchtune, DeepSpeed)")
     values = read_canonical(data, dialect)
-    zero = _zero_info(values.get("zero_config"), path) if dialect is not DEEPSPEED else None
+    zero = zero_info(values.get("zero_config"), path) if dialect is not DEEPSPEED else None
     if zero is not None:
         values["zero_stage"] = zero.stage
         values["offload"] = zero.offload

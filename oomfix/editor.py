@@ -125,8 +125,17 @@ def load_yaml_safely(text: str, name: str) -> Any:
         raise EditRefused(f"{name}: cannot parse as YAML: {' '.join(first[:2])}") from None
     except RecursionError:
         raise EditRefused(f"{name}: nested too deeply to parse") from None
+    except ValueError as e:  # PyYAML's int(): a number beyond Python's int-str limit (4,300 digits)
+        raise EditRefused(f"{name}: cannot parse as YAML: {_short(e)}") from None
     _check_size(data, name)
     return data
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "integer string conversion" in msg:
+        return "a number with more than 4300 digits (Python's int-str limit): not a training value"
+    return msg[:200]
 
 
 def _compose(text: str, name: str) -> Any:
@@ -372,8 +381,10 @@ def parse_config_text(text: str, name: str) -> Any:
     if is_json_name(name):
         try:
             return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise EditRefused(f"{name}: cannot parse as JSON: {e}") from None
+        except RecursionError:
+            raise EditRefused(f"{name}: nested too deeply to parse") from None
+        except ValueError as e:  # JSONDecodeError, and a number beyond Python's int-str limit
+            raise EditRefused(f"{name}: cannot parse as JSON: {_short(e)}") from None
     return load_yaml_safely(text, name)
 
 
