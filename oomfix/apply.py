@@ -262,6 +262,7 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     edits: list[FileEdit] = []
     notes: list[str] = [f"{c.path}: deepspeed: {c.zero.ref} resolves outside the project tree, to {c.zero.path}"
                         for c in targets if c.zero and c.zero.path and not inside(c.zero.path)]
+    notes += [f"{c.path}: {c.zero.problem}" for c in targets if c.zero and c.zero.problem]
     planned_values: dict[str, dict[str, Any]] = {}
     for cfg in targets:
         values = rung_values(rung, cfg, config_facts(dfacts, cfg, launchers), fc.cls)

@@ -276,6 +276,9 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
                           f"deepspeed: {c.zero.ref} resolves outside the tree being checked, to {c.zero.path}; "
                           f"it was read from there", "keep DeepSpeed configs inside the project, or check from the "
                           "directory they are relative to")
+        if c.zero.problem:
+            yield Finding("deepspeed-mismatch", ERROR, c.path, line, c.zero.problem,
+                          "remove the comments, trailing commas and BOM from the DeepSpeed config")
         b = c.zero.batch
         w = _world(tree, c)
         m, a = c.values.get("micro_batch"), c.values.get("grad_accum")
