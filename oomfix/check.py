@@ -575,6 +575,7 @@ def _newest_logs(tree: Tree) -> dict[str, tuple[str, Diagnosis]]:
 def _remediated(log: str, config: str, root: str = ".") -> bool:
     """An `oomfix apply --write` of this log that touched this config (and was not undone). Journal paths are
     relative to the journal's root, so a journal committed to git works in a clone."""
+    from oomfix.errors import JournalError
     from oomfix.journal import Journal, file_sha256
 
     sha = file_sha256(log)
@@ -584,7 +585,12 @@ def _remediated(log: str, config: str, root: str = ".") -> bool:
     for r in dict.fromkeys(roots):
         j = Journal(r)
         if j.path.exists():
-            tx = j.applied(sha)
+            try:
+                tx = j.applied(sha)
+            except JournalError:
+                if r != roots[0] and roots[0] not in r.parents:
+                    continue  # a damaged journal above the checked tree is not this project's to report
+                raise
             if tx is not None and any(same_file(j.resolve(f["file"]), config) for f in tx["files"]):
                 return True
     return False

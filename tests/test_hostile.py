@@ -670,3 +670,13 @@ print(repr(open("a.yaml").read()), repr(open("b.yaml").read()))
     assert "'per_device_train_batch_size: 2\\n'" in out  # a.yaml rolled back
     assert "appended by the user" in out  # b.yaml keeps the user's line
     assert not list(tmp_path.glob(".oomfix-*.tmp"))
+
+
+def test_journal_damaged_above_the_checked_tree_does_not_stop_check(tmp_path: Path, project: Path) -> None:
+    # check also looks for journals in the log's ancestors (a journal committed at a repository root); one that is
+    # damaged above the tree being checked is not this project's to report
+    (tmp_path / ".oomfix").mkdir()
+    (tmp_path / ".oomfix" / "journal.jsonl").write_text("null\n")
+    r = oomfix(["check"], project)
+    no_traceback(r)
+    assert r.returncode == 1, r.stderr
