@@ -114,11 +114,13 @@ def _fsync_dir(d: str) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, expect: bytes | None = None) -> None:
+def atomic_write(path: str, data: bytes, expect: bytes | None = None, expect_sha: str | None = None) -> None:
     """Replace `path` with `data`: readers see the old bytes or the new ones, never a mix; the mode is kept.
     `expect`: the bytes the file must still hold at the moment of the rename. The check runs after the temp file's
     fsync (the slow part), so a line someone appends meanwhile is not silently replaced; the window left is the
-    few microseconds between that read and the rename."""
+    few microseconds between that read and the rename. `expect_sha`: the same, given as the SHA-256 of those bytes."""
+    if expect is not None:
+        expect_sha = sha256(expect)
     target = os.path.realpath(path)
     d = os.path.dirname(target) or "."
     try:
@@ -135,7 +137,7 @@ def atomic_write(path: str, data: bytes, expect: bytes | None = None) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        if expect is not None and file_sha256(target) != sha256(expect):
+        if expect_sha is not None and file_sha256(target) != expect_sha:
             raise JournalError(f"{path}: changed on disk while oomfix was writing it; nothing of it was replaced, "
                                f"run again")
         os.replace(tmp, target)
@@ -422,7 +424,7 @@ class Journal:
 
     def _rollback(self, tx: str, done: Sequence[PlannedWrite], reason: str) -> None:
         for w in reversed(done):
-            atomic_write(w.path, w.before)
+            atomic_write(w.path, w.before)  # immediately after writing it: milliseconds
         self._append({"event": "undone", "tx": tx, "reason": reason})
 
     def undo(self) -> tuple[str, list[str]]:
@@ -455,7 +457,7 @@ class Journal:
                 raise JournalError(f"{f['backup']}: backup does not match the recorded hash; not undoing")
             datas.append(data)
         for (f, target, _), data in zip(todo, datas):
-            atomic_write(target, data, expect=None)
+            atomic_write(target, data, expect_sha=f["after_sha256"])
             restored.append(self.resolve(f["file"]))
         self._append({"event": "undone", "tx": tx["tx"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return tx["tx"], restored

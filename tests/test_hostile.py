@@ -385,6 +385,23 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "huge"])
+def test_rules_special_files_are_refused(tmp_path: Path, project: Path, kind: str) -> None:
+    d = tmp_path / "user_rules"
+    d.mkdir()
+    f = d / "user.yaml"
+    if kind == "fifo":
+        os.mkfifo(f)
+    elif kind == "dev-zero":
+        f.symlink_to("/dev/zero")
+    elif kind == "directory":
+        f.mkdir()
+    else:
+        with open(f, "wb") as fh:
+            fh.write(b"class: cuda_oom\n# " + b"x" * (2 << 20) + b"\n")
+    clean_error(oomfix(["rules", "--rules", str(d)], project, timeout=20), "user.yaml")
+
+
 @pytest.mark.parametrize("case", sorted(BAD_FILES), ids=sorted(BAD_FILES))
 def test_rules_bad_files_are_one_line_errors(tmp_path: Path, project: Path, case: str) -> None:
     text, word = BAD_FILES[case]
