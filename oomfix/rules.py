@@ -292,8 +292,8 @@ def parse_rule_file(text: str, source: str) -> FailureClass:
         edits = r.get("edit") or []
         if not isinstance(edits, list):
             raise _err(source, f"{where}.edit must be a list")
-        for e in edits:
-            _validate_edit(e, source, where)
+        for one in edits:
+            _validate_edit(one, source, where)
         examples = r.get("examples") or []
         _want(isinstance(examples, list), source, f"{where}.examples", "a list", examples)
         for j, ex in enumerate(examples):
