@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,19 +210,12 @@ def _global(values: Mapping[str, Any], world: int | None) -> int | None:
     return world * m * a
 
 
-def _memory_never_rises(cls: str, changes: Sequence[Any], rung: Rung) -> None:
-    # enforced in code, whatever a (user) rule file says: an OOM fix never raises per-device memory
-    if cls not in MEMORY_CLASSES:
-        return
-    for ch in changes:
-        rises = (
-            (ch.key in ("micro_batch", "eval_batch", "seq_len", "preprocessing_workers", "dataloader_workers")
-             and isinstance(ch.old, int) and isinstance(ch.new, int) and ch.new > ch.old)
-            or (ch.key == "grad_checkpointing" and ch.old is True and ch.new is False)
-        )
-        if rises:
-            raise RuleError(f"{rung.source}: rule '{rung.id}' would raise {ch.key} from {ch.old} to {ch.new} after a "
-                            f"memory failure; refusing")
+def _memory_never_rises(cls: str, changes: Sequence[Any], rung: Rung, cfg: Config) -> None:
+    # enforced in code (oomfix/guard.py), whatever a (user) rule file says: an OOM fix never raises per-device memory
+    from oomfix.guard import check_rung
+
+    switched = _switch_target(rung, cfg) if any("switch_file" in e for e in rung.edit) else None
+    check_rung(cls, changes, rung, cfg, switched)
 
 
 def _world_for(cfg: Config, primary: Config, diag: Diagnosis, launchers: Sequence[Launcher]) -> int | None:
@@ -244,7 +238,7 @@ def _launcher_env_edit(lau_path: str, name: str, value: str) -> FileEdit | None:
         i += 1
     if i and not lines[i - 1].strip():
         i -= 1
-    new_line = f"export {name}={value}  # oomfix: allocator fragmentation{nl}"
+    new_line = f"export {name}={shlex.quote(str(value))}  # oomfix: allocator fragmentation{nl}"  # rules.py: name checked
     after = "".join(lines[:i]) + new_line + "".join(lines[i:])
     return FileEdit(lau_path, text, after, ((name, None, value),), kind="launcher")
 
@@ -287,6 +281,7 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     edits: list[FileEdit] = []
     notes: list[str] = [f"{c.path}: deepspeed: {c.zero.ref} resolves outside the project tree, to {c.zero.path}"
                         for c in targets if c.zero and c.zero.path and not inside(c.zero.path)]
+    notes += [f"{c.path}: {c.zero.problem}" for c in targets if c.zero and c.zero.problem]
     planned_values: dict[str, dict[str, Any]] = {}
     cfg_rung: dict[str, Rung] = {}  # a combined rung as it applies to each config (its parts that hold there)
     for cfg in targets:
@@ -367,7 +362,7 @@ def rung_values(rung: Rung, cfg: Config, facts: Mapping[str, Any], cls: str,
     changes = compute_changes(rung, cfg.values)
     if changes is None:
         return None
-    _memory_never_rises(cls, changes, rung)
+    _memory_never_rises(cls, changes, rung, cfg)
     return {**cfg.values, **{c.key: c.new for c in changes}}
 
 
@@ -407,7 +402,7 @@ def file_edits(rung: Rung, cfg: Config, new_values: Mapping[str, Any], launchers
     notes: list[str] = []
     changes = [CanonicalChange(k, cfg.values.get(k), v) for k, v in new_values.items() if cfg.values.get(k) != v
                and k not in ("zero_stage", "offload")]
-    _memory_never_rises(cls, changes, rung)
+    _memory_never_rises(cls, changes, rung, cfg)
     vedits = _value_edits(cfg, changes)
     for e in rung.edit:
         if "switch_file" in e:

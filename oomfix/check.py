@@ -276,6 +276,9 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
                           f"deepspeed: {c.zero.ref} resolves outside the tree being checked, to {c.zero.path}; "
                           f"it was read from there", "keep DeepSpeed configs inside the project, or check from the "
                           "directory they are relative to")
+        if c.zero.problem:
+            yield Finding("deepspeed-mismatch", ERROR, c.path, line, c.zero.problem,
+                          "remove the comments, trailing commas and BOM from the DeepSpeed config")
         b = c.zero.batch
         w = _world(tree, c)
         m, a = c.values.get("micro_batch"), c.values.get("grad_accum")
@@ -573,6 +576,7 @@ def _remediated(log: str, config: str, root: str = ".", as_written: bool = False
     """An `oomfix apply --write` of this log that touched this config (and was not undone); `as_written`: and the
     config still has the bytes that apply wrote. Journal paths are relative to the journal's root, so a journal
     committed to git works in a clone."""
+    from oomfix.errors import JournalError
     from oomfix.journal import Journal, file_sha256
 
     sha = file_sha256(log)
@@ -582,7 +586,12 @@ def _remediated(log: str, config: str, root: str = ".", as_written: bool = False
     for r in dict.fromkeys(roots):
         j = Journal(r)
         if j.path.exists():
-            tx = j.applied(sha)
+            try:
+                tx = j.applied(sha)
+            except JournalError:
+                if r != roots[0] and roots[0] not in r.parents:
+                    continue  # a damaged journal above the checked tree is not this project's to report
+                raise
             for f in tx["files"] if tx is not None else ():
                 if same_file(j.resolve(f["file"]), config) and (
                         not as_written or file_sha256(config) == f.get("after_sha256")):

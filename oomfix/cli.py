@@ -55,6 +55,12 @@ def handled(fn: F) -> F:
             _fail("out of memory while reading the input", EXIT_ERROR)
         except RecursionError:
             _fail("input is nested too deeply to process", EXIT_ERROR)
+        except ValueError as e:
+            if "integer string conversion" not in str(e):
+                raise
+            # Python's int-str limit (a DoS guard of its own): a 4,300+ digit number in a log is not a real value
+            _fail("the input holds a number with more than 4300 digits (Python's int-str limit); not reading it",
+                  EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

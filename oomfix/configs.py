@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from oomfix.dialects import DEEPSPEED, Dialect, detect, get_path, read_canonical
-from oomfix.editor import parse_config_text
+from oomfix.editor import json_strictness, parse_config_text
 from oomfix.errors import ConfigError, EditRefused
 from oomfix.launcher import Launcher, job_path, parse_launcher
 
@@ -23,6 +23,7 @@ class ZeroInfo:
     stage: int | None = None
     offload: str | None = None
     batch: dict[str, Any] = field(default_factory=dict)  # explicit (non-"auto") batch keys
+    problem: str | None = None  # why the frameworks' strict json.load would refuse the file (it is read anyway)
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,35 @@ def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | Non
     return None
 
 
-def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
+def zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
+    """What a `deepspeed:` value points at: the file, its ZeRO stage, offload and explicit batch numbers."""
     if not isinstance(ref, str) or not ref.strip():
         return None
     path = resolve_ref(ref, config_path)
     if path is None:
         return ZeroInfo(ref, None)
     try:
-        data = parse_config_text(read_text(path), path)
+        text = read_text(path)
+        data = parse_config_text(text, path)
     except (ConfigError, EditRefused):
         return ZeroInfo(ref, path)
+    relaxed = json_strictness(text) if path.lower().endswith(".json") else []
+    # transformers (HfTrainerDeepSpeedConfig) and accelerate (HfDeepSpeedConfig) open the file with
+    # encoding="utf-8" and json.load it; only DeepSpeed's own loader (deepspeed.runtime.config, hjson) takes
+    # comments and trailing commas. So the file is read as DeepSpeed reads it, and the difference is reported.
+    problem = (f"{display_path(path)} has {', '.join(relaxed)}: transformers and accelerate load a DeepSpeed config "
+               f"with a strict json.load, which stops the run at start-up (DeepSpeed's own hjson loader would accept "
+               f"{'the comments and commas' if relaxed != ['a UTF-8 BOM'] else 'it'}); make it plain JSON"
+               if relaxed else None)
     stage = get_path(data, ("zero_optimization", "stage"))
     off = get_path(data, ("zero_optimization", "offload_optimizer", "device"))
     batch = {k: data[k] for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
              if isinstance(data, dict) and k in data and data[k] != "auto"}
-    return ZeroInfo(ref, path, stage if isinstance(stage, int) else None, off if isinstance(off, str) else None, batch)
+    return ZeroInfo(ref, path, stage if isinstance(stage, int) and not isinstance(stage, bool) else None,
+                    off if isinstance(off, str) else None, batch, problem)
+
+
+_zero_info = zero_info  # the former name
 
 
 def load_config(path: str) -> Config:
@@ -128,7 +143,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: not a training config oomfix knows (LLaMA-Factory, HF Trainer, axolotl, "
                           f"torchtune, DeepSpeed)")
     values = read_canonical(data, dialect)
-    zero = _zero_info(values.get("zero_config"), path) if dialect is not DEEPSPEED else None
+    zero = zero_info(values.get("zero_config"), path) if dialect is not DEEPSPEED else None
     if zero is not None:
         values["zero_stage"] = zero.stage
         values["offload"] = zero.offload

@@ -138,8 +138,17 @@ def load_yaml_safely(text: str, name: str) -> Any:
         raise EditRefused(yaml_error_message(name, e)) from None
     except RecursionError:
         raise EditRefused(f"{name}: nested too deeply to parse") from None
+    except ValueError as e:  # PyYAML's int(): a number beyond Python's int-str limit (4,300 digits)
+        raise EditRefused(f"{name}: cannot parse as YAML: {_short(e)}") from None
     _check_size(data, name)
     return data
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "integer string conversion" in msg:
+        return "a number with more than 4300 digits (Python's int-str limit): not a training value"
+    return msg[:200]
 
 
 def _compose(text: str, name: str) -> Any:
@@ -348,8 +357,52 @@ class _JsonSpans:
         return i
 
 
+def relax_json(text: str) -> tuple[str, list[str]]:
+    """DeepSpeed JSON as DeepSpeed's own loader reads it (hjson: `//`, `#` and `/* */` comments, trailing commas):
+    the text with each comment and trailing comma replaced by spaces (newlines kept), so that every offset still
+    points at the same character of the original and edits can be spliced into it; and what was relaxed, by line
+    (an empty list for strict JSON). A leading BOM is the caller's business."""
+    out = list(text)
+    spots: list[tuple[str, int]] = []
+    last_comma = -1  # offset of a comma with only blanks and comments after it so far
+    for m in _JSON_TOKENS.finditer(text):
+        tok = m.group()
+        if tok[0] in "/#" and (tok[:2] in ("//", "/*") or tok[0] == "#"):
+            spots.append(("a comment", m.start()))
+            out[m.start():m.end()] = ["\n" if ch == "\n" else " " for ch in tok]
+        elif tok == ",":
+            last_comma = m.start()
+        elif tok in ("}", "]") and last_comma >= 0:
+            spots.append(("a trailing comma", last_comma))
+            out[last_comma] = " "
+            last_comma = -1
+        else:
+            last_comma = -1
+    found, line, pos = [], 1, 0
+    spots.sort(key=lambda w: w[1])
+    for what, at in spots[:5]:  # line numbers of the first few are enough for a message
+        line += text.count("\n", pos, at)
+        pos = at
+        found.append(f"{what} on line {line}")
+    if len(spots) > 5:
+        found.append(f"{len(spots) - 5} more")
+    return "".join(out), found
+
+
+# one token of JSON-with-comments: a string, a comment, a comma, a closing bracket, or a run of anything else
+_JSON_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|//[^\n]*|#[^\n]*|/\*.*?(?:\*/|\Z)|[,}\]]|[^\s",}\]/#]+|/', re.S)
+
+
+def json_strictness(text: str) -> list[str]:
+    """What in a JSON config a strict `json.load` (transformers' and accelerate's HfDeepSpeedConfig, utf-8) refuses:
+    a BOM, comments, trailing commas. Empty for strict JSON."""
+    found = ["a UTF-8 BOM"] if text.startswith("\ufeff") else []
+    return found + relax_json(text.lstrip("\ufeff"))[1]
+
+
 def _edit_json(text: str, name: str, edits: Sequence[ValueEdit]) -> str:
-    p = _JsonSpans(text, name)
+    clean, _ = relax_json(text)  # same offsets as `text`: spans found in it splice into the original
+    p = _JsonSpans(clean, name)
     p.parse()
     splices = []
     for e in edits:
@@ -364,8 +417,8 @@ def _edit_json(text: str, name: str, edits: Sequence[ValueEdit]) -> str:
             raise EditRefused(f"{name}: cannot add {'.'.join(e.path)}: its parent object is missing or empty")
         anchor = next((m for want in e.after for m in members if m[0] == want), members[-1])
         key, kstart, vs, ve = anchor
-        line_start = text.rfind("\n", 0, kstart) + 1
-        indent = text[line_start:kstart]
+        line_start = clean.rfind("\n", 0, kstart) + 1
+        indent = clean[line_start:kstart]
         if indent.strip():
             sep = " "  # one-line object
             indent = ""
@@ -383,10 +436,19 @@ def is_json_name(name: str) -> bool:
 
 def parse_config_text(text: str, name: str) -> Any:
     if is_json_name(name):
+        text = text[1:] if text.startswith("\ufeff") else text
         try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise EditRefused(f"{name}: cannot parse as JSON: {e}") from None
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                clean, relaxed = relax_json(text)
+                if not relaxed:
+                    raise
+                return json.loads(clean)  # comments or trailing commas: read as DeepSpeed's hjson reads them
+        except RecursionError:
+            raise EditRefused(f"{name}: nested too deeply to parse") from None
+        except ValueError as e:  # JSONDecodeError, and a number beyond Python's int-str limit
+            raise EditRefused(f"{name}: cannot parse as JSON: {_short(e)}") from None
     return load_yaml_safely(text, name)
 
 

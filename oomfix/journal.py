@@ -8,6 +8,11 @@ entirely new and the journal never claims a write that did not happen:
   4. journal `commit`
 Undo takes the newest transaction that was not undone and puts back, from the backups, every file whose bytes
 are still what that apply wrote; it refuses, naming the file, if a file changed since.
+
+A journal is input like any other: a cloned repository can carry a committed `.oomfix/` written by anyone. So every
+path read from it is confined before use (`Journal.confined`): relative, no `..`, resolved through symlinks to a
+place inside the project root (and, for a backup, inside `.oomfix/backups/`); `.oomfix` itself must be a real
+directory. Records are validated by shape; anything else is a one-line JournalError, never a traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -52,11 +58,51 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path: str) -> str | None:
+MAX_JOURNAL_BYTES = 64 << 20  # years of applies; a journal larger than this is not one oomfix wrote
+MAX_FILE_BYTES = 64 << 20  # a config or a backup (configs themselves are refused above 8 MB)
+
+
+def _read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes. A FIFO, a device or a directory in a path read from a journal would block or fail
+    deep inside a read: refused by what it is, before reading (opened non-blocking so a FIFO cannot hang)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return sha256(Path(path).read_bytes())
-    except FileNotFoundError:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise JournalError(f"{path}: {st.st_size} bytes is larger than oomfix reads ({limit})")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str) -> str | None:
+    """The SHA-256 of a regular file's bytes, streamed (logs can be hundreds of MB); None when there is no regular
+    file there (missing, a directory, a FIFO: opened non-blocking, so a FIFO cannot hang it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            return None
+        raise JournalError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        h = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError as e:
+        raise JournalError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(d: str) -> None:
@@ -68,8 +114,13 @@ def _fsync_dir(d: str) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old bytes or the new ones, never a mix; the mode is kept."""
+def atomic_write(path: str, data: bytes, expect: bytes | None = None, expect_sha: str | None = None) -> None:
+    """Replace `path` with `data`: readers see the old bytes or the new ones, never a mix; the mode is kept.
+    `expect`: the bytes the file must still hold at the moment of the rename. The check runs after the temp file's
+    fsync (the slow part), so a line someone appends meanwhile is not silently replaced; the window left is the
+    few microseconds between that read and the rename. `expect_sha`: the same, given as the SHA-256 of those bytes."""
+    if expect is not None:
+        expect_sha = sha256(expect)
     target = os.path.realpath(path)
     d = os.path.dirname(target) or "."
     try:
@@ -86,6 +137,9 @@ def atomic_write(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if expect_sha is not None and file_sha256(target) != expect_sha:
+            raise JournalError(f"{path}: changed on disk while oomfix was writing it; nothing of it was replaced, "
+                               f"run again")
         os.replace(tmp, target)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -117,6 +171,36 @@ def sweep_temps(paths: Sequence[str], older_than: float = 60.0) -> list[str]:
     return removed
 
 
+_EVENTS = ("begin", "written", "commit", "undone")
+
+
+def _record_problem(rec: Any) -> str | None:
+    """What is wrong with one journal record's shape, or None. Paths are checked later, where they are used."""
+    if not isinstance(rec, dict):
+        return f"a record must be a JSON object, not {type(rec).__name__}"
+    ev = rec.get("event")
+    if ev not in _EVENTS:
+        return f"unknown event {ev!r}"
+    if not isinstance(rec.get("tx"), str) or not rec["tx"]:
+        return "'tx' must be a non-empty string"
+    if ev == "written" and not isinstance(rec.get("file"), str):
+        return "'file' must be a string"
+    if ev == "begin":
+        files = rec.get("files")
+        if not isinstance(files, list):
+            return "'files' must be a list"
+        for f in files:
+            if not isinstance(f, dict):
+                return "each of 'files' must be an object"
+            if not isinstance(f.get("file"), str) or not isinstance(f.get("backup"), str):
+                return "each of 'files' needs 'file' and 'backup' paths"
+            if not _is_sha(f.get("before_sha256")) or not _is_sha(f.get("after_sha256")):
+                return "each of 'files' needs 'before_sha256' and 'after_sha256' (hex SHA-256)"
+        if rec.get("log_sha256") is not None and not isinstance(rec["log_sha256"], str):
+            return "'log_sha256' must be a string"
+    return None
+
+
 @dataclass(frozen=True)
 class PlannedWrite:
     path: str
@@ -124,11 +208,68 @@ class PlannedWrite:
     after: bytes
 
 
+_SHA = frozenset("0123456789abcdef")
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and set(v) <= _SHA
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
 class Journal:
     def __init__(self, root: str | os.PathLike[str] = ".") -> None:
         self.root = Path(root)
         self.dir = self.root / STATE_DIR
         self.path = self.dir / "journal.jsonl"
+
+    def _check_state(self) -> None:
+        """`.oomfix` must be a real directory of this project (a symlink could point the journal, the backups and
+        the undo anywhere), and the journal a regular file."""
+        if self.dir.is_symlink():
+            raise JournalError(f"{self.dir}: is a symbolic link; oomfix keeps its journal and backups only in a real "
+                               f"directory inside the project (remove the link)")
+        if self.dir.exists() and not self.dir.is_dir():
+            raise JournalError(f"{self.dir}: exists and is not a directory; move it aside (oomfix keeps its journal "
+                               f"there)")
+        for p in (self.path, self.dir / "backups", self.dir / "lock"):
+            if p.is_symlink():
+                raise JournalError(f"{p}: is a symbolic link; oomfix writes its state only inside {self.dir} "
+                                   f"(remove the link)")
+        if self.path.exists() and not self.path.is_file():
+            raise JournalError(f"{self.path}: is not a regular file; move it aside")
+
+    def confined(self, stored: Any, what: str = "file", under: str | None = None) -> str:
+        """A path read from the journal, as an absolute path that is safe to read or write: refused (JournalError)
+        unless it is relative, has no `..`, and resolves (symlinks followed) inside the project root, not onto the
+        root itself nor into `.oomfix` (or, with `under`, inside that directory of the root)."""
+        bad = None
+        if not isinstance(stored, str) or not stored.strip():
+            bad = "not a path"
+        elif "\x00" in stored or "\\" in stored:
+            bad = "not a plain path"
+        elif os.path.isabs(stored):
+            bad = "an absolute path"
+        elif ".." in stored.split("/"):
+            bad = "a path with '..'"
+        if bad is None:
+            root = os.path.realpath(self.root)
+            real = os.path.realpath(os.path.join(root, stored))
+            base = os.path.realpath(os.path.join(root, under)) if under else root
+            state = os.path.join(root, STATE_DIR)
+            if under and not _within(base, os.path.join(root, under)):
+                bad = f"under {under}, which is a symbolic link"
+            elif not _within(real, base) or real == base:
+                bad = f"outside {under or 'the project'} once symlinks are resolved ({real})"
+            elif not under and _within(real, state):
+                bad = f"inside {STATE_DIR}"
+            else:
+                return real
+        raise JournalError(f"{self.path}: the {what} path {stored!r} is {bad}; oomfix only restores files inside "
+                           f"{os.path.realpath(self.root)} from backups in {STATE_DIR}/backups (restore it by hand "
+                           f"if you trust it)")
 
     def rel(self, path: str) -> str:
         """How a path is stored: relative to the journal's root, so that a committed journal still names the right
@@ -138,10 +279,11 @@ class Journal:
         return a if r.startswith("..") else r
 
     def resolve(self, stored: str) -> str:
-        """A stored path back to a usable one (records written before paths were relative are absolute)."""
+        """A stored path back to a usable one, for display and comparison only (never to write: see `confined`)."""
         return stored if os.path.isabs(stored) else os.path.join(os.path.abspath(self.root), stored)
 
     def _ensure(self) -> None:
+        self._check_state()
         try:
             (self.dir / "backups").mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -151,7 +293,10 @@ class Journal:
     def lock(self, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
         """One writer at a time per tree: a second apply waits for the first, then gives up with a clear error."""
         self._ensure()
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise JournalError(f"{self.dir / 'lock'}: cannot open the lock file: {e.strerror}") from None
         try:
             deadline = time.monotonic() + wait
             while True:
@@ -169,24 +314,49 @@ class Journal:
 
     def _append(self, rec: dict[str, Any]) -> None:
         line = (json.dumps(rec, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._check_state()
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise JournalError(f"{self.path}: cannot write the journal: {e.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line from a crash stays a line of its own
             os.write(fd, line)  # one write of one line with O_APPEND: lines never interleave
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def records(self) -> list[dict[str, Any]]:
+        """The journal's records, validated by shape. A torn last line (a crash mid-write) claims nothing and is
+        ignored; any other line that is not a record is a damaged journal: JournalError."""
+        self._check_state()
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = _read_bytes(self.path, MAX_JOURNAL_BYTES)
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise JournalError(f"{self.path}: cannot read the journal: {e.strerror}") from None
+        lines = raw.split(b"\n")
         out = []
-        for line in raw.splitlines():
+        for n, bline in enumerate(lines, 1):
+            if not bline.strip():
+                continue
+            torn = n == len(lines)  # no newline after it: cut short by a crash
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash: ignore it, it claims nothing
+                rec = json.loads(bline.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                if torn:
+                    continue
+                why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not a JSON record"
+                raise JournalError(f"{self.path}: line {n} is {why}; the journal is damaged (move it aside, after "
+                                   f"restoring by hand what it recorded)") from None
+            problem = _record_problem(rec)
+            if problem:
+                raise JournalError(f"{self.path}: line {n}: {problem}; the journal is damaged (move it aside, after "
+                                   f"restoring by hand what it recorded)")
+            out.append(rec)
         return out
 
     def transactions(self) -> list[dict[str, Any]]:
@@ -238,7 +408,7 @@ class Journal:
                 for w in writes:
                     if interrupted():
                         break
-                    atomic_write(w.path, w.after)
+                    atomic_write(w.path, w.after, expect=w.before)
                     done.append(w)
                     self._append({"event": "written", "tx": tx, "file": self.rel(w.path)})
             except BaseException:
@@ -254,7 +424,7 @@ class Journal:
 
     def _rollback(self, tx: str, done: Sequence[PlannedWrite], reason: str) -> None:
         for w in reversed(done):
-            atomic_write(w.path, w.before)
+            atomic_write(w.path, w.before)  # immediately after writing it: milliseconds
         self._append({"event": "undone", "tx": tx, "reason": reason})
 
     def undo(self) -> tuple[str, list[str]]:
@@ -263,25 +433,31 @@ class Journal:
         if not txs:
             raise JournalError(f"nothing to undo: no apply recorded in {self.path}")
         tx = txs[-1]
-        sweep_temps([self.resolve(f["file"]) for f in tx["files"]], older_than=0.0)
+        # every path is confined before anything is touched, temp files swept included
+        targets = [(f, self.confined(f["file"], "file"), self.confined(f["backup"], "backup", f"{STATE_DIR}/backups"))
+                   for f in tx["files"]]
+        sweep_temps([t for _, t, _ in targets], older_than=0.0)
         todo = []
-        for f in tx["files"]:
-            cur = file_sha256(self.resolve(f["file"]))
+        for f, target, backup in targets:
+            cur = file_sha256(target)
             if cur == f["before_sha256"]:
                 continue  # never written (a crash before its rename), or already restored
             if cur != f["after_sha256"]:
                 raise JournalError(f"{f['file']}: changed since oomfix wrote it; not undoing (restore it from "
-                                   f"{self.root / f['backup']} by hand if you are sure)")
-            todo.append(f)
+                                   f"{backup} by hand if you are sure)")
+            todo.append((f, target, backup))
         restored = []
-        for f in todo:
+        datas = []
+        for f, target, backup in todo:  # every backup read and verified before the first file is replaced
             try:
-                data = (self.root / f["backup"]).read_bytes()
+                data = _read_bytes(backup)
             except OSError as e:
                 raise JournalError(f"{f['backup']}: backup unreadable: {e.strerror}") from None
             if sha256(data) != f["before_sha256"]:
                 raise JournalError(f"{f['backup']}: backup does not match the recorded hash; not undoing")
-            atomic_write(self.resolve(f["file"]), data)
+            datas.append(data)
+        for (f, target, _), data in zip(todo, datas):
+            atomic_write(target, data, expect_sha=f["after_sha256"])
             restored.append(self.resolve(f["file"]))
         self._append({"event": "undone", "tx": tx["tx"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return tx["tx"], restored

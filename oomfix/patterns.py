@@ -568,19 +568,36 @@ class PatternTimeout(Exception):
 
 
 class _TimedRegex:
-    """A user's regex, run by the `regex` module with a timeout, so that a catastrophic pattern cannot hang a run."""
+    """A user's regex, run by the `regex` module with a timeout per line and a total budget (oomfix/userregex.py),
+    so that a catastrophic pattern cannot hang a run, one line at a time or summed over millions of lines."""
 
     def __init__(self, source: str, owner: "UserPattern | None" = None) -> None:
         import regex
 
+        from oomfix.userregex import regex_problem
+
+        problem = regex_problem(source)
+        if problem:
+            raise ValueError(problem)
         self.rx = regex.compile(source)
         self.owner = owner
+        self.spent = 0.0  # seconds of matching since the last reset (rules.RuleSet.user_patterns resets it)
 
     def search(self, text: str):  # noqa: ANN201 - a regex match object
+        import time
+
+        from oomfix.userregex import TOTAL_BUDGET
+
+        left = TOTAL_BUDGET - self.spent
+        if left <= 0:
+            raise PatternTimeout(self.owner)  # type: ignore[arg-type]
+        t0 = time.monotonic()
         try:
-            return self.rx.search(text, timeout=USER_REGEX_TIMEOUT)
+            return self.rx.search(text, timeout=min(USER_REGEX_TIMEOUT, left))
         except TimeoutError:
             raise PatternTimeout(self.owner) from None  # type: ignore[arg-type]
+        finally:
+            self.spent += time.monotonic() - t0
 
 
 @dataclass(frozen=True)

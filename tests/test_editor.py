@@ -91,8 +91,15 @@ def test_json_key_added_with_sibling_indentation():
 
 
 def test_invalid_json_is_refused():
-    with pytest.raises(EditRefused, match="cannot parse as JSON"):
-        ed('{"a": 1,}', "a", 2, name="d.json")
+    for bad in ('{"a": 1', '{"a": }', '{"a": 1,, }', '{"a": 1} x'):
+        with pytest.raises(EditRefused):
+            ed(bad, "a", 2, name="d.json")
+
+
+def test_json_with_comments_and_trailing_commas_is_read_as_deepspeed_reads_it():
+    # DeepSpeed's own loader (hjson) takes comments and trailing commas; the edit keeps them byte for byte
+    text = '{\n  // micro\n  "a": 1, /* x */\n  "b": [1, 2,],\n}\n'
+    assert ed(text, "a", 2, name="d.json") == text.replace('"a": 1,', '"a": 2,')
 
 
 def test_a_key_yaml_11_reads_as_a_boolean_is_refused_not_misedited():
