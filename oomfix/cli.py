@@ -429,18 +429,15 @@ def verdict_cmd(log: str, config: str | None, all_configs: bool, allow_semantic_
       oomfix verdict logs/train.log --write --all-configs
     """
     from oomfix.report import render_json, versioned
-    from oomfix.supervise import RunOptions, verdict_of_log
+    from oomfix.supervise import RunOptions
+    from oomfix.verdicts import render_text, verdict_of_log
 
     opts = RunOptions(("true",), config, all_configs, retries, None, allow_semantic_changes, run_id=run_id)
     v = verdict_of_log(log, opts, write)
     if fmt == "json":
-        click.echo(render_json(versioned({"verdict": v.verdict.name, "exit_code": v.verdict.exit_code,
-                                          "retry": v.verdict.retry, "class": v.diagnosis.cls, "rule": v.rule,
-                                          "files": list(v.files), "written": v.written, "reason": v.reason,
-                                          "next_env": dict(v.next_env)})), nl=False)
+        click.echo(render_json(versioned(v.to_json())), nl=False)
     else:
-        click.echo(f"verdict: {v.verdict.name} (exit {v.verdict.exit_code}, retry: "
-                   f"{'yes' if v.verdict.retry else 'no'})\nclass: {v.diagnosis.cls}\n{v.reason}")
+        click.echo(render_text(v), nl=False)
     sys.exit(v.verdict.exit_code)
 
 
