@@ -1,13 +1,16 @@
 """The `run` use case: start a training command so that a closed terminal cannot kill it, and when it dies,
 diagnose its log, apply the next fix exactly as `apply --write` does, and relaunch it, until it trains.
 
-The stages of one run, a module each: what CMD starts (oomfix/command.py: its jobs, its config, its own log, the
-refusal of a CMD that starts several jobs); one attempt's child process and the terminal (oomfix/child.py); after a
-failure, the remedy (here: a memory class with a rung left gets the rung, journalled and undoable, and a relaunch;
-`port_in_use` a relaunch on a free port; an NCCL timeout a relaunch with the Flight Recorder on, oomfix/flightrec.py;
-everything else stops with the diagnosis printed); the relaunch resuming from a whole checkpoint
-(oomfix/checkpoints.py); the verdict a scheduler gets (oomfix/verdicts.py). Each attempt is one line of
-`.oomfix/runs.jsonl` (oomfix/ledger.py).
+This module is the loop; each stage of one run has a module of its own:
+1. what CMD starts, read before it starts: its jobs, its config, its own log, the refusal of a CMD that starts
+   several jobs (oomfix/command.py);
+2. one attempt: CMD in its own session, its log copied to the terminal, stopped on a signal (oomfix/child.py);
+3. its log diagnosed; the remedy, the state carried to the next attempt, and what the relaunch runs
+   (oomfix/remedy.py; resuming from a whole checkpoint: oomfix/checkpoints.py; the Flight Recorder:
+   oomfix/flightrec.py);
+4. the verdict a scheduler gets (oomfix/verdicts.py), the ledger record (oomfix/ledger.py, `.oomfix/runs.jsonl`),
+   the notifications (oomfix/notify.py).
+`--detach` (the supervisor itself in the background) is at the end.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,19 +35,18 @@ from oomfix.command import (PORT_ENV, command_jobs, config_of_command, free_port
                             jobs_problem, with_port)
 from oomfix.errors import OomfixError, UsageError
 from oomfix.ledger import Attempt, Started
-from oomfix.model import MEMORY_CLASSES, Diagnosis
+from oomfix.model import Diagnosis
+from oomfix.remedy import FR_RULE, PORT_RULE, Remedies, Remedy, changed_keys, not_picked_up
 from oomfix.verdicts import LogVerdict, Verdict, verdict_of_log
 
-# the names tests and callers imported from here before the stages had modules of their own
-__all__ = ["Detached", "Launch", "LogVerdict", "PORT_ENV", "Remedy", "RunOptions", "RunResult", "Supervisor",
-           "Terminal", "attempt_log", "base_log", "changed_keys", "child_argv", "command_jobs", "config_of_command",
-           "default_run_id", "descendants", "detach", "exit_status", "free_port", "job_log_of_attempt", "jobs_problem",
-           "newest_checkpoint", "not_picked_up", "resume_argv", "supervise", "supervisor_log", "validate",
-           "verdict_of_log", "with_port"]
+# the names callers and tests imported from here before each stage had a module of its own (re-exported)
+__all__ = ["Detached", "FR_RULE", "Launch", "LogVerdict", "PORT_ENV", "PORT_RULE", "Remedies", "Remedy",
+           "RunOptions", "RunResult", "Supervisor", "Terminal", "attempt_log", "base_log", "changed_keys",
+           "child_argv", "command_jobs", "config_of_command", "default_run_id", "descendants", "detach", "exit_status",
+           "free_port", "job_log_of_attempt", "jobs_problem", "newest_checkpoint", "not_picked_up", "resume_argv",
+           "supervise", "supervisor_log", "validate", "verdict_of_log", "with_port"]
 
 GRACE_SECONDS = 30.0  # what torchrun gives its workers between SIGTERM and SIGKILL
-PORT_RULE = "port-in-use-free-master-port"
-FR_RULE = "nccl-timeout-flight-recorder"
 # the run ids a scheduler keeps across requeues and recoveries: attempt N+1 finds attempts 1..N under the same id
 RUN_ID_ENV = ("OOMFIX_RUN_ID", "SLURM_JOB_ID", "SKYPILOT_TASK_ID")
 
@@ -77,17 +79,6 @@ class RunResult:
     attempts: tuple[Attempt, ...]
     reason: str  # why the loop ended, one line
     verdict: Verdict | None = None
-
-
-@dataclass(frozen=True)
-class Remedy:
-    """What happens after a failed attempt: the fix applied (if any), why the loop does not relaunch by itself
-    (None: it does), and the verdict a scheduler gets."""
-
-    rule: str | None
-    files: tuple[str, ...]
-    why: str | None
-    verdict: Verdict
 
 
 # --- names: logs and runs -----------------------------------------------------------------------------------------
@@ -173,22 +164,12 @@ class Supervisor:
         self.hurry = False
         self.base = base_log(opts.log)
         self.attempts: list[Attempt] = []
-        self.extra_env: dict[str, str] = {}
-        self.port: int | None = None
-        # (real path, sha256) of every config state a relaunch started from: a rung that brings one back would
-        # repeat a failure already seen
-        self.seen_states: set[tuple[str, str]] = set()
+        self.remedies = Remedies(opts, root, self.term)
         self.foreign: set[tuple[int, int]] = set()  # processes of ours that are not the job's (an embedding program's)
-        # canonical key -> (before, after) of the last rung on the primary config: the relaunch's log must not show
-        # a "before" value of a key the rung changed (the keys the log shows: micro batch, accumulation)
-        self.last_change: dict[str, tuple[Any, Any]] = {}
-        self.zero_switched = False  # the last rung changed the DeepSpeed config: no resume across it
         # names this run's records in the ledger (another supervisor may append to it at the same time); a run id
         # given (or the scheduler's job id under --once) spans processes: a requeued attempt continues the run
         self.run_id = opts.run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
         self.history: list[Attempt] = []  # this run's attempts that earlier processes recorded
-        self.fr_pending = False  # the next attempt gets the Flight Recorder environment
-        self.current_env: dict[str, str] = {}  # what the attempt now running was given
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_sig is None:
@@ -200,7 +181,6 @@ class Supervisor:
     def _sig_name(sig: int) -> str:
         return signal.Signals(sig).name
 
-    # one attempt ------------------------------------------------------------------------------------------------
     # between attempts -------------------------------------------------------------------------------------------
     def _diagnose(self, log: str) -> Diagnosis | None:
         from oomfix.diagnose import diagnose_logs
@@ -211,7 +191,6 @@ class Supervisor:
             self.term.say(f"oomfix run: cannot diagnose {log}: {e}")
             return None
 
-
     def _print_stop(self, d: Diagnosis | None, why: str) -> None:
         from oomfix.report import Style, render_diagnosis_text
 
@@ -220,138 +199,6 @@ class Supervisor:
             self.term.say(render_diagnosis_text(d, Style(sys.stderr)).rstrip("\n"))
         self.term.say("")
         self.term.say(f"oomfix run: stopping: {why}")
-
-    def _no_relaunch(self) -> str:
-        return f"no relaunch left (--retries {self.opts.retries})"
-
-    def _remedy(self, log: str, d: Diagnosis, relaunches_left: int) -> Remedy:
-        """Apply what makes the relaunch different, and say what this failure means to a scheduler."""
-        from oomfix.apply import plan_apply, write_plan
-        from oomfix.report import Style, headline, render_plan_text
-        from oomfix.rules import load_rules
-
-        no_relaunch = self._no_relaunch()
-        if d.cls == "port_in_use":
-            if relaunches_left <= 0:
-                return Remedy(None, (), no_relaunch, verdicts.NO_RUNG)
-            self.port = free_port()
-            for k in PORT_ENV:
-                self.extra_env[k] = str(self.port)
-            self.term.say(f"oomfix run: {headline(d)}")
-            self.term.say(f"oomfix run: relaunching with MASTER_PORT={self.port} (a free port)")
-            return Remedy(PORT_RULE, (), None, verdicts.FIXED)
-        if d.cls == "nccl_timeout":
-            return self._nccl_timeout(log, relaunches_left)
-        fc = load_rules(self.opts.rules_dir).classes.get(d.cls)
-        automatic = fc is not None and fc.config_edits and not fc.launcher_fix \
-            and (d.cls in MEMORY_CLASSES or d.cls == "nan_loss")
-        if not automatic:
-            return Remedy(None, (), f"{d.cls} has no automatic remedy; fix its cause, then run again",
-                          verdicts.for_class_without_remedy(d.cls))
-        if d.confidence == "low":
-            return Remedy(None, (), f"{d.cls} is only a low-confidence diagnosis ({d.reason}); not changing configs "
-                                    f"on it", verdicts.PERMANENT)
-        same = self._same_failure(log, d)
-        if same is not None:
-            return Remedy(None, (), same, verdicts.FIXED)
-        if relaunches_left <= 0:
-            return Remedy(None, (), f"{no_relaunch}; `oomfix apply {log}` shows the next fix", verdicts.NO_RUNG)
-        done = [*self.history, *self.attempts]
-        prev = done[-1] if done else None
-        stale = not_picked_up(self.last_change, d.run.canonical_values())
-        if prev is not None and prev.files and prev.cls == d.cls and stale:
-            return Remedy(None, (), f"the relaunch did not pick up the last edit ({prev.rule}): its log still shows "
-                                    f"{stale}; is {self.opts.config or 'the config'} the one CMD trains with?",
-                          verdicts.PERMANENT)
-        plan = plan_apply(log, self.opts.config, self.opts.all_configs, self.opts.allow_semantic, self.opts.rules_dir,
-                          root=self.root)
-        if plan.status == "already":  # the fix for this very log is in place: relaunching is what is left to do
-            return Remedy(plan.rule, (), plan.message, verdicts.FIXED)
-        if plan.status != "edits":  # no rung left, advice only: the diagnosis and why
-            return Remedy(None, (), plan.message or f"no fix to apply ({plan.status})",
-                          verdicts.NO_RUNG if plan.status == "no_rung" else verdicts.PERMANENT)
-        after = {(os.path.realpath(e.path), _sha_text(e.after)) for e in plan.edits if e.kind == "config"}
-        if after and after <= self.seen_states:
-            return Remedy(None, (), f"rule {plan.rule} would bring back a config already tried; not repeating it",
-                          verdicts.NO_RUNG)
-        before = _canonical(plan)
-        tx = write_plan(plan, root=self.root, explicit=[self.opts.config] if self.opts.config else [])
-        if tx is None:
-            return Remedy(plan.rule, (), "this log was already applied by another oomfix; not relaunching on top "
-                                         "of it", verdicts.FIXED)
-        self.last_change = changed_keys(before, _canonical(plan))
-        self.seen_states |= after
-        for e in plan.edits:
-            if e.kind == "launcher":
-                # the rung's environment, for the relaunch too: CMD may not be the launcher script it went into
-                self.extra_env.update({k: str(v) for k, _, v in e.changes if re.fullmatch(r"[A-Z_][A-Z0-9_]*", k)})
-        self.term.say(render_plan_text(plan, True, Style(sys.stderr)).rstrip("\n"))
-        self.zero_switched = any(k.split(".")[-1] == "deepspeed" for e in plan.edits for k, _, _ in e.changes)
-        return Remedy(plan.rule, tuple(e.path for e in plan.edits), None, verdicts.FIXED)
-
-    def _nccl_timeout(self, log: str, relaunches_left: int) -> Remedy:
-        """The first NCCL timeout of a run: relaunch with the Flight Recorder on (no config change), so that the
-        next timeout leaves dumps saying which rank missed which collective. A timeout with the recorder already on:
-        read its dumps and stop (a relaunch would only hang again)."""
-        from oomfix import flightrec
-
-        if flightrec.DUMP_ENV in self.current_env:
-            dumps = flightrec.find_dumps(log, self.current_env.get(flightrec.PREFIX_ENV))
-            text = flightrec.render_text(flightrec.analyze(dumps)) if dumps else "no Flight Recorder dump was found"
-            for line in text.rstrip("\n").splitlines():
-                self.term.say(f"oomfix run: {line}")
-            return Remedy(None, (), "an NCCL timeout again, with the Flight Recorder on: the ranks above did not "
-                                    "enter the collective; fix that, do not relaunch", verdicts.PERMANENT)
-        if relaunches_left <= 0:
-            return Remedy(None, (), self._no_relaunch(), verdicts.NO_RUNG)
-        self.fr_pending = True
-        self.term.say("oomfix run: an NCCL timeout: relaunching with the Flight Recorder on "
-                      f"({', '.join(flightrec.ENV_NAMES)}); no config is changed")
-        return Remedy(FR_RULE, (), None, verdicts.FIXED)
-
-    def _same_failure(self, log: str, d: Diagnosis) -> str | None:
-        """A log written before the last rung's edit cannot come from a run that used it: a second log of the same
-        failure (another node's, or the same log under another name) gets no second rung."""
-        try:  # any run's: two nodes' supervisors (two runs) see one OOM in their own logs
-            recorded = ledger.read(self.root)
-        except OomfixError:
-            recorded = []
-        last = next((a for a in reversed([*recorded, *self.history, *self.attempts]) if a.files and a.rule), None)
-        if last is None or last.cls != d.cls:
-            return None
-        if self.opts.config and not any(os.path.exists(f) and os.path.samefile(f, self.opts.config)
-                                         for f in last.files):
-            return None  # the last fix went to other configs: this log's config has not been fixed
-        try:
-            log_m = os.stat(log).st_mtime
-            edit_m = max(os.stat(os.path.join(self.root, f)).st_mtime for f in last.files)
-        except (OSError, ValueError):
-            return None
-        if log_m > edit_m:
-            return None
-        return (f"{log} was written before the last fix ({last.rule} after attempt {last.attempt}): the same "
-                f"failure, seen again; not climbing a second rung for it")
-
-    def _next_launch(self, n: int, log: str) -> Launch:
-        from oomfix import flightrec
-
-        argv: tuple[str, ...] = tuple(self.opts.cmd)
-        if self.port is not None:
-            argv = with_port(argv, self.port)
-        if flightrec.PREFIX_ENV in self.extra_env:
-            # a fresh dump directory per attempt: a dump is then always this attempt's
-            prefix = flightrec.prefix_for(log)
-            self.extra_env[flightrec.PREFIX_ENV] = prefix
-            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        if self.opts.resume and (self.attempts or self.history):
-            if self.zero_switched:
-                self.term.say("oomfix run: not resuming: the fix changed the ZeRO stage, and a DeepSpeed checkpoint "
-                              "of one stage does not load under another (convert it to a universal checkpoint first)")
-            else:
-                new, why = resume_argv(argv, self.opts.config, say=self.term.say)
-                self.term.say(f"oomfix run: {'' if new else 'not resuming: '}{why}")
-                argv = new or argv
-        return Launch(argv, dict(self.extra_env))
 
     # the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -391,7 +238,7 @@ class Supervisor:
             self.term.say(f"oomfix run: cannot write the ledger: {e}")
 
     def _record(self, rec: Attempt) -> Attempt:
-        rec = replace(rec, run=self.run_id, host=ledger.hostname(), next_env=dict(self.extra_env))
+        rec = replace(rec, run=self.run_id, host=ledger.hostname(), next_env=dict(self.remedies.extra_env))
         self.attempts.append(rec)
         self._append(rec)
         return rec
@@ -418,11 +265,7 @@ class Supervisor:
         self.history = [e for e in events if isinstance(e, Attempt)]
         if self.history:
             last = self.history[-1]
-            self.extra_env.update(last.next_env)
-            self.zero_switched = "zero_config" in last.changed  # no resume across a ZeRO stage switch
-            self.last_change = dict(last.changed)
-            if last.next_env.get(PORT_ENV[0], "").isdigit():  # an explicit port on CMD is replaced by it too
-                self.port = int(last.next_env[PORT_ENV[0]])
+            self.remedies.restore(last)
             self.term.say(f"oomfix run: run {self.run_id}: attempts 1..{len(events) and max(e.attempt for e in events)}"
                           f" are in the ledger; the last ended {last.verdict or last.cls or 'unrecorded'}"
                           + (f", rule {last.rule}" if last.rule else ""))
@@ -434,13 +277,10 @@ class Supervisor:
     def record_verdict(self, log: str, d: Diagnosis) -> tuple[Remedy, Attempt]:
         """`oomfix verdict --write`: the remedy for a log another process produced (the scheduler's own step),
         applied exactly as `run --once` applies it, and recorded in the ledger as the run's next attempt."""
-        from oomfix import flightrec
-
         n = self._load_history()
-        self.current_env = dict(self.extra_env)
-        rem = self._remedy(log, d, self.opts.retries - n)
-        if self.fr_pending:
-            self.extra_env.update(flightrec.relaunch_env(log))
+        self.remedies.current_env = dict(self.remedies.extra_env)
+        rem = self.remedies.after(log, d, self.opts.retries - n, [*self.history, *self.attempts])
+        self.remedies.flight_recorder_for(log)  # the scheduler's next attempt logs where this one did
         rec = Attempt(n + 1, "(oomfix verdict)", _now(), _now(), 1, log, d.cls, rem.rule,
                       tuple(os.path.relpath(f) for f in rem.files), verdict=rem.verdict.name)
         return rem, self._record(rec)
@@ -460,7 +300,7 @@ class Supervisor:
         if self.opts.config:
             from oomfix.journal import file_sha256
 
-            self.seen_states.add((os.path.realpath(self.opts.config), file_sha256(self.opts.config) or ""))
+            self.remedies.seen_states.add((os.path.realpath(self.opts.config), file_sha256(self.opts.config) or ""))
             self.term.say(f"oomfix run: config: {self.opts.config}")
         else:
             self.term.say("oomfix run: CMD names no config oomfix can read: a fix will go to the config the log names, "
@@ -471,8 +311,8 @@ class Supervisor:
             if self.stop_sig is not None:  # a signal between two attempts: no relaunch
                 return self._stopped_between()
             log = attempt_log(self.base, n)
-            launch = self._next_launch(n, log)
-            self.current_env = dict(launch.env)
+            launch = self.remedies.launch(log, relaunch=bool(self.attempts or self.history))
+            self.remedies.current_env = dict(launch.env)
             self.term.say(f"oomfix run: attempt {n}: {launch.shown()}")
             self.term.say(f"oomfix run: log: {log}")
             started = _now()
@@ -507,7 +347,7 @@ class Supervisor:
                 try:
                     relaunches_left = self.opts.retries - (n - 1) if self.opts.once else \
                         self.opts.retries - (n - first)
-                    rem = self._remedy(diag_log, d, relaunches_left)
+                    rem = self.remedies.after(diag_log, d, relaunches_left, [*self.history, *self.attempts])
                 except KeyboardInterrupt:  # Ctrl-C while the journal held it: the transaction was rolled back
                     self.stop_sig = self.stop_sig or signal.SIGINT
                     rem = Remedy(None, (), "interrupted", verdicts.OUTSIDE)
@@ -516,15 +356,11 @@ class Supervisor:
             stop_name = self._sig_name(self.stop_sig) if self.stop_sig is not None else None
             verdict = verdicts.OUTSIDE if stop_name else rem.verdict
             if not rem.files:
-                self.last_change = {}
+                self.remedies.last_change = {}
             rec = Attempt(n, launch.shown(), started, ended, status, log, d.cls if d else None, rem.rule,
                           tuple(os.path.relpath(f) for f in rem.files), stop_name, verdict=verdict.name,
-                          changed=dict(self.last_change))
-            if self.fr_pending:  # the next attempt's dumps go beside its log; recorded for a requeue too
-                from oomfix import flightrec
-
-                self.extra_env.update(flightrec.relaunch_env(attempt_log(self.base, n + 1)))
-                self.fr_pending = False
+                          changed=dict(self.remedies.last_change))
+            self.remedies.flight_recorder_for(attempt_log(self.base, n + 1))  # recorded for a requeue too
             rec = self._record(rec)
             if rem.why is not None or self.opts.once:
                 self._notify("fix" if verdict is verdicts.FIXED else "failure", rec, rem.why)
@@ -546,32 +382,6 @@ class Supervisor:
         assert self.stop_sig is not None
         return RunResult(128 + self.stop_sig, tuple(self.attempts), f"stopped by {self._sig_name(self.stop_sig)}",
                          verdict)
-
-
-def _canonical(plan: Any) -> dict[str, Any]:
-    """The canonical values of the plan's first config (the primary one), as the dialect reads them now."""
-    from oomfix.configs import try_load
-
-    path = next((e.path for e in plan.edits if e.kind == "config"), None)
-    cfg = try_load(path) if path else None
-    return dict(cfg.values) if cfg is not None else {}
-
-
-def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """What a rung changed, canonical key -> (before, after)."""
-    return {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
-
-
-def not_picked_up(change: Mapping[str, tuple[Any, Any]], shown: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys the last rung changed that the relaunch's log still shows at their old value (empty: picked up, or
-    the log does not show any key the rung changed: gradient checkpointing, a ZeRO config switch, offload)."""
-    return {k: shown[k] for k, (old, new) in change.items() if k in shown and shown[k] == old and old != new}
-
-
-def _sha_text(text: str) -> str:
-    from oomfix.journal import sha256
-
-    return sha256(text.encode("utf-8", errors="surrogateescape"))
 
 
 def supervise(opts: RunOptions, root: str = ".") -> RunResult:

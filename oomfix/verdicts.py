@@ -108,7 +108,8 @@ def verdict_of_log(log: str, opts: RunOptions, write: bool = False, root: str = 
     from oomfix.apply import plan_apply
     from oomfix.child import Terminal
     from oomfix.diagnose import diagnose_logs
-    from oomfix.supervise import FR_RULE, Supervisor, default_run_id
+    from oomfix.remedy import FR_RULE
+    from oomfix.supervise import Supervisor, default_run_id
 
     d = diagnose_logs([log], config=opts.config, rules_dir=opts.rules_dir)
     if d.cls == "none":
