@@ -142,6 +142,18 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
         sys.exit(EXIT_FAILED_RUN)
 
 
+def _echo_plan(plan: Any, tx: str | None, fmt: str, quiet: bool) -> None:
+    """`apply`'s output: the plan as text (its diff) or as versioned JSON; nothing with --quiet."""
+    from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
+
+    if quiet:
+        return
+    if fmt == "json":
+        click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
+    else:
+        click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+
+
 @main.command()
 @click.argument("log", required=False)
 @click.option("--config", "config", type=str, default=None, help="The config the run used (else: from the log).")
@@ -168,31 +180,20 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
     from oomfix import progress
     from oomfix.apply import plan_align, plan_apply, write_plan
     from oomfix.errors import UsageError
-    from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
 
     if align_siblings:
         if log or config or all_configs:
             raise UsageError("--align-siblings takes no LOG, --config or --all-configs: it aligns every sibling group")
         plan = plan_align()
         tx = write_plan(plan) if write else None
-        if quiet:
-            pass
-        elif fmt == "json":
-            click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
-        else:
-            click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+        _echo_plan(plan, tx, fmt, quiet)
         sys.exit(plan.exit_code)
     with progress.reading("reading " + (log or "the newest log"), [log] if log else [], quiet):
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
     tx = write_plan(plan, explicit=[config] if config else []) if write else None
     if write and plan.status == "edits" and tx is None:
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)  # another oomfix got there first
-    if quiet:
-        pass
-    elif fmt == "json":
-        click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
-    else:
-        click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+    _echo_plan(plan, tx, fmt, quiet)
     sys.exit(plan.exit_code)
 
 

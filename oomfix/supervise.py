@@ -202,6 +202,7 @@ class Supervisor:
 
     # the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """The whole run, with the supervisor's signal handlers in place (and the ones before put back after)."""
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # USR1: SLURM's --signal=B:USR1@T warning
         previous = {s: signal.signal(s, self._on_signal) for s in handled}
         # a closing terminal sends SIGHUP; a supervisor left in the background of one may get SIGTTOU for writing

@@ -88,6 +88,7 @@ class LogVerdict:
     next_env: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (`oomfix verdict --format json`)."""
         return {"verdict": self.verdict.name, "exit_code": self.verdict.exit_code, "retry": self.verdict.retry,
                 "class": self.diagnosis.cls, "rule": self.rule, "files": list(self.files), "written": self.written,
                 "reason": self.reason, "next_env": dict(self.next_env)}
