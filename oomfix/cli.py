@@ -402,8 +402,7 @@ def runs_cmd(fmt: str) -> None:
     attempts = [a for a in events if isinstance(a, ledger.Attempt)]
     unfinished = ledger.unfinished(events)
     if fmt == "json":
-        click.echo(render_json(versioned({"attempts": [a.to_json() for a in attempts],
-                                          "unfinished": [s.to_json() for s in unfinished]})), nl=False)
+        click.echo(render_json(versioned(ledger.runs_json(attempts, unfinished))), nl=False)
     else:
         click.echo(ledger.render_text(attempts, unfinished), nl=False)
 

@@ -285,6 +285,11 @@ def runs(attempts: Sequence[Attempt]) -> list[list[Attempt]]:
     return out
 
 
+def runs_json(attempts: Sequence[Attempt], open_attempts: Sequence[Started] = ()) -> dict[str, Any]:
+    """`oomfix runs --format json`: the ended attempts, and the ones without an end record."""
+    return {"attempts": [a.to_json() for a in attempts], "unfinished": [s.to_json() for s in open_attempts]}
+
+
 def render_text(attempts: Sequence[Attempt], open_attempts: Sequence[Started] = ()) -> str:
     """`oomfix runs`: the attempts without an end record first, then each run with its attempts."""
     if not attempts and not open_attempts:
