@@ -160,19 +160,6 @@ def _reap(procs: set[tuple[int, int]], skip: int) -> None:
                 pass
 
 
-def subreaper(on: bool) -> None:
-    """Orphaned workers (torchrun starts each in its own session; when torchrun dies they go to init) are re-parented
-    to the supervisor instead, so that it can still find and stop them."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1 if on else 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
 def _load_prctl() -> Any:
     if not sys.platform.startswith("linux"):
         return None
@@ -186,6 +173,14 @@ def _load_prctl() -> Any:
 
 _PRCTL = _load_prctl()  # looked up before any fork: nothing is loaded between fork and exec
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def subreaper(on: bool) -> None:
+    """Orphaned workers (torchrun starts each in its own session; when torchrun dies they go to init) are re-parented
+    to the supervisor instead, so that it can still find and stop them."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
 
 
 def _child_setup(parent: int) -> Any:
