@@ -317,13 +317,9 @@ def fit_choice(diag: Diagnosis, fc: FailureClass, primary: Config, pfacts: Mappi
     (unknown architecture, world size or capacity) leaves the plain ladder as it was."""
     from oomfix import fit
 
-    def target(r: Rung) -> dict[str, Any] | None:
-        ref = _switch_target(r, primary)
-        return None if ref is None else fit.zero_of_ref(ref, primary)
-
     try:
         res = fit.predict(primary, _world_for(primary, primary, diag, launchers), diag, fc, pfacts, allow_semantic,
-                          target)
+                          fit.switch_targets(primary))
     except Exception as e:  # noqa: BLE001 - the model is advice: whatever goes wrong in it, the plain ladder stands
         return [(plain, 1)], (f"memory model: cannot say ({e}); the plain ladder",)
     lines = tuple(fit.prediction_lines(res))

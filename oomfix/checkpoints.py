@@ -1,4 +1,5 @@
-"""Which checkpoint a relaunch may resume from: the newest COMPLETE `checkpoint-N` of an output directory.
+"""Which checkpoint a relaunch may resume from, the newest COMPLETE `checkpoint-N` of an output directory, and the
+command line that resumes from it (`oomfix run --resume`).
 
 A kill during a save leaves a `checkpoint-N` directory that `transformers.trainer_utils.get_last_checkpoint` would
 still pick (it looks at names only), and resuming from it fails or, worse, loads torn weights. A directory counts
@@ -11,6 +12,7 @@ only when what it says it holds is whole:
 - DeepSpeed: a `latest` file names a tag, and that tag directory exists with non-empty model-states files and
   optimizer-states files (`*_model_states.pt`, `*_optim_states.pt`).
 A half-written directory is skipped and said so (`Skipped`), and the next newer complete one wins.
+The relaunch resumes through its command line for that one attempt (`resume_argv`); the config is not edited.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR + "-N"
@@ -26,6 +29,8 @@ MAX_HEADER = 100 << 20  # safetensors refuses headers over 100 MB too
 
 @dataclass(frozen=True)
 class Skipped:
+    """A checkpoint-N directory passed over, and why it is not whole."""
+
     path: str
     why: str
 
@@ -132,14 +137,25 @@ def problem(ckpt: str) -> str | None:
     return _deepspeed_problem(ckpt)
 
 
-def newest_complete(output_dir: str) -> tuple[str | None, tuple[Skipped, ...]]:
-    """The `checkpoint-N` with the largest N that is whole, and the newer ones skipped (with why)."""
+def _numbered(output_dir: str) -> list[tuple[int, str]]:
+    """(N, name) of every `checkpoint-N` directory in output_dir; none when it cannot be listed."""
     try:
         entries = os.listdir(output_dir)
     except OSError:
-        return None, ()
-    found = sorted(((int(m.group(1)), e) for e in entries if (m := _CHECKPOINT.match(e))
-                    and os.path.isdir(os.path.join(output_dir, e))), reverse=True)
+        return []
+    return [(int(m.group(1)), e) for e in entries if (m := _CHECKPOINT.match(e))
+            and os.path.isdir(os.path.join(output_dir, e))]
+
+
+def newest_checkpoint(output_dir: str) -> str | None:
+    """What transformers.trainer_utils.get_last_checkpoint returns: the checkpoint-N directory with the largest N."""
+    found = _numbered(output_dir)
+    return os.path.join(output_dir, max(found)[1]) if found else None
+
+
+def newest_complete(output_dir: str) -> tuple[str | None, tuple[Skipped, ...]]:
+    """The `checkpoint-N` with the largest N that is whole, and the newer ones skipped (with why)."""
+    found = sorted(_numbered(output_dir), reverse=True)
     skipped: list[Skipped] = []
     for _, name in found:
         path = os.path.join(output_dir, name)
@@ -148,3 +164,63 @@ def newest_complete(output_dir: str) -> tuple[str | None, tuple[Skipped, ...]]:
             return path, tuple(skipped)
         skipped.append(Skipped(path, why))
     return None, tuple(skipped)
+
+
+# --- the relaunch's command line ----------------------------------------------------------------------------------
+
+def _is_override(tok: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][\w.]*=.*", tok, re.S))
+
+
+def _complete(output_dir: str, say: Callable[[str], None] | None) -> str | None:
+    """The newest complete checkpoint-N; the half-written newer ones are said, and skipped."""
+    path, skipped = newest_complete(output_dir)
+    for s in skipped:
+        if say is not None:
+            say(f"oomfix run: skipping {s.path}: {s.why}")
+    return path
+
+
+def resume_argv(argv: Sequence[str], config: str | None,
+                say: Callable[[str], None] | None = None) -> tuple[tuple[str, ...] | None, str]:
+    """The command resuming from the newest complete checkpoint of its output directory, for one attempt (the config
+    is not edited), or None and why not.
+
+    - LLaMA-Factory (`llamafactory-cli train X.yaml`, or its launcher under torchrun): `read_args` merges
+      `key=value` words after the YAML into it (OmegaConf.from_cli), so `resume_from_checkpoint=PATH` is appended.
+    - HF Trainer scripts parsed with HfArgumentParser flags (`--output_dir DIR ...`): `--resume_from_checkpoint
+      PATH`, which the script must pass to `trainer.train()` (the transformers examples do).
+    """
+    toks = list(argv)
+    flag_dir = None
+    for i, t in enumerate(toks):
+        name, eq, value = t.partition("=")
+        if name in ("--output_dir", "--output-dir"):
+            flag_dir = value if eq else (toks[i + 1] if i + 1 < len(toks) else None)
+    if flag_dir is not None:
+        if any(t.partition("=")[0] == "--resume_from_checkpoint" for t in toks):
+            return None, "the command already names --resume_from_checkpoint"
+        ckpt = _complete(flag_dir, say)
+        if ckpt is None:
+            return None, f"no complete checkpoint-N in {flag_dir}"
+        return (*toks, "--resume_from_checkpoint", ckpt), f"resuming from {ckpt}"
+    if not config:
+        return None, "the command names no config (LLaMA-Factory YAML) and no --output_dir"
+    idx = next((i for i, t in enumerate(toks) if t.endswith((".yaml", ".yml", ".json"))
+                and os.path.exists(t) and os.path.samefile(t, config)), None)
+    if idx is None or not all(_is_override(t) for t in toks[idx + 1:]):
+        return None, f"{config} is not the last argument of the command (only `X.yaml key=value ...` takes overrides)"
+    if any(t.startswith("resume_from_checkpoint=") for t in toks[idx + 1:]):
+        return None, "the command already sets resume_from_checkpoint"
+    out_dir = next((t.split("=", 1)[1] for t in toks[idx + 1:] if t.startswith("output_dir=")), None)
+    if out_dir is None:
+        from oomfix.configs import load_config
+
+        out_dir = load_config(config).data.get("output_dir")
+    if not isinstance(out_dir, str):
+        return None, f"{config} has no output_dir"
+    ckpt = _complete(out_dir, say)
+    if ckpt is None:
+        return None, f"no complete checkpoint-N in {out_dir}"
+    return (*toks, f"resume_from_checkpoint={ckpt}"), f"resuming from {ckpt}"
+

@@ -148,6 +148,18 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
         sys.exit(EXIT_FAILED_RUN)
 
 
+def _echo_plan(plan: Any, tx: str | None, fmt: str, quiet: bool) -> None:
+    """`apply`'s output: the plan as text (its diff) or as versioned JSON; nothing with --quiet."""
+    from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
+
+    if quiet:
+        return
+    if fmt == "json":
+        click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
+    else:
+        click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+
+
 @main.command()
 @click.argument("log", required=False)
 @click.option("--config", "config", type=str, default=None, help="The config the run used (else: from the log).")
@@ -174,31 +186,20 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
     from oomfix import progress
     from oomfix.apply import plan_align, plan_apply, write_plan
     from oomfix.errors import UsageError
-    from oomfix.report import Style, plan_json, render_json, render_plan_text, versioned
 
     if align_siblings:
         if log or config or all_configs:
             raise UsageError("--align-siblings takes no LOG, --config or --all-configs: it aligns every sibling group")
         plan = plan_align()
         tx = write_plan(plan) if write else None
-        if quiet:
-            pass
-        elif fmt == "json":
-            click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
-        else:
-            click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+        _echo_plan(plan, tx, fmt, quiet)
         sys.exit(plan.exit_code)
     with progress.reading("reading " + (log or "the newest log"), [log] if log else [], quiet):
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)
     tx = write_plan(plan, explicit=[config] if config else []) if write else None
     if write and plan.status == "edits" and tx is None:
         plan = plan_apply(log, config, all_configs, allow_semantic_changes, rules_dir)  # another oomfix got there first
-    if quiet:
-        pass
-    elif fmt == "json":
-        click.echo(render_json(versioned(plan_json(plan, tx is not None, tx))), nl=False)
-    else:
-        click.echo(render_plan_text(plan, tx is not None, Style()), nl=False)
+    _echo_plan(plan, tx, fmt, quiet)
     sys.exit(plan.exit_code)
 
 
@@ -407,8 +408,7 @@ def runs_cmd(fmt: str) -> None:
     attempts = [a for a in events if isinstance(a, ledger.Attempt)]
     unfinished = ledger.unfinished(events)
     if fmt == "json":
-        click.echo(render_json(versioned({"attempts": [a.to_json() for a in attempts],
-                                          "unfinished": [s.to_json() for s in unfinished]})), nl=False)
+        click.echo(render_json(versioned(ledger.runs_json(attempts, unfinished))), nl=False)
     else:
         click.echo(ledger.render_text(attempts, unfinished), nl=False)
 
@@ -435,18 +435,15 @@ def verdict_cmd(log: str, config: str | None, all_configs: bool, allow_semantic_
       oomfix verdict logs/train.log --write --all-configs
     """
     from oomfix.report import render_json, versioned
-    from oomfix.supervise import RunOptions, verdict_of_log
+    from oomfix.supervise import RunOptions
+    from oomfix.verdicts import render_text, verdict_of_log
 
     opts = RunOptions(("true",), config, all_configs, retries, None, allow_semantic_changes, run_id=run_id)
     v = verdict_of_log(log, opts, write)
     if fmt == "json":
-        click.echo(render_json(versioned({"verdict": v.verdict.name, "exit_code": v.verdict.exit_code,
-                                          "retry": v.verdict.retry, "class": v.diagnosis.cls, "rule": v.rule,
-                                          "files": list(v.files), "written": v.written, "reason": v.reason,
-                                          "next_env": dict(v.next_env)})), nl=False)
+        click.echo(render_json(versioned(v.to_json())), nl=False)
     else:
-        click.echo(f"verdict: {v.verdict.name} (exit {v.verdict.exit_code}, retry: "
-                   f"{'yes' if v.verdict.retry else 'no'})\nclass: {v.diagnosis.cls}\n{v.reason}")
+        click.echo(render_text(v), nl=False)
     sys.exit(v.verdict.exit_code)
 
 

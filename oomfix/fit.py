@@ -34,6 +34,8 @@ SWEEP_ERROR = 0.03
 
 @dataclass(frozen=True)
 class Candidate:
+    """One rung (or rungs in a row) of the ladder, with the config values and the peak it predicts."""
+
     rules: tuple[tuple[str, int], ...]  # (rung id, how many times: a split repeated halves the micro batch again)
     label: str
     values: Mapping[str, Any]
@@ -51,6 +53,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class FitResult:
+    """`oomfix fit`: the estimate for a config now and for each candidate rung, with what it is calibrated on."""
+
     config: str
     model: str | None
     arch: Architecture | None
@@ -130,6 +134,7 @@ def _offloads(data: Mapping[str, Any]) -> tuple[bool, bool]:
 
 
 def model_name(cfg: Config) -> str | None:
+    """The model a config trains (its model_name_or_path, base_model or model_name), or None."""
     d = cfg.data if isinstance(cfg.data, dict) else {}
     for k in ("model_name_or_path", "base_model", "model_name"):
         if isinstance(d.get(k), str) and d[k].strip():
@@ -207,6 +212,7 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
 # --- capacity and calibration ---------------------------------------------------------------------------------
 
 def capacity_of(mem: MemoryInfo | None, gpu_memory_gib: float | None) -> tuple[int | None, str]:
+    """The bytes one device can give the job, and where that figure comes from (--gpu-memory, the OOM message)."""
     if gpu_memory_gib:
         # the user's figure wins over the log's: they may be moving the job to another card
         return (int(gpu_memory_gib * GIB - CUDA_RESERVED),
@@ -421,7 +427,19 @@ def zero_of_ref(ref: str, cfg: Config) -> dict[str, Any] | None:
             "offload_optimizer": off_opt, "offload_params": off_par}
 
 
+def switch_targets(cfg: Config) -> Callable[[Rung], dict[str, Any] | None]:
+    """For `predict`: what a switch_file rung switches `cfg` to (its stage and offloads), None for other rungs."""
+    from oomfix.apply import _switch_target
+
+    def target(r: Rung) -> dict[str, Any] | None:
+        ref = _switch_target(r, cfg)
+        return None if ref is None else zero_of_ref(ref, cfg)
+
+    return target
+
+
 def render_text(res: FitResult) -> str:
+    """`oomfix fit`'s text: the setup, the estimate now, each rung's, and how sure it is."""
     out = [f"config: {res.config}"]
     if res.reason is not None:
         out.append(f"no estimate: {res.reason}")
@@ -504,7 +522,7 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
                rules_dir: str | None = None) -> FitResult:
     """`oomfix fit`: the estimate for CONFIG now and for each rung of the CUDA-OOM ladder, calibrated by LOG's OOM
     message when it has one."""
-    from oomfix.apply import _switch_target, _world_for, config_facts
+    from oomfix.apply import _world_for, config_facts
     from oomfix.configs import job_for_config, launchers_in, load_config
     from oomfix.diagnose import diagnose_logs, diagnosis_facts
     from oomfix.errors import UsageError
@@ -522,12 +540,7 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
         world = found[1].world_size if found else None
     fc = load_rules(rules_dir).classes.get("cuda_oom")
     facts = config_facts(diagnosis_facts(diag) if diag is not None else {}, cfg, launchers)
-
-    def target(r: Rung) -> dict[str, Any] | None:
-        ref = _switch_target(r, cfg)
-        return None if ref is None else zero_of_ref(ref, cfg)
-
-    res = predict(cfg, world, diag, fc, facts, False, target, gpu_memory_gib)
+    res = predict(cfg, world, diag, fc, facts, False, switch_targets(cfg), gpu_memory_gib)
     if diag is not None and diag.cls != "cuda_oom":
         res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} is a {diag.cls} failure, not a CUDA OOM: "
                                                                   f"nothing to calibrate on",)})

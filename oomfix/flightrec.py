@@ -124,6 +124,8 @@ class Missed:
 
 @dataclass(frozen=True)
 class Mismatch:
+    """On process group `pg`, collective number `seq` is a different collective on different ranks (a desync)."""
+
     pg: str
     seq: int
     ops: Mapping[int, str]  # rank -> the collective it entered as that number
@@ -131,6 +133,8 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class Analysis:
+    """What the dumps of one timeout say: the collectives some ranks did not enter, and the desyncs."""
+
     ranks: tuple[int, ...]  # the ranks with a dump
     unreadable: tuple[str, ...]  # "path: why"
     missed: tuple[Missed, ...]
@@ -138,6 +142,7 @@ class Analysis:
     no_dump: tuple[int, ...] = ()  # ranks the pg_config names that left no dump
 
     def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (`diagnose --format json`'s `flight_recorder`)."""
         return {"ranks": list(self.ranks), "no_dump": list(self.no_dump), "unreadable": list(self.unreadable),
                 "missed": [{"process_group": m.pg, "seq": m.seq, "collective": m.op, "entered": list(m.entered),
                             "missing": list(m.missing), "last_seq": {str(k): v for k, v in m.last_seq.items()}}
@@ -213,6 +218,7 @@ def analyze(paths: Mapping[int, str]) -> Analysis:
 
 
 def render_text(a: Analysis) -> str:
+    """The analysis as lines of text: which rank did not enter which collective."""
     lines = [f"Flight Recorder: dumps from rank{'s' if len(a.ranks) != 1 else ''} "
              f"{', '.join(map(str, a.ranks)) or 'none'}"]
     for m in a.missed:
@@ -234,6 +240,7 @@ def render_text(a: Analysis) -> str:
 
 
 def dumps_for_logs(logs: Sequence[str], prefix: str | None = None) -> dict[int, str]:
+    """rank -> dump path: the dumps beside the first log that has some, else under the prefix given."""
     for log in logs:
         found = find_dumps(log if log != "-" else None, prefix)
         if found:

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,8 @@ MAX_READ = 32 << 20  # bytes of the ledger read, from its end
 
 @dataclass(frozen=True)
 class Attempt:
+    """One ended attempt of `oomfix run`: what ran, how it ended, the diagnosis, and the remedy applied after it."""
+
     attempt: int
     command: str  # as a shell would take it (shlex.join)
     started: str  # ISO 8601, UTC
@@ -49,6 +51,7 @@ class Attempt:
     changed: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The ledger line (and `oomfix runs --format json`): the newer fields only when they are set."""
         d = asdict(self)
         d["class"] = d.pop("cls")
         d["files"] = list(self.files)
@@ -61,6 +64,7 @@ class Attempt:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Attempt":
+        """A ledger line read back; TypeError or KeyError when it is not a record."""
         env = d.get("next_env") or {}
         changed = d.get("changed") or {}
         if not isinstance(env, dict) or not isinstance(changed, dict):
@@ -86,10 +90,12 @@ class Started:
     pid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The ledger line: `"event": "started"` tells it from an ended attempt."""
         return {"event": "started", **asdict(self)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Started":
+        """A `started` ledger line read back; TypeError or KeyError when it is not a record."""
         pid = d.get("pid")
         return cls(_int(d["attempt"]), _str(d["command"]), _str(d["started"]), _str(d["log"]), _opt(d.get("run")),
                    _opt(d.get("host")), None if pid is None else _int(pid))
@@ -130,10 +136,12 @@ def _no_constant(name: str) -> Any:
 
 
 def ledger_path(root: str | os.PathLike[str] = ".") -> Path:
+    """`.oomfix/runs.jsonl` of the project at `root`."""
     return Path(root) / STATE_DIR / LEDGER
 
 
 def hostname() -> str:
+    """This machine's name, recorded with each attempt (the attempts of one run may run on several nodes)."""
     return socket.gethostname()
 
 
@@ -172,6 +180,7 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
 
 
 def append(rec: Attempt | Started, root: str | os.PathLike[str] = ".") -> None:
+    """One record, one line, under the ledger's lock, fsynced."""
     path = ledger_path(root)
     line = (json.dumps(rec.to_json()) + "\n").encode()
     with _flock(path.with_name("runs.lock")):
@@ -191,7 +200,8 @@ _RUN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @contextmanager
-def run_lock(run: str, root: str | os.PathLike[str] = ".", on_wait: Any = None) -> Iterator[None]:
+def run_lock(run: str, root: str | os.PathLike[str] = ".", on_wait: Callable[[], None] | None = None
+             ) -> Iterator[None]:
     """Held for one attempt of a run (`oomfix run --once`): a second scheduler's attempt of the same run waits
     until this one has ended and been recorded, so attempts never interleave. The lock is released when the
     process dies, however it dies."""
@@ -245,6 +255,7 @@ def read(root: str | os.PathLike[str] = ".") -> list[Attempt]:
 
 
 def of_run(events: Sequence[Attempt | Started], run: str) -> list[Attempt | Started]:
+    """The records of one run, in ledger order."""
     return [e for e in events if e.run == run]
 
 
@@ -274,7 +285,13 @@ def runs(attempts: Sequence[Attempt]) -> list[list[Attempt]]:
     return out
 
 
+def runs_json(attempts: Sequence[Attempt], open_attempts: Sequence[Started] = ()) -> dict[str, Any]:
+    """`oomfix runs --format json`: the ended attempts, and the ones without an end record."""
+    return {"attempts": [a.to_json() for a in attempts], "unfinished": [s.to_json() for s in open_attempts]}
+
+
 def render_text(attempts: Sequence[Attempt], open_attempts: Sequence[Started] = ()) -> str:
+    """`oomfix runs`: the attempts without an end record first, then each run with its attempts."""
     if not attempts and not open_attempts:
         return f"no runs recorded ({os.path.join(STATE_DIR, LEDGER)} is empty or absent)\n"
     lines = []

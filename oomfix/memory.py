@@ -68,6 +68,8 @@ class Setup:
 
 @dataclass(frozen=True)
 class Estimate:
+    """Per-device peak memory of one setup, in bytes, by part."""
+
     states: int
     activations: int  # decoder layers (and the final norm)
     logits: int
@@ -172,6 +174,7 @@ def layer_units(s: Setup) -> float:
 
 
 def activations(s: Setup) -> int:
+    """Bytes of saved activations at the backward peak: the decoder layers and the final norm."""
     a = s.arch
     p = _act_bytes(s)
     sbh = s.seq_len * s.micro_batch * a.hidden * p
@@ -188,10 +191,12 @@ def activations(s: Setup) -> int:
 
 
 def logits(s: Setup) -> int:
+    """Bytes of the logits and the cross-entropy's fp32 tensors (12 bytes per token and vocabulary entry)."""
     return 12 * s.micro_batch * s.seq_len * s.arch.vocab
 
 
 def estimate(s: Setup, scale: float = 1.0) -> Estimate:
+    """The setup's per-device estimate; `scale` multiplies activations and logits (the calibration on an OOM)."""
     states, opt_local = model_states(s)
     # the optimizer step's temporaries are not counted: torch 2.13's foreach AdamW stayed below the backward
     # peak in every setting of the CPU sweep (tests/data/fit_cpu_sweep.json), even at micro 1

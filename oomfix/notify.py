@@ -25,6 +25,7 @@ EVENTS = ("failure", "fix", "finish")
 
 
 def payload(event: str, rec: Attempt, reason: str | None) -> dict[str, Any]:
+    """The notification's fields: the event, the attempt's verdict and exit codes, what was fixed, and why."""
     v = BY_NAME.get(rec.verdict or "")
     return {"event": event, "verdict": rec.verdict, "exit_code": v.exit_code if v else rec.exit_code,
             "job_exit_code": rec.exit_code, "class": rec.cls, "rule": rec.rule, "files": list(rec.files),
@@ -33,6 +34,7 @@ def payload(event: str, rec: Attempt, reason: str | None) -> dict[str, Any]:
 
 
 def environment(p: dict[str, Any]) -> dict[str, str]:
+    """The payload as the OOMFIX_* environment variables a --notify command gets."""
     keys = {"event": "OOMFIX_EVENT", "verdict": "OOMFIX_VERDICT", "exit_code": "OOMFIX_EXIT_CODE",
             "class": "OOMFIX_CLASS", "rule": "OOMFIX_RULE", "attempt": "OOMFIX_ATTEMPT", "run": "OOMFIX_RUN_ID",
             "log": "OOMFIX_LOG", "host": "OOMFIX_HOST", "reason": "OOMFIX_REASON"}
@@ -40,6 +42,7 @@ def environment(p: dict[str, Any]) -> dict[str, str]:
 
 
 def run_command(cmd: str, p: dict[str, Any]) -> str | None:
+    """Run the --notify command (`sh -c`) with the payload in its environment; why it failed, or None."""
     try:
         r = subprocess.run(["/bin/sh", "-c", cmd], env={**os.environ, **environment(p)}, stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS)
@@ -59,6 +62,7 @@ def check_url(url: str) -> str | None:
 
 
 def post(url: str, p: dict[str, Any]) -> str | None:
+    """POST the payload as JSON to the --notify-url; why it failed, or None."""
     bad = check_url(url)
     if bad:
         return bad
