@@ -1,11 +1,13 @@
 """The `apply` use case: from a diagnosis to the next rung of its ladder, planned for every sibling config."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +319,9 @@ def fit_choice(diag: Diagnosis, fc: FailureClass, primary: Config, pfacts: Mappi
     (unknown architecture, world size or capacity) leaves the plain ladder as it was."""
     from oomfix import fit
 
+    # the guard judges the ladder's own next rung first: a rule that would raise per-device memory is refused
+    # whatever the model predicts for it (oomfix/guard.py)
+    rung_values(plain, primary, pfacts, fc.cls)
     try:
         res = fit.predict(primary, _world_for(primary, primary, diag, launchers), diag, fc, pfacts, allow_semantic,
                           fit.switch_targets(primary))
@@ -379,7 +384,8 @@ def applied_parts(parts: Sequence[tuple[Rung, int]], cfg: Config, facts: Mapping
             changes = compute_changes(r, cur)
             if changes is None:
                 break
-            _memory_never_rises(cls, changes, r)
+            # the guard judges each part against what the parts before it left
+            _memory_never_rises(cls, changes, r, replace(cfg, values=dict(cur)))
             cur.update({c.key: c.new for c in changes})
             k += 1
             req = next((e["switch_file"].get("require") or {} for e in r.edit if "switch_file" in e), None)
