@@ -294,26 +294,76 @@ _FIX_HUP = ("start it with `setsid nohup CMD > log 2>&1 < /dev/null &`, in tmux/
             "or pass `--signals-to-handle SIGTERM,SIGINT,SIGQUIT` to torchrun (torch 2.9+)")
 
 
+def _sourced(tree: Tree, lau: Launcher) -> str | None:
+    """Is a launcher meant to be sourced or typed at a prompt (its jobs then belong to the interactive shell,
+    whose hang-up reaches them)? Another script of the tree sources it, its own text says `source it`, or it
+    `return`s at top level (which only a sourced script can)."""
+    name = re.escape(os.path.basename(lau.path))
+    rx = re.compile(rf"(?:^|[\s;&|(]|\bthen|\bdo)(?:source|\.)\s+[\"']?[^\s;&|]*\b{name}\b", re.M)
+    for other in tree.launchers:
+        if other.path != lau.path and rx.search(other.text):
+            return f"{display_path(other.path)} sources it"
+    if rx.search(lau.text) or re.search(rf"\bsource\s+(?:it|this)\b", lau.text):
+        return "its own text says to source it"
+    if re.search(r"^return\b", lau.text, re.M):
+        return "it `return`s at top level, which only a sourced script can"
+    return None
+
+
+def _hup_log(tree: Tree, j: Job) -> str | None:
+    """A log in the tree, written by this job, of a run that a SIGHUP killed: proof the hang-up reaches it."""
+    for log in tree.logs:
+        if log_matches(j, log):
+            d = tree.diagnosis(log)
+            if d is not None and d.cls == "sighup":
+                return log
+    return None
+
+
 def check_unprotected_launch(tree: Tree) -> Iterator[Finding]:
-    """nohup without a new session: an error. A bare `&`: an error when the script then `wait`s (it stays the
-    terminal's foreground process group, so the hang-up reaches the job); otherwise a warning, because the job
-    then outlives the script's process group only as long as nothing forwards SIGHUP to it."""
+    """What happens to a job when the terminal closes (measured with genuine torchrun jobs, issue 21 item 8):
+    torchrun catches SIGHUP even under nohup, so nohup alone never protects it. The hang-up reaches the job when the
+    script keeps the terminal's foreground (it `wait`s, or runs the job in the foreground) or when the lines run in
+    the interactive shell itself (typed, or a sourced script): an error. A script run as `bash x.sh` that starts
+    `nohup ... &` and exits leaves its jobs in an orphaned process group that gets no SIGHUP: a warning that says
+    so, since typing the same lines at a prompt kills them. `setsid` is the fix in every case."""
     for lau, j in _jobs(tree):
         if j.hup_safe:
             continue
         via = f" through {os.path.basename(j.wrapper)}" if j.wrapper else ""
         where = f" on {j.remote}" if j.remote else ""
+        sourced = _sourced(tree, lau)
+        hup_log = _hup_log(tree, j) if j.nohup and j.background and not (j.waited or sourced) else None
+        if hup_log:
+            sourced = f"its log {hup_log} shows a run of it killed by SIGHUP, so however it is started, the " \
+                      f"hang-up reaches it"
+        what = f"{j.kind}{via}{where}"
         if j.nohup:
-            fg = "" if j.background else " (in the foreground: the script blocks, and nohup buys nothing)"
+            if not j.background:
+                yield Finding("unprotected-launch", ERROR, lau.path, j.line,
+                              f"{what} is started under nohup without setsid, in the foreground: the script keeps the "
+                              f"terminal, and {_WHY_NOHUP}", _FIX_HUP)
+            elif j.waited or sourced:
+                why = "the script then waits for it (it stays in the terminal's foreground process group)" \
+                    if j.waited else (sourced if hup_log else f"the script is meant to be sourced ({sourced}): the "
+                                      f"job belongs to the interactive shell")
+                yield Finding("unprotected-launch", ERROR, lau.path, j.line,
+                              f"{what} is started under nohup without setsid and {why}: {_WHY_NOHUP}", _FIX_HUP)
+            else:
+                yield Finding("unprotected-launch", WARNING, lau.path, j.line,
+                              f"{what} is started under nohup without setsid: run as `bash {os.path.basename(lau.path)}`"
+                              f" and left to exit, the script orphans the job's process group and the terminal's "
+                              f"SIGHUP does not reach it; typed at a prompt, sourced, or followed by a `wait`, it "
+                              f"dies with the terminal: nohup only sets SIGHUP to 'ignore', and torchrun installs its "
+                              f"own SIGHUP handler", _FIX_HUP)
+        elif j.background and (j.waited or sourced):
+            why = "the script waits for it" if j.waited else f"the script is meant to be sourced ({sourced})"
             yield Finding("unprotected-launch", ERROR, lau.path, j.line,
-                          f"{j.kind}{via}{where} is started under nohup without setsid{fg}: {_WHY_NOHUP}", _FIX_HUP)
-        elif j.background and j.waited:
-            yield Finding("unprotected-launch", ERROR, lau.path, j.line,
-                          f"{j.kind}{via}{where} is started with '&' and the script waits for it: closing the "
-                          f"terminal sends SIGHUP to the script's process group, this job included", _FIX_HUP)
+                          f"{what} is started with '&' and {why}: closing the terminal sends SIGHUP to the "
+                          f"terminal's process group, this job included", _FIX_HUP)
         elif j.background:
             yield Finding("unprotected-background", WARNING, lau.path, j.line,
-                          f"{j.kind}{via}{where} is started with '&' without nohup or setsid: it dies with the "
+                          f"{what} is started with '&' without nohup or setsid: it dies with the "
                           f"terminal if the shell forwards SIGHUP to it (an interactive shell, huponexit)", _FIX_HUP)
 
 

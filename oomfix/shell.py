@@ -580,7 +580,21 @@ class Walker:
         elif k == "func":
             st.funcs[str(node.extra)] = node.items[0]
         elif k == "if":
-            self._branches([(c, b) for c, b in node.items], st, ctx, has_else=node.items[-1][0] is None)
+            live: list[tuple[Node | None, Node]] = []
+            has_else = False
+            for c, b in node.items:
+                known = self._cond_value(c, st, ctx) if c is not None else True
+                if known is False:
+                    continue  # a test on known values that fails: its branch never runs
+                if known is True:
+                    live.append((None, b))  # runs whenever no earlier branch did: the rest are dead
+                    has_else = True
+                    break
+                live.append((c, b))
+            if has_else and len(live) == 1:
+                self.exec_node(live[0][1], st, ctx)  # the one branch that runs: no fork
+            elif live:
+                self._branches(live, st, ctx, has_else=has_else)
         elif k == "case":
             subject = self.word_value(node.extra, st, ctx)  # type: ignore[arg-type]
             items = node.items
@@ -620,6 +634,41 @@ class Walker:
             self.exec_node(body, st, replace(ctx, loop_runs=0))
             if not always:
                 _merge_states(st, [before])
+
+    def _cond_value(self, cond: Node | Simple, st: State, ctx: "Walker.Ctx") -> bool | None:
+        """The exit status of an `if` condition when the text decides it: `true`/`false`/`:`, and `[ ]`, `[[ ]]`,
+        `test` comparing known values (`mode=infer; if [ "$mode" = debug ]`, `[[ $1 != slurm ]]` under
+        `source x.sh slurm`); None when it depends on anything else."""
+        node: object = cond
+        neg = False
+        for _ in range(4):  # list -> and-or -> pipeline -> one simple command
+            if isinstance(node, Node) and node.kind == "list" and len(node.items) == 1 and not node.items[0][1]:
+                node = node.items[0][0]
+            elif isinstance(node, Node) and node.kind == "andor" and len(node.items) == 1:
+                node = node.items[0][1]
+            elif isinstance(node, Node) and node.kind == "pipeline" and len(node.items) == 1:
+                neg = bool(node.extra)
+                node = node.items[0]
+        if not isinstance(node, Simple) or node.assigns or node.redirs or not node.words:
+            return None
+        head = node.words[0].plain
+        if head in ("true", ":", "false") and len(node.words) == 1:
+            val = head != "false"
+            return val != neg
+        if head not in ("[", "[[", "test"):
+            return None
+        words = node.words[1:]
+        if head in ("[", "[[") and (not words or words[-1].plain != ("]" if head == "[" else "]]")):
+            return None
+        if head != "test":
+            words = words[:-1]
+        if len(words) > 1 and words[0].plain == "!":
+            neg, words = not neg, words[1:]
+        vals = [self.word_value(w, st, ctx).text for w in words]
+        if any(v is None for v in vals):
+            return None
+        res = _test(vals, [w.plain for w in words], pattern=head == "[[", quoted=[_quoted(w) for w in words])
+        return None if res is None else res != neg
 
     def _case_match(self, s: str, pat: Word, st: State, ctx: "Walker.Ctx") -> bool:
         p = self.word_value(pat, st, ctx).text
@@ -688,7 +737,10 @@ class Walker:
             return name, val
         value = self.word_value(Word(rest_parts, w.raw, w.line), st, ctx)
         in_function = st.positional is not None and bool(st.locals_stack)
-        if name_it and not value.known and value.alias is None and not _named_ref(value) and not (
+        # a value with a known beginning is shown partly expanded (`log/${start_time}.log`); one that starts
+        # unknown (`$(pwd)/logs/...`) has nothing to anchor it, and the script's name for it says more
+        if name_it and not value.known and value.alias is None and not _named_ref(value) and \
+                not (value.parts and value.parts[0].known and value.parts[0].text) and not (
                 in_function and re.fullmatch(r'"?\$\{?[0-9]+\}?"?', w.raw[len(m.group(0)):])):
             # the script named an unknown value: show it by that name from now on. A function's parameter
             # (`local log=$5`) stays the caller's text: the job is listed per call site.
@@ -1024,6 +1076,10 @@ class Walker:
                 self._heredoc_script(heredoc, remote, rctx, "ssh")
             return
         elif base == "sbatch":
+            if heredoc is not None and not any(t is None or not t.startswith("-") for t in texts):
+                # `sbatch <<EOF ... EOF`: the here-doc is the batch script (its #SBATCH lines are comments)
+                self._heredoc_script(heredoc, st.copy(), ctx, "sbatch")
+                return
             for j, t in enumerate(texts):
                 if t and t.startswith("--wrap"):
                     s = t.partition("=")[2] if "=" in t else (args[j + 1].show() if j + 1 < len(args) else "")
@@ -1222,6 +1278,35 @@ def _named_ref(v: Value) -> bool:
     """An unknown value that is one reference to a named variable (`$gpu`, `${TS}`): already shown by its name."""
     return len(v.parts) == 1 and not v.parts[0].known and \
         re.fullmatch(r"\$(\{[A-Za-z_][A-Za-z0-9_]*([^A-Za-z0-9_].*)?\}|[A-Za-z_][A-Za-z0-9_]*)", v.parts[0].text) is not None
+
+
+def _quoted(w: Word) -> bool:
+    return any(p[-1] for p in w.parts if p[0] in ("lit", "param", "cmd", "arith"))
+
+
+def _test(vals: list[str | None], plain: list[str | None], pattern: bool, quoted: list[bool]) -> bool | None:
+    """`test`'s verdict on known words (bash's test.c): one word is true when non-empty; `-z`/`-n`; string and
+    integer comparisons. In `[[ ]]`, the right side of `==`/`!=` is a glob pattern unless quoted."""
+    v = [x or "" for x in vals]
+    if len(v) == 1:
+        return v[0] != ""
+    if len(v) == 2 and plain[0] in ("-z", "-n"):
+        return (v[1] == "") == (plain[0] == "-z")
+    if len(v) != 3 or plain[1] is None:
+        return None
+    a, op, b = v[0], plain[1], v[2]
+    if op in ("=", "==", "!="):
+        if pattern and not quoted[2]:
+            eq = fnmatch.fnmatchcase(a, b)
+        else:
+            eq = a == b
+        return eq == (op != "!=")
+    if op in ("-eq", "-ne", "-lt", "-gt", "-le", "-ge"):
+        if not (re.fullmatch(r"\s*-?\d+\s*", a) and re.fullmatch(r"\s*-?\d+\s*", b)):
+            return None
+        x, y = int(a), int(b)
+        return {"-eq": x == y, "-ne": x != y, "-lt": x < y, "-gt": x > y, "-le": x <= y, "-ge": x >= y}[op]
+    return None
 
 
 def _is_true(cond: Node) -> bool:

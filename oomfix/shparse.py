@@ -37,6 +37,7 @@ class Tok:
     kind: str  # word | op | nl | eof | heredoc
     value: object
     line: int
+    io_number: bool = False  # digits written right against `<`/`>` (`2>`): bash reads them as a file descriptor
 
 
 _OPS = ("&&", "||", ";;&", ";;", ";&", "|&", "&>>", "&>", ">>", "<<<", "<<-", "<<", ">&", "<&", ">|", "<>", "|", "&",
@@ -125,7 +126,10 @@ class Lexer:
                     return Tok("heredoc", (op, len(self.heredoc_bodies) + len(self.pending_heredocs) - 1), line)
                 return Tok("op", op, line)
         w = self._word()
-        return Tok("word", w, line)
+        # bash takes a number as a redirection's file descriptor only when it touches the operator (`2>x`);
+        # `--epochs 7 > x.log` passes 7 as an argument and sends stdout to x.log
+        io = w.raw.isdigit() and self._c() in ("<", ">")
+        return Tok("word", w, line, io)
 
     def _read_heredocs(self) -> None:
         for delim, strip, expand in self.pending_heredocs:
@@ -491,14 +495,11 @@ class Parser:
     def _redir(self) -> Redir | None:
         tok = self.peek()
         fd = None
-        if tok.kind == "word" and isinstance(tok.value, Word) and re.fullmatch(r"\d+", tok.value.raw) and \
+        if tok.kind == "word" and tok.io_number and isinstance(tok.value, Word) and \
                 (self._is_op(self.peek(1), ">", ">>", "<", ">&", "<&", ">|", "<>") or self.peek(1).kind == "heredoc"):
-            nxt_tok = self.peek(1)
-            # only an IO number when written right against the operator: `2>`, not `2 >`
-            if nxt_tok.line == tok.line:
-                fd = tok.value.raw
-                self.adv()
-                tok = self.peek()
+            fd = tok.value.raw  # only an IO number when written right against the operator: `2>`, not `2 >`
+            self.adv()
+            tok = self.peek()
         if tok.kind == "heredoc":
             self.adv()
             _op, idx = tok.value  # type: ignore[misc]

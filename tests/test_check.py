@@ -239,7 +239,7 @@ def test_bad_path_and_unparseable_config_exit_2(tree):
 
 
 def test_github_annotations(tree):
-    make(tree, {"l.sh": "nohup torchrun t.py > a.log &\n"})
+    make(tree, {"l.sh": "nohup torchrun t.py > a.log &\nwait\n"})
     r = CliRunner().invoke(main, ["check", "--format", "github"])
     assert r.output.startswith("::error file=l.sh,line=1,title=oomfix unprotected-launch::")
 
