@@ -180,14 +180,18 @@ def _sibling_groups(tree: Tree) -> list[list[Config]]:
             union(c.path, by_key[key])
         else:
             by_key[key] = c.path
-    by_launcher: dict[str, list[str]] = {}
+    # a launcher is evidence only when it starts the configs side by side; one after the other is a sweep or a
+    # pipeline of stages, whose values differ on purpose
+    by_launcher: dict[str, list[tuple[Config, Job]]] = {}
     for c in tree.configs:
         found = tree.job_of(c)
         if found:
-            by_launcher.setdefault(found[0].path, []).append(c.path)
+            by_launcher.setdefault(found[0].path, []).append((c, found[1]))
     for members in by_launcher.values():
-        for a, b in zip(members, members[1:]):
-            union(a, b)
+        for (ca, ja), (cb, jb) in combinations(members, 2):
+            if concurrent(ja, jb) or (ca.identity == cb.identity and
+                                      Path(ca.path).resolve().parent == Path(cb.path).resolve().parent):
+                union(ca.path, cb.path)
     groups: dict[str, list[Config]] = {}
     for c in tree.configs:
         groups.setdefault(find(c.path), []).append(c)
@@ -202,16 +206,50 @@ def _shown(v: Any) -> str:
 
 def _evidence(tree: Tree, a: Config, b: Config) -> tuple[str, str]:
     """How sure two configs are siblings: started side by side by one launcher (an error when they drift), or
-    only alike (same directory, model, stage and finetuning type: a warning that says so)."""
+    only alike (same directory, model, dataset and stage: a warning that says so)."""
     ja, jb = tree.job_of(a), tree.job_of(b)
     if ja and jb and same_file(ja[0].path, jb[0].path):
         if concurrent(ja[1], jb[1]):
             return ERROR, f"{ja[0].path} starts both side by side"
         return WARNING, (f"{ja[0].path} starts them one after the other (lines {ja[1].line} and {jb[1].line}), "
                          f"which a sweep of deliberate variants does too")
-    ident = ", ".join(str(x) for x in a.identity[1:] if x is not None)
-    return WARNING, (f"grouped only because they sit in one directory with the same model/stage/finetuning type "
-                     f"({ident}); no launcher starts them together. Mark a deliberate variant `# oomfix: standalone`")
+    return WARNING, ("grouped because they sit in one directory with the same model, dataset and stage; no "
+                     "launcher starts them together. Mark a deliberate variant `# oomfix: standalone`")
+
+
+def _strategy(c: Config) -> tuple[Any, ...]:
+    """How a config spreads the model over the GPUs: DeepSpeed (which file or preset), FSDP, or plain DDP."""
+    d = c.data if isinstance(c.data, dict) else {}
+    return (c.values.get("zero_config"), bool(d.get("fsdp") or d.get("fsdp_config") or d.get("fsdp_version")))
+
+
+# keys every copy of a job sets to its own value: where it writes, what it is called, how it is logged
+_PER_JOB_KEYS = re.compile(r"output_dir|run_name|logging_dir|wandb_\w+|hub_model_id|seed|data_seed|resume\w*|"
+                           r"save_steps|logging_steps|eval_steps|save_total_limit|report_to|overwrite\w*|"
+                           r"dataset_prepared_path|tokenized_path|cache_dir|\w*_port|master_\w+|plot_loss|"
+                           r"save_only_model|ddp_timeout|push_to_hub|special_tokens|val_set_size")
+
+
+def _variant_keys(a: Config, b: Config) -> list[str]:
+    """Top-level keys, other than the memory settings and the per-job ones, on which two alike configs differ:
+    two copies of one job differ only in those (the origin story's siblings differ in output_dir and in the memory
+    edit); a different optimizer, sequence length, quantization or mode makes a deliberate variant."""
+    da = a.data if isinstance(a.data, dict) else {}
+    db = b.data if isinstance(b.data, dict) else {}
+    memory = {p[0] for c in (a, b) for k in _DRIFT_KEYS + ("zero_config",) if (p := c.dialect.path(k))}
+    out = []
+    for k in set(da) | set(db):
+        if k in memory or _PER_JOB_KEYS.fullmatch(str(k)):
+            continue
+        if da.get(k) != db.get(k):
+            out.append(str(k))
+    return sorted(out)
+
+
+def _explicit(c: Config, key: str) -> bool:
+    from oomfix.dialects import is_explicit
+
+    return isinstance(c.data, dict) and is_explicit(c.data, c.dialect, key)
 
 
 def check_sibling_drift(tree: Tree) -> Iterator[Finding]:
@@ -219,6 +257,8 @@ def check_sibling_drift(tree: Tree) -> Iterator[Finding]:
         ref = group[0]
         for other in group[1:]:
             severity, why = _evidence(tree, ref, other)
+            if severity != ERROR and (_strategy(ref) != _strategy(other) or _variant_keys(ref, other)):
+                continue  # alike, but another experiment: a different strategy, optimizer, data length, ...
             same_world = _world(tree, ref) == _world(tree, other)
             for key in _DRIFT_KEYS:
                 if key in ("micro_batch", "grad_accum") and not same_world:
@@ -227,12 +267,26 @@ def check_sibling_drift(tree: Tree) -> Iterator[Finding]:
                 if key == "zero_config" and ref.zero and other.zero and ref.zero.path and other.zero.path and \
                         same_file(ref.zero.path, other.zero.path):
                     continue
+                if key in ("zero_stage", "offload"):
+                    explicit = ref.zero is not None and other.zero is not None
+                else:
+                    explicit = _explicit(ref, key) and _explicit(other, key)
+                if severity != ERROR and not explicit:
+                    continue  # one of them leaves it to the framework: nothing written drifted
                 if a != b and key in ref.values and key in other.values:
                     yield Finding("sibling-drift", severity, other.path, _config_key_line(other, key),
-                                  f"{_keyname(other, key)} is {_shown(b)} here but {_shown(a)} in its sibling "
-                                  f"{ref.path} ({why})",
-                                  "apply the same value to every sibling (`oomfix apply --all-configs` does), or "
-                                  "give them different world sizes on purpose")
+                                  f"{_keyname(other, key)} is {_shown_in(other, key)} here but {_shown_in(ref, key)} "
+                                  f"in its sibling {ref.path} ({why})",
+                                  "`oomfix apply --align-siblings` moves every drifted sibling to the lower-memory "
+                                  "split (no log needed), or give them different world sizes on purpose")
+
+
+def _shown_in(cfg: Config, key: str) -> str:
+    """A config's value as its file has it: a key it does not set is "unset", with the framework's default."""
+    v = cfg.values.get(key)
+    if key not in ("zero_stage", "offload") and not _explicit(cfg, key):
+        return "unset" if v is None else f"unset (the default, {v!r})"
+    return _shown(v)
 
 
 def _keyname(cfg: Config, canonical: str) -> str:
@@ -266,6 +320,8 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
         if c.zero is None:
             continue
         line = _config_key_line(c, "zero_config")
+        if c.zero.path is None and c.zero.preset:
+            continue  # the framework's own bundled file (batch keys "auto"): nothing here to disagree with
         if c.zero.path is None:
             yield Finding("deepspeed-mismatch", ERROR, c.path, line,
                           f"the DeepSpeed config {c.zero.ref!r} does not exist (relative to here, the config's folder "
@@ -474,27 +530,94 @@ def _log_path(lau: Launcher, j: Job) -> str | None:
 
 
 def check_sibling_launchers(tree: Tree) -> Iterator[Finding]:
-    """Launcher scripts side by side in one directory (a stage per script, a task per GPU pair) are often started
-    together from several shells; what one script cannot see is that its sibling uses the same log, port or GPUs.
-    Whether they run together the text cannot tell: a warning, once per script (against the first sibling it
-    collides with, naming the others)."""
+    """Launcher scripts side by side in one directory may be started together from several shells; what one script
+    cannot see is that its sibling uses the same log, port or GPUs. Only scripts with evidence of running together
+    are paired (a warning per script): the directory splits the GPUs or the master ports between its scripts (a
+    partition is made for scripts that run at once), or a README/Makefile beside them starts them in parallel.
+    Without evidence, at most one summary line per directory, and only when its scripts start their jobs in the
+    background (run one after the other from one shell, they overlap)."""
     by_dir: dict[str, list[Launcher]] = {}
     for lau in tree.launchers:
         if lau.jobs:
             by_dir.setdefault(os.path.dirname(os.path.abspath(lau.path)), []).append(lau)
-    for group in by_dir.values():
+    for d, group in by_dir.items():
         group = sorted(group, key=lambda x: x.path)
+        if len(group) < 2:
+            continue
+        together = _run_together(d, group)
+        loose: list[tuple[Launcher, Job, list[str]]] = []
         for k, lb in enumerate(group):
             hits = [(la, a, b, shared) for la in group[:k] for a, b, shared in _collisions(la, lb)[:1]]
-            if not hits:
+            proven = [h for h in hits if (h[0].path, lb.path) in together]
+            if proven:
+                la, a, b, shared = proven[0]
+                others = ", ".join(display_path(h[0].path) for h in proven[1:])
+                yield Finding("sibling-collision", WARNING, lb.path, b.line,
+                              f"run at the same time as {display_path(la.path)}:{a.line} ({together[(la.path, lb.path)]}),"
+                              f" this job shares " + "; ".join(shared) +
+                              (f" (it collides with {others} too)" if others else ""),
+                              "give each sibling launcher its own log name, MASTER_PORT and CUDA_VISIBLE_DEVICES")
+            elif hits:
+                loose.extend((h[0], h[2], h[3]) for h in hits)
+        if loose and any(j.background for lau in group for j in lau.jobs):
+            names = sorted({display_path(x[0].path) for x in loose} |
+                           {display_path(lau.path) for lau in group if any(x[1] in lau.jobs for x in loose)})
+            what = sorted({w.split(" (")[0].split(":")[0] for x in loose for w in x[2]})
+            first = min(loose, key=lambda x: x[0].path)
+            yield Finding("sibling-collision", WARNING, first[0].path, None,
+                          f"{len(names)} launcher scripts in {display_path(d)} would share {', '.join(what)} if "
+                          f"started together ({', '.join(names)}); they start their jobs in the background, so one "
+                          f"run right after another overlaps; nothing here says they are run together",
+                          "if they are run together, give each its own log name, MASTER_PORT and "
+                          "CUDA_VISIBLE_DEVICES")
+
+
+_TOGETHER_WORDS = re.compile(r"&|\bparallel\b|simultaneous|at the same time|concurrent|side by side|同时|并行", re.I)
+
+
+def _run_together(d: str, group: list[Launcher]) -> dict[tuple[str, str], str]:
+    """Pairs of sibling scripts (by path) with evidence that they run at the same time, and the evidence."""
+    out: dict[tuple[str, str], str] = {}
+
+    def pair(a: Launcher, b: Launcher, why: str) -> None:
+        out.setdefault((a.path, b.path), why)
+        out.setdefault((b.path, a.path), why)
+
+    # a GPU split: scripts pinning GPU sets of which some are disjoint were written to share one host at once
+    pinned = [lau for lau in group if lau.jobs and all(j.gpus and not _gpus_unknown(j) for j in lau.jobs)]
+    sets = {lau.path: set().union(*(set(j.gpus) for j in lau.jobs)) for lau in pinned}
+    if any(not (sets[a.path] & sets[b.path]) for a, b in combinations(pinned, 2)):
+        for a, b in combinations(pinned, 2):
+            pair(a, b, "the scripts in this directory split the GPUs between them, to run at once")
+    # a port split: scripts naming different master ports
+    ported = [lau for lau in group if lau.jobs and all(j.master_port_explicit for j in lau.jobs)]
+    ports = {lau.path: {j.master_port for j in lau.jobs} for lau in ported}
+    if any(not (ports[a.path] & ports[b.path]) for a, b in combinations(ported, 2)):
+        for a, b in combinations(ported, 2):
+            pair(a, b, "the scripts in this directory give their jobs different master ports, to run at once")
+    # a README or Makefile beside them (or one level up) that starts two of them in parallel
+    names = {os.path.basename(lau.path): lau for lau in group}
+    for doc_dir in (d, os.path.dirname(d)):
+        try:
+            entries = sorted(os.listdir(doc_dir))
+        except OSError:
+            continue
+        for e in entries:
+            if not re.fullmatch(r"(?i)readme.*|makefile|.*\.md", e):
                 continue
-            la, a, b, shared = hits[0]
-            others = ", ".join(display_path(h[0].path) for h in hits[1:])
-            yield Finding("sibling-collision", WARNING, lb.path, b.line,
-                          f"run at the same time as {display_path(la.path)}:{a.line} (a sibling launcher in this "
-                          f"directory), this job shares " + "; ".join(shared) +
-                          (f" (it collides with {others} too)" if others else ""),
-                          "give each sibling launcher its own log name, MASTER_PORT and CUDA_VISIBLE_DEVICES")
+            f = os.path.join(doc_dir, e)
+            try:
+                if not os.path.isfile(f) or os.path.getsize(f) > 1_000_000:
+                    continue
+                text = open(f, encoding="utf-8", errors="replace").read()
+            except OSError:
+                continue
+            for ln in text.splitlines():
+                hit = [n for n in names if n in ln]
+                if len(hit) >= 2 and _TOGETHER_WORDS.search(ln):
+                    for x, y in combinations(hit, 2):
+                        pair(names[x], names[y], f"{e} starts them together")
+    return out
 
 
 def _collisions(la: Launcher, lb: Launcher) -> list[tuple[Job, Job, list[str]]]:

@@ -23,6 +23,14 @@ class ZeroInfo:
     stage: int | None = None
     offload: str | None = None
     batch: dict[str, Any] = field(default_factory=dict)  # explicit (non-"auto") batch keys
+    preset: str | None = None  # a framework's named preset (swift's `zero3`), not a file of this tree
+
+
+# ms-swift's named DeepSpeed presets (swift/arguments/sft_args.py _init_deepspeed, rlhf_args.py): `deepspeed: zero3`
+# is swift's bundled swift/config/zero3.json; `_offload` ones offload optimizer and parameters to the CPU. Their
+# batch keys are all "auto".
+SWIFT_DS_PRESETS = {"zero0": (0, None), "zero1": (1, None), "zero2": (2, None), "zero3": (3, None),
+                    "zero2_offload": (2, "cpu"), "zero3_offload": (3, "cpu")}
 
 
 @dataclass(frozen=True)
@@ -44,9 +52,13 @@ class Config:
         """What makes two configs train 'the same model the same way' (DOMAIN.md section 5)."""
         d = self.data
         if self.dialect.name in ("llamafactory", "hf"):
-            ident = (d.get("model_name_or_path"), d.get("stage"), d.get("finetuning_type"))
+            # the same model, the same data and the same stage (a DPO config is not a sibling of an SFT one)
+            ident = (d.get("model_name_or_path") or d.get("model"), d.get("stage"), d.get("finetuning_type"),
+                     _norm_data(d.get("dataset", d.get("dataset_name"))))
         elif self.dialect.name == "axolotl":
-            ident = (d.get("base_model"), d.get("adapter"))
+            # axolotl: `rl` names the preference stage (dpo, kto, orpo, grpo ...); `datasets` is a list of sources
+            ident = (d.get("base_model"), d.get("adapter"), d.get("rl"), _norm_data(d.get("datasets")),
+                     d.get("pretraining_dataset") is not None)
         elif self.dialect.name == "torchtune":
             ident = (get_path(d, ("model", "_component_")),)
         else:
@@ -54,6 +66,21 @@ class Config:
         if ident[:1] == (None,) or not ident or self.standalone:
             return (self.dialect.name, self.path)  # no model named: a sibling only through a launcher
         return (self.dialect.name, *ident)
+
+
+def _norm_data(v: Any) -> Any:
+    """A dataset setting in a comparable form: a comma list or a YAML list of names or of {path, type} sources."""
+    if isinstance(v, str):
+        return tuple(sorted(x.strip() for x in v.split(",") if x.strip()))
+    if isinstance(v, list):
+        out = []
+        for x in v:
+            if isinstance(x, dict):
+                out.append(str(x.get("path") or x.get("name") or x.get("data_files") or sorted(x.items())))
+            else:
+                out.append(str(x))
+        return tuple(sorted(out))
+    return v
 
 
 def read_text(path: str) -> str:
@@ -104,6 +131,9 @@ def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
     if not isinstance(ref, str) or not ref.strip():
         return None
     path = resolve_ref(ref, config_path)
+    if path is None and ref.strip() in SWIFT_DS_PRESETS:
+        stage, off = SWIFT_DS_PRESETS[ref.strip()]
+        return ZeroInfo(ref, None, stage, off, preset="ms-swift")
     if path is None:
         return ZeroInfo(ref, None)
     try:

@@ -274,19 +274,35 @@ def _drift(res):
 
 
 def test_sibling_severity_follows_the_evidence(tree):
-    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": lf("b", 1, 16, extra="deepspeed: ds.json"),
-                "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/b.yaml": lf("b", 1, 16)})
     drift = _drift(ids(tree)[1])
-    # only alike in one directory: a warning that says why they were grouped, and "unset", never None
-    assert drift and all(f.severity == "warning" and "grouped only because" in f.message for f in drift)
-    assert any("unset" in f.message for f in drift) and not any("None" in f.message for f in drift)
+    # only alike in one directory: a warning that says why they were grouped, and names its own fix
+    assert drift and all(f.severity == "warning" and "grouped because" in f.message for f in drift)
+    assert all("oomfix apply --align-siblings" in f.fix for f in drift)
+    make(tree, {"l.sh": "llamafactory-cli train c/a.yaml\nllamafactory-cli train c/b.yaml\n"})
+    drift = _drift(ids(tree)[1])
+    assert drift and all(f.severity == "warning" and "one after the other" in f.message for f in drift)
+    # near miss (constructed after LLaMA-Factory's qwen3_lora_sft.yaml / qwen3_lora_sft_ds3.yaml): alike, but one
+    # runs under DeepSpeed: a deliberate variant, no finding
+    make(tree, {"c/b.yaml": lf("b", 1, 16, extra="deepspeed: ds.json"), "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    (tree / "l.sh").unlink()
+    assert _drift(ids(tree)[1]) == []
+    # started side by side, the same difference is an error, and "unset" is said as such, never None
     make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0 setsid llamafactory-cli train c/a.yaml > a.log &\n"
                         "CUDA_VISIBLE_DEVICES=1 setsid llamafactory-cli train c/b.yaml > b.log &\nwait\n"})
     drift = _drift(ids(tree)[1])
     assert drift and all(f.severity == "error" and "side by side" in f.message for f in drift)
-    make(tree, {"l.sh": "llamafactory-cli train c/a.yaml\nllamafactory-cli train c/b.yaml\n"})
-    drift = _drift(ids(tree)[1])
-    assert drift and all(f.severity == "warning" and "one after the other" in f.message for f in drift)
+    assert any("unset" in f.message for f in drift) and not any("None" in f.message for f in drift)
+
+
+def test_sibling_drift_needs_the_same_model_dataset_and_stage(tree):
+    # constructed after axolotl's and LLaMA-Factory's example folders: a DPO config beside an SFT one, or two
+    # configs on different data, are not siblings; a key one file leaves unset is not a drift
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "c/dpo.yaml": lf("d", 1, 16).replace("stage: sft", "stage: dpo"),
+                "c/other.yaml": lf("o", 1, 16) + "dataset: other_data\n"})
+    assert _drift(ids(tree)[1]) == []
+    make(tree, {"c/pre.yaml": lf("p", 1, 16).replace("per_device_train_batch_size: 1\n", "")})
+    assert not any("per_device_train_batch_size" in f.message for f in _drift(ids(tree)[1]))
 
 
 def test_dev_null_is_not_a_log_collision_and_remote_nodes_share_a_port(tree):
@@ -299,13 +315,15 @@ def test_dev_null_is_not_a_log_collision_and_remote_nodes_share_a_port(tree):
 
 
 @pytest.mark.parametrize("name,expected", [
-    # what each set's README (../shared/corpus/launchers/siblings/*/README.md) says would collide if run together
-    ("WechatRobot", {"ppo.sh": {"29500", "GPU 0,1", "model_train.log"}, "rm.sh": {"29500", "GPU 0,1", "model_train.log"},
-                     "sft.sh": {"29500", "GPU 1", "model_train.log"},
-                     "sft_rag.sh": {"29500", "GPU 0,1", "model_train.log"}}),
-    ("AlignSurvey", {"task1.sh": {"GPU 0,1"}, "task2.sh": {"GPU 2,3"}}),  # task1..task4 are pairwise disjoint
-    ("leakage_influence", {"3.sh": {"GPU 6"}}),
-    ("RID", {"train_sd_ensemble_reg.sh": {"29500"}}),  # both on accelerate's default config
+    # what each set's README (../shared/corpus/launchers/siblings/*/README.md) says would collide if run together,
+    # where the repository itself shows they run together (issue 18: evidence, else one summary line per directory)
+    # WechatRobot: a foreground stage pipeline (sft, rm, dpo, ppo) with nothing that runs two at once: no finding
+    ("WechatRobot", {}),
+    # the task scripts split the GPUs (0,1 / 2,3 / 4,5 / 6,7): made to run at once; base.sh overlaps two of them
+    ("AlignSurvey", {"task1.sh": {"GPU 0,1"}, "task2.sh": {"GPU 2,3"}}),
+    ("leakage_influence", {"3.sh": {"GPU 6"}}),  # 0,1 / 3,6 / 4,5 / 6,7: 3.sh and 1.sh share GPU 6
+    # both background their accelerate job on the default config: one summary line for the directory
+    ("RID", {"train_sd_ensemble_dmd.sh": {"29500", "2 launcher scripts", "nothing here says"}}),
 ])
 def test_sibling_launchers_of_real_repos_report_what_they_would_share(tmp_path, name, expected):
     import shutil
