@@ -95,6 +95,8 @@ def discover(paths: Sequence[str]) -> Tree:
     for f in walk(paths):
         name = f.name
         if name.endswith((".log", ".log.gz")):
+            if not f.is_file() or is_supervisor_log(str(f)):
+                continue  # a FIFO or device named .log; `oomfix run --detach`'s own log is not a training log
             tree.logs.append(display_path(f))
         elif f.suffix == ".sh":
             try:
@@ -121,6 +123,26 @@ def discover(paths: Sequence[str]) -> Tree:
             if cfg.dialect is not DEEPSPEED:
                 tree.configs.append(cfg)
     return tree
+
+
+_SUPERVISOR_LINE = re.compile(rb"^oomfix run: ", re.M)
+
+
+def is_supervisor_log(path: str) -> bool:
+    """The log `oomfix run --detach` writes for itself (supervise.supervisor_log: `<base>-supervisor.log`): its own
+    `oomfix run: ...` lines around the job's output, which the attempt logs hold already. Recognised by those lines
+    (whatever the name) or by the name."""
+    if re.search(r"-supervisor\.log(\.gz)?$", path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            if len(head) == 1 << 16:
+                f.seek(-(1 << 16), os.SEEK_END)
+                head += f.read()
+    except OSError:
+        return False
+    return head[:2] != b"\x1f\x8b" and _SUPERVISOR_LINE.search(head) is not None
 
 
 _CONFIG_HINTS = re.compile(rb"per_device_train_batch_size|micro_batch_size|gradient_accumulation_steps|"
@@ -709,7 +731,7 @@ def _git_commits(path: str) -> list[tuple[str, int]] | None:
     return [(h, int(t)) for h, t in (ln.split() for ln in out.splitlines() if ln.strip())]
 
 
-def _git_version_unchanged(path: str, run_t: float) -> tuple[bool, str] | None:
+def _git_version_unchanged(path: str, run_t: float) -> tuple[bool, str, str] | None:
     """Is the file's content now the content git had for it when the run last logged (the newest commit not after
     that time; when every commit is later, the first one: configs and logs are often committed after the run)?"""
     commits = _git_commits(path)
@@ -723,8 +745,10 @@ def _git_version_unchanged(path: str, run_t: float) -> tuple[bool, str] | None:
     if blob is None or cur is None:
         return None
     if blob.strip() == cur.strip():
-        return True, f"its content is the version committed in {base[0][:8]}, the one in effect when the run ran"
-    return False, f"its content differs from the version committed in {base[0][:8]}, in effect when the run ran"
+        return True, f"its content is the version committed in {base[0][:8]}, the one in effect when the run ran", \
+            base[0]
+    return False, f"its content differs from the version committed in {base[0][:8]}, in effect when the run ran", \
+        base[0]
 
 
 def _newest_logs(tree: Tree) -> dict[str, tuple[str, Diagnosis]]:
@@ -760,11 +784,17 @@ def _remediated(log: str, config: str, root: str = ".") -> bool:
     return False
 
 
+_LOWERING = {"grad_checkpointing": lambda v: v is True, "zero_stage": lambda v: v == 3,
+             "offload": lambda v: v not in (None, "none"), "quantization_bit": lambda v: v is not None}
+
+
 def unchanged_since(cfg: Config, log: str) -> tuple[bool, str]:
-    """Is the config on disk the one the failed run used? Called when its values already match what the log shows.
-    In a git work tree the content decides: the config's content now against the version git had when the run
-    last logged (the log's own last timestamp, else the log's first commit). Outside git (or for an untracked
-    config) only file times are left, and the finding says so."""
+    """Is the config on disk the one the failed run used, as far as memory goes? Called when the values the log
+    shows (micro batch, accumulation) equal the config's: content before time, so a tree copied without git (every
+    file newer than the log) is still read right. What the log cannot show (gradient checkpointing, ZeRO stage,
+    offload, quantization) is decided by git's version of the config when the run last logged; outside git, only
+    a config newer than the log that now turns one of those on is taken as edited since (file times decide only
+    what content cannot)."""
     run_t = log_time(log)
     if run_t is None:
         lc = _git_commits(log)
@@ -772,10 +802,134 @@ def unchanged_since(cfg: Config, log: str) -> tuple[bool, str]:
     if run_t is not None:
         g = _git_version_unchanged(cfg.path, run_t)
         if g is not None:
-            return g[0], "decided from git: " + g[1]
-    why = "an untracked config" if _git_commits(cfg.path) is not None else "not a git work tree"
-    ref = run_t if run_t is not None else os.stat(log).st_mtime
-    return os.stat(cfg.path).st_mtime <= ref, f"decided from file times: {why}"
+            if g[0]:
+                return True, "the log's values are the config's, and " + g[1]
+            old = _git_old_values(cfg, g[2])
+            if old is not None:
+                moved = [k for k in MEMORY_KEYS + ("zero_stage", "offload")
+                         if k not in ("micro_batch", "grad_accum") and old.get(k) != cfg.values.get(k)]
+                if not moved:
+                    return True, ("the log's values are the config's, and the edits since the version committed in "
+                                  f"{g[2][:8]} touch no memory setting")
+                return False, g[1]
+    newer = os.stat(cfg.path).st_mtime > (run_t if run_t is not None else os.stat(log).st_mtime)
+    lowered = [k for k, on in _LOWERING.items() if on(cfg.values.get(k)) and
+               (k in ("zero_stage", "offload") or _explicit(cfg, k))]  # written in the file, not a default
+    if newer and lowered:
+        return False, (f"the config is newer than the log and turns on {', '.join(lowered)}, which the log cannot "
+                       f"show")
+    return True, "the log's values are the config's (decided from the content; file times do not change that)"
+
+
+def _git_old_values(cfg: Config, commit: str) -> dict[str, Any] | None:
+    """The canonical values of a config as committed in `commit`."""
+    from oomfix.dialects import read_canonical
+    from oomfix.editor import parse_config_text
+
+    d, name = os.path.dirname(os.path.abspath(cfg.path)), os.path.basename(cfg.path)
+    text = _git(["show", f"{commit}:./{name}"], d)
+    if text is None:
+        return None
+    try:
+        data = parse_config_text(text, cfg.path)
+    except Exception:  # noqa: BLE001 - an old version that does not parse tells nothing
+        return None
+    if not isinstance(data, dict):
+        return None
+    vals = read_canonical(data, cfg.dialect)
+    from oomfix.configs import _zero_info
+
+    z = _zero_info(vals.get("zero_config"), cfg.path)
+    vals["zero_stage"], vals["offload"] = (z.stage, z.offload) if z else (None, None)
+    return vals
+
+
+# failures whose cause is outside the training config (a signal, the network, a port): a memory edit after one
+# of them is not a fix
+_NOT_MEMORY = frozenset({"sighup", "sigterm", "port_in_use", "nccl_timeout", "nccl_error", "shm_bus_error"})
+
+
+def check_known_oom_values(tree: Tree) -> Iterator[Finding]:
+    """A config back at values a run of it died of memory with: any log of the tree or an attempt the run ledger
+    (`.oomfix/runs.jsonl`, written by `oomfix run`) records. The newest log alone is check_runs' business; this
+    catches 2/8 (OOM) -> 1/16 (trained) -> 2/8 again."""
+    newest = {p: log for p, (log, _d) in _newest_logs(tree).items()}
+    by_path = {c.path: c for c in tree.configs}
+    seen: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
+    for path, log, d in _all_runs(tree):
+        cfg = by_path.get(path)
+        if cfg is None or d.cls not in MEMORY_CLASSES or d.confidence == "low":
+            continue
+        used = d.run.canonical_values()
+        if not used or any(cfg.values.get(k) != v for k, v in used.items()):
+            continue
+        if newest.get(path) is not None and os.path.realpath(newest[path]) == os.path.realpath(log):
+            continue  # the newest log: unremediated-failure speaks for it
+        if _remediated(log, cfg.path, tree.root):
+            continue
+        key = (path, tuple(sorted(used.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        vals = ", ".join(f"{_keyname(cfg, k)} {v}" for k, v in used.items())
+        yield Finding("known-oom-values", ERROR, cfg.path, _config_key_line(cfg, "micro_batch"),
+                      f"this config is back at {vals}, the values {log} died of {d.cls} with",
+                      "use the values of the run that trained after it (`oomfix runs` lists the attempts), or "
+                      f"`oomfix apply {log} --all-configs`")
+
+
+def _all_runs(tree: Tree) -> Iterator[tuple[str, str, Diagnosis]]:
+    """(config path, log, diagnosis) of every run the tree or the ledger knows of."""
+    done: set[str] = set()
+    for log in tree.logs:
+        d = tree.diagnosis(log)
+        if d is None:
+            continue
+        cfg = _config_of_log(tree, log, d)
+        if cfg is not None:
+            done.add(os.path.realpath(log))
+            yield cfg.path, log, d
+    for root, att in _ledger_attempts(tree):
+        log = os.path.join(root, att.log) if not os.path.isabs(att.log) else att.log
+        if os.path.realpath(log) in done or not os.path.isfile(log) or att.cls not in MEMORY_CLASSES:
+            continue
+        d = tree.diagnosis(log)
+        if d is None:
+            continue
+        cfg = _config_of_attempt(tree, root, att, log, d)
+        if cfg is not None:
+            done.add(os.path.realpath(log))
+            yield cfg.path, display_path(log), d
+
+
+def _ledger_attempts(tree: Tree) -> Iterator[tuple[str, Any]]:
+    """The run ledger's attempts, read with ledger.read (its public reader), from the checked tree's root and the
+    current directory."""
+    from oomfix import ledger
+
+    for root in dict.fromkeys([os.path.abspath(tree.root), os.getcwd()]):
+        try:
+            for att in ledger.read(root):
+                yield root, att
+        except (OSError, ValueError, InputError):
+            continue  # an unreadable ledger costs its evidence, never the check
+
+
+def _config_of_attempt(tree: Tree, root: str, att: Any, log: str, d: Diagnosis) -> Config | None:
+    import shlex
+
+    from oomfix.supervise import config_of_command
+
+    try:
+        ref = config_of_command(shlex.split(att.command), root)
+    except (ValueError, OSError):
+        ref = None
+    if ref is not None:
+        full = os.path.join(root, ref)
+        for c in tree.configs:
+            if same_file(c.path, full):
+                return c
+    return _config_of_log(tree, log, d)
 
 
 def check_runs(tree: Tree) -> Iterator[Finding]:
@@ -807,6 +961,20 @@ def check_runs(tree: Tree) -> Iterator[Finding]:
                               f"({how})",
                               f"`oomfix apply {log} --all-configs` proposes the next fix")
                 continue
+        if differs and d.cls in _NOT_MEMORY and d.confidence != "low" and \
+                not any(n is None for _o, n in differs.values()):
+            # the origin story: a SIGHUP killed the run, and the micro batch went 1 -> 2 "to fix it"
+            what = ", ".join(f"{_keyname(cfg, k)} {o} -> {n}" for k, (o, n) in differs.items())
+            m = differs.get("micro_batch")
+            raised = m is not None and isinstance(m[1], int) and isinstance(m[0], int) and m[1] > m[0]
+            yield Finding("memory-edit-after-non-memory-failure", ERROR if raised else WARNING, cfg.path,
+                          _config_key_line(cfg, next(iter(differs))),
+                          f"{log} died of {d.cls}, not of memory, and this config's memory settings changed since "
+                          f"that run ({what})" + (": the edit raises per-device memory and can only add an OOM"
+                                                   if raised else ": nothing in the config caused that failure"),
+                          f"put back the values that run used, and fix what killed it (`oomfix diagnose {log}`; "
+                          f"`oomfix apply {log}` edits only the launcher)")
+            continue
         if differs:
             what = ", ".join(f"{_keyname(cfg, k)} {o} in the run, {'unset' if n is None else n} on disk"
                              for k, (o, n) in differs.items())
@@ -826,6 +994,7 @@ CHECKS: tuple[tuple[str, Callable[[Tree], Iterator[Finding]]], ...] = (
     ("sibling-collision", check_sibling_launchers),
     ("kill-by-name", check_kill_by_name),
     ("runs", check_runs),
+    ("known-oom-values", check_known_oom_values),
 )
 
 

@@ -226,8 +226,17 @@ def test_memory_decrease_after_oom_is_fine(tree):
 def test_sighup_log_never_produces_memory_findings(tree):
     make(tree, {"c/a.yaml": lf("a", 2, 8), "a.log": SIGHUP_LOG})
     got, res = ids(tree)
-    assert got == ["stale-run"]  # the run used 1/16; but no memory finding for a hang-up
-    assert all(f.severity == "warning" for f in res.findings)
+    # the run used 1/16 and a SIGHUP killed it; the config now says 2/8: the origin story's "fix" is a finding of its
+    # own (issue 21 item 9), an error since it raises per-device memory; never a memory fix for a hang-up
+    assert got == ["memory-edit-after-non-memory-failure"]
+    assert res.findings[0].severity == "error" and "raises per-device memory" in res.findings[0].message
+    # near miss: a lower micro batch after a hang-up is said as useless, a warning
+    make(tree, {"c/a.yaml": lf("a", 1, 32)})
+    got, res = ids(tree)
+    assert got == ["memory-edit-after-non-memory-failure"] and res.findings[0].severity == "warning"
+    # near miss: the config still at the run's values: nothing to say about memory
+    make(tree, {"c/a.yaml": lf("a", 1, 16)})
+    assert ids(tree)[0] == []
 
 
 def test_bad_path_and_unparseable_config_exit_2(tree):
@@ -338,3 +347,103 @@ def test_sibling_launchers_of_real_repos_report_what_they_would_share(tmp_path, 
     assert set(found) == set(expected)
     for script, words in expected.items():
         assert all(w in found[script] for w in words), (script, found[script])
+
+
+CLEAN_LOG = """\
++ llamafactory-cli train c/a.yaml
+  Instantaneous batch size per device = {micro}
+  Gradient Accumulation steps = {accum}
+{{'train_runtime': 130.2, 'train_samples_per_second': 3.1, 'train_steps_per_second': 1.2, 'train_loss': 2.1, 'epoch': 20.0}}
+"""
+
+
+def test_content_before_time_outside_git(tree):
+    # constructed: the user's tree copied without git, so every config is newer than the log; the log shows 1/16
+    # and the config is still 1/16: unchanged since the OOM, whatever the mtimes say (issue 18 item 3)
+    make(tree, {"a.log": OOM_LOG.format(micro=1, accum=16)})
+    _age(tree / "a.log", 3600)
+    make(tree, {"c/a.yaml": lf("a", 1, 16)})
+    got, res = ids(tree)
+    assert got == ["unremediated-failure"] and "content" in res.findings[0].message
+    # near miss: newer and turning on what the log cannot show (ZeRO-3): edited since, no error
+    make(tree, {"c/a.yaml": lf("a", 1, 16, extra="deepspeed: ds.json"), "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    assert ids(tree)[0] == []
+
+
+def _ledger(tree, records):
+    import json
+
+    (tree / ".oomfix").mkdir(exist_ok=True)
+    (tree / ".oomfix/runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_config_back_at_values_the_ledger_shows_oomed_is_an_error(tree):
+    # constructed to what `oomfix run` writes (ledger.Attempt): attempt 1 at 2/8 died of cuda_oom, attempt 2 at
+    # 1/16 trained; then the config was put back to 2/8 (issue 21 item 3)
+    make(tree, {"c/a.yaml": lf("a", 2, 8), "logs/run-attempt1.log": OOM_LOG.format(micro=2, accum=8),
+                "logs/run-attempt2.log": CLEAN_LOG.format(micro=1, accum=16)})
+    _age(tree / "logs/run-attempt1.log", 600)
+    _age(tree / "logs/run-attempt2.log", 300)
+    base = {"command": "llamafactory-cli train c/a.yaml", "started": "2026-11-27T10:00:00Z",
+            "ended": "2026-11-27T10:05:00Z", "files": [], "stopped_by": None, "run": "r1"}
+    _ledger(tree, [{**base, "attempt": 1, "exit_code": 1, "log": "logs/run-attempt1.log", "class": "cuda_oom",
+                    "rule": "cuda-oom-micro-split", "files": ["c/a.yaml"]},
+                   {**base, "attempt": 2, "exit_code": 0, "log": "logs/run-attempt2.log", "class": "none",
+                    "rule": None}])
+    got, res = ids(tree)
+    assert "known-oom-values" in got and res.exit_code() == 1
+    f = next(f for f in res.findings if f.id == "known-oom-values")
+    assert "run-attempt1.log" in f.message and f.severity == "error"
+    # near miss: at the values that trained, nothing is wrong
+    make(tree, {"c/a.yaml": lf("a", 1, 16)})
+    assert "known-oom-values" not in ids(tree)[0]
+
+
+def test_an_earlier_log_that_oomed_counts_without_a_ledger(tree):
+    # constructed: two logs of one config (log names from the launcher), the older an OOM at 2/8, the newer clean
+    make(tree, {"l.sh": "setsid llamafactory-cli train c/a.yaml > logs/a_$(date +%s).log 2>&1 &\n",
+                "c/a.yaml": lf("a", 2, 8), "logs/a_1.log": OOM_LOG.format(micro=2, accum=8),
+                "logs/a_2.log": CLEAN_LOG.format(micro=1, accum=16)})
+    _age(tree / "logs/a_1.log", 600)
+    _age(tree / "logs/a_2.log", 300)
+    assert "known-oom-values" in ids(tree)[0]
+
+
+def test_the_detached_supervisors_own_log_is_not_a_training_log(tree):
+    # constructed to supervise.py: `oomfix run --detach` writes <base>-supervisor.log with its own `oomfix run:`
+    # lines around a copy of the job's output; check must skip it, never diagnose it
+    sup = "oomfix run: CUDA out of memory on rank 2\noomfix run: applied cuda-oom-micro-split\n" + \
+        OOM_LOG.format(micro=1, accum=16)
+    make(tree, {"c/a.yaml": lf("a", 1, 16), "logs/run-supervisor.log": sup, "logs/terminal.log": sup})
+    _age(tree / "c/a.yaml", 100)
+    got, res = ids(tree)
+    assert got == [] and res.logs == 0
+    # near miss: the attempt log itself (no `oomfix run:` lines) is read
+    make(tree, {"logs/run-attempt1.log": OOM_LOG.format(micro=1, accum=16)})
+    assert ids(tree)[0] == ["unremediated-failure"]
+
+
+def test_the_genuine_origin_project(tmp_path, monkeypatch):
+    # the genuine LLaMA-Factory project (../shared/corpus/genuine_lf/project, issue 21): two nohup'ed wrapper jobs
+    # side by side, no CUDA_VISIBLE_DEVICES, LLaMA-Factory picking a free port, NPROC_PER_NODE=2 from wrapper.py
+    import shutil
+
+    from conftest import SHARED, shared_or_skip
+
+    src = SHARED / "corpus" / "genuine_lf" / "project"
+    shared_or_skip(src)
+    shutil.copytree(src, tmp_path / "project", ignore=shutil.ignore_patterns("models", "data"))
+    monkeypatch.chdir(tmp_path / "project")
+    r = CliRunner().invoke(main, ["jobs", "start.sh", "--format", "json"])
+    import json
+
+    jobs = json.loads(r.output)["jobs"]
+    assert [(j["line"], j["nproc"], j["master_port"], j["nohup"]) for j in jobs] == [(6, 2, "free", True),
+                                                                                    (7, 2, "free", True)]
+    res = run_check(["."])
+    found = {(f.id, f.line) for f in res.findings}
+    assert {("unprotected-launch", 6), ("unprotected-launch", 7), ("gpu-overlap", 7)} <= found
+    assert not any(f.id == "port-collision" for f in res.findings)
+    # after `oomfix apply --write` of the SIGHUP log: setsid on both lines, the GPU overlap remains
+    shutil.copy(src / "start.sh.after_oomfix_apply", "start.sh")
+    assert {f.id for f in run_check(["."]).findings} == {"gpu-overlap"}
