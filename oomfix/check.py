@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +16,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import Config, Launchers, display_path, inside, same_file, walk
+from oomfix.configs import Config, Launchers, display_path, inside, same_file, small, walk
 from oomfix.dialects import DEEPSPEED, MEMORY_KEYS
 from oomfix.errors import ConfigError, EditRefused, InputError, UsageError
 from oomfix.launcher import (NOT_LOGS, Job, Launcher, concurrent, git_root, log_matches, one_multinode_job,
@@ -48,6 +49,7 @@ class Tree:
     logs: list[str] = field(default_factory=list)
     _diagnoses: dict[str, Diagnosis | None] = field(default_factory=dict)
     root: str = "."
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why): not read, said as a warning
     _jobs_by_config: Launchers | None = None
     _groups: list[list[Config]] | None = None
     _log_jobs: list[tuple[Config, Job]] | None = None
@@ -94,14 +96,26 @@ def discover(paths: Sequence[str]) -> Tree:
             raise UsageError(f"{p}: no such file or directory")
     for f in walk(paths):
         name = f.name
+        if not name.endswith((".log", ".log.gz", ".sh", ".yaml", ".yml", ".json")):
+            continue
+        try:
+            regular = stat.S_ISREG(os.stat(f).st_mode)
+        except OSError:
+            continue
+        if not regular:
+            # a FIFO or a device (a /dev/zero symlink) named like a log, launcher or config: opening it would
+            # block or never end
+            tree.skipped.append((display_path(f), "not a regular file"))
+            continue
         if name.endswith((".log", ".log.gz")):
-            if not f.is_file() or is_supervisor_log(str(f)):
-                continue  # a FIFO or device named .log; `oomfix run --detach`'s own log is not a training log
+            if is_supervisor_log(str(f)):
+                continue  # `oomfix run --detach`'s own log is not a training log
             tree.logs.append(display_path(f))
         elif f.suffix == ".sh":
             try:
                 tree.launchers.append(parse_launcher(display_path(f)))
-            except InputError:
+            except InputError as e:
+                tree.skipped.append((display_path(f), str(e).split(": ", 1)[-1]))
                 continue
         elif f.suffix in (".yaml", ".yml", ".json"):
             if name.startswith(".") or name in (".pre-commit-hooks.yaml", ".pre-commit-config.yaml"):
@@ -263,7 +277,7 @@ def _variant_keys(a: Config, b: Config) -> list[str]:
     for k in set(da) | set(db):
         if k in memory or _PER_JOB_KEYS.fullmatch(str(k)):
             continue
-        if da.get(k) != db.get(k):
+        if not (small(da.get(k)) and small(db.get(k))) or da.get(k) != db.get(k):
             out.append(str(k))
     return sorted(out)
 
@@ -983,6 +997,14 @@ def check_runs(tree: Tree) -> Iterator[Finding]:
                           f"ran another file", "relaunch to get a log of the current config, or check which file ran")
 
 
+def check_skipped(tree: Tree) -> Iterator[Finding]:
+    """Files named like launchers, configs or logs that were not read (a FIFO, a device, a script past the
+    reader's budgets): said, so a gate that passes does not hide what it could not see."""
+    for path, why in tree.skipped:
+        yield Finding("skipped-file", WARNING, path, None, f"not checked: {why}",
+                      "make it a regular file of reasonable size and nesting, or remove it")
+
+
 CHECKS: tuple[tuple[str, Callable[[Tree], Iterator[Finding]]], ...] = (
     ("sibling-drift", check_sibling_drift),
     ("global-batch-mismatch", check_global_batch),
@@ -995,6 +1017,7 @@ CHECKS: tuple[tuple[str, Callable[[Tree], Iterator[Finding]]], ...] = (
     ("kill-by-name", check_kill_by_name),
     ("runs", check_runs),
     ("known-oom-values", check_known_oom_values),
+    ("skipped-file", check_skipped),
 )
 
 

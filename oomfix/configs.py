@@ -68,8 +68,26 @@ class Config:
         return (self.dialect.name, *ident)
 
 
+def small(v: Any, budget: int = 10000) -> bool:
+    """Is a parsed value at most `budget` nodes? (A YAML alias bomb is a few lines that expand to billions of nodes:
+    never walked, printed or compared.)"""
+    stack, n = [v], 0
+    while stack:
+        x = stack.pop()
+        n += 1
+        if n > budget:
+            return False
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return True
+
+
 def _norm_data(v: Any) -> Any:
     """A dataset setting in a comparable form: a comma list or a YAML list of names or of {path, type} sources."""
+    if not small(v):
+        return ("<too large to compare>", id(v))
     if isinstance(v, str):
         return tuple(sorted(x.strip() for x in v.split(",") if x.strip()))
     if isinstance(v, list):

@@ -13,12 +13,16 @@ import functools
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oomfix.errors import InputError
 from oomfix.shell import Command, Value, walk_script
+from oomfix.shparse import ShellBudget
+
+MAX_LAUNCHER_BYTES = 4 << 20  # the largest real launcher seen is tens of KB
 
 TORCHRUN_KINDS = ("torchrun", "torch.distributed.launch", "llamafactory-cli", "accelerate", "deepspeed",
                   "python-wrapper")
@@ -318,6 +322,13 @@ class WrapperInfo:
 def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
     """Read a Python script (never run it): the launcher command it builds, with `os.environ.get("X", d)` taken
     from the job's environment, and `len(os.environ["CUDA_VISIBLE_DEVICES"].split(","))` as the GPU count."""
+    try:
+        return _wrapper_info(path, env)
+    except (RecursionError, MemoryError):
+        return None  # a pathologically nested script: not a wrapper this reader can follow
+
+
+def _wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
     try:
         if os.path.getsize(path) > 2_000_000:
             return None
@@ -728,7 +739,14 @@ def _accelerate_config(ref: Value | None, cmd: Command, script_dir: str) -> dict
     try:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8", errors="replace"))
+        if os.path.getsize(path) > 1 << 20:
+            return {"unknown": True, "port": "unknown"}
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        # accelerate writes its config with yaml.safe_dump of a plain dict: never an alias. One here may be an
+        # alias bomb (a few lines that expand to billions of nodes): not read
+        if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+            return {"unknown": True, "port": "unknown"}
+        data = yaml.safe_load(text)
     except Exception:  # noqa: BLE001 - an unreadable accelerate config tells nothing
         return {"unknown": True, "port": "unknown"}
     if not isinstance(data, dict):
@@ -810,8 +828,16 @@ def parse_launcher(path: str | os.PathLike[str], text: str | None = None) -> Lau
     p = Path(path)
     if text is None:
         try:
+            st = os.stat(p)
+            if not stat.S_ISREG(st.st_mode):
+                # a FIFO or a device (a /dev/zero symlink named x.sh) would block or never end: never opened
+                raise InputError(f"{p}: not a regular file; not reading it")
+            if st.st_size > MAX_LAUNCHER_BYTES:
+                raise InputError(f"{p}: {st.st_size} bytes is too large for a launcher script "
+                                 f"(at most {MAX_LAUNCHER_BYTES})")
             # bytes, not text mode: CRLF must survive an edit; undecodable bytes survive as surrogates
-            text = p.read_bytes().decode("utf-8", errors="surrogateescape")
+            with open(p, "rb") as f:
+                text = f.read(MAX_LAUNCHER_BYTES + 1).decode("utf-8", errors="surrogateescape")
         except OSError as e:
             raise InputError(f"{p}: cannot read: {e.strerror}") from None
     src = text.replace("\r\n", "\n")
@@ -820,6 +846,8 @@ def parse_launcher(path: str | os.PathLike[str], text: str | None = None) -> Lau
         cmds = walk_script(str(p), src)
     except RecursionError:
         cmds = []
+    except ShellBudget as e:
+        raise InputError(f"{p}: not read: {e}") from None
     script_dir = str(p.resolve().parent)
     lines = text.splitlines()
     sbatch = bool(re.search(r"^#SBATCH\s", src, re.M))
@@ -920,7 +948,7 @@ def read_launchers(paths: list[str]) -> list[Launcher]:
             raise InputError(f"{p}: no such file")
         if os.path.isdir(p):
             raise InputError(f"{p}: is a directory; name the launcher scripts")
-        out.append(parse_launcher(p))
+        out.append(parse_launcher(p))  # a FIFO, a device, an oversized or over-budget script: a one-line error
     return out
 
 

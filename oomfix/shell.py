@@ -19,9 +19,14 @@ import fnmatch
 import os
 import posixpath
 import re
+import time
 from dataclasses import dataclass, field, replace
 
-from oomfix.shparse import Lexer, Node, ParseError, Redir, Simple, Word, WordPart, parse
+from oomfix.shparse import Lexer, Node, ParseError, Redir, ShellBudget, Simple, Word, WordPart, parse
+
+MAX_VALUE = 1 << 20  # characters of one known value: no real path or command line comes near
+MAX_ITEMS = 4096  # elements of one array (real launchers hold tens)
+TIME_BUDGET_S = 10.0  # reading one script (its sourced files and command strings included)
 
 # --- values -----------------------------------------------------------------------------------------------------
 
@@ -42,6 +47,8 @@ class Value:
 
     @staticmethod
     def lit(s: str) -> "Value":
+        if len(s) > MAX_VALUE:
+            return Value((Part("${...}", False),))  # grown past any real value (`A=${A//a/aaaa}` repeated)
         return Value((Part(s),)) if s else Value()
 
     @staticmethod
@@ -187,12 +194,14 @@ class Walker:
     MAX_DEPTH = 12
     MAX_COMMANDS = 20000
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, budget_s: float = TIME_BUDGET_S) -> None:
         self.path = os.path.abspath(path)
         self.out: list[Command] = []
         self.depth = 0
         self.sources_seen: set[str] = set()
         self.seq = 0
+        self.deadline = time.monotonic() + budget_s
+        self.budget_s = budget_s
 
     # context for the commands being emitted
     @dataclass
@@ -370,8 +379,8 @@ class Walker:
         if m:
             op, pat_raw = m.groups()
             pat = self.expand_str(pat_raw, st, ctx).text
-            if pat is None:
-                return _unknown_ref(raw)
+            if pat is None or len(s) > 65536:
+                return _unknown_ref(raw)  # (the prefix/suffix search is quadratic in the value's length)
             return Value.lit(_strip(s, op, pat))
         m = re.match(r"(//?|/#|/%)([^/]*)(?:/(.*))?$", rest, re.S)
         if m:
@@ -382,6 +391,8 @@ class Walker:
                 return _unknown_ref(raw)
             rx = _glob_rx(pat)
             if op == "//":
+                if rep and len(s) + len(rep) * sum(1 for _ in zip(range(MAX_VALUE), re.finditer(rx, s))) > MAX_VALUE:
+                    return _unknown_ref(raw)  # the result would outgrow any real value: not built
                 return Value.lit(re.sub(rx, lambda _: rep, s))
             if op == "/#":
                 return Value.lit(re.sub("^(?:" + rx + ")", lambda _: rep, s, count=1))
@@ -544,6 +555,8 @@ class Walker:
     def exec_node(self, node: Node | Simple, st: State, ctx: "Walker.Ctx") -> None:
         if len(self.out) > self.MAX_COMMANDS or self.depth > self.MAX_DEPTH:
             return
+        if time.monotonic() > self.deadline:
+            raise ShellBudget(f"reading it took over {self.budget_s:g} s")
         if isinstance(node, Simple):
             self.exec_simple(node, st, ctx)
             return
@@ -729,11 +742,15 @@ class Walker:
                 items = []
                 for ww in node_words:
                     items.extend(self.expand_word(ww, st, ctx))
+                    if len(items) > MAX_ITEMS:
+                        break
                 val = items
             if plus:
                 old = self.lookup(name, st)
                 if isinstance(old, list) and isinstance(val, list):
                     val = old + val
+            if isinstance(val, (list, dict)) and len(val) > MAX_ITEMS:
+                val = Value((Part("$" + name, False),), "$" + name)  # `A=("${A[@]}" "${A[@]}")` doubling: unknown
             return name, val
         value = self.word_value(Word(rest_parts, w.raw, w.line), st, ctx)
         in_function = st.positional is not None and bool(st.locals_stack)
@@ -1435,6 +1452,8 @@ def _shell_c(args: list[Value]) -> Value | None:
     return None
 
 
-def walk_script(path: str, text: str) -> list[Command]:
-    return Walker(path).run(text)
+def walk_script(path: str, text: str, budget_s: float | None = None) -> list[Command]:
+    """The commands a script would run. Raises ShellBudget for a script past the reader's budgets (nesting depth,
+    time: TIME_BUDGET_S unless given)."""
+    return Walker(path, TIME_BUDGET_S if budget_s is None else budget_s).run(text)
 

@@ -51,6 +51,14 @@ class ParseError(Exception):
     pass
 
 
+class ShellBudget(Exception):
+    """A script past what this reader will spend on one file (nesting depth, time, size): refused whole, with the
+    reason, never read for minutes or into gigabytes."""
+
+
+MAX_NESTING = 100  # compound commands inside one another; real launchers nest a handful
+
+
 class Lexer:
     def __init__(self, src: str, line0: int = 1) -> None:
         self.s = src
@@ -341,6 +349,7 @@ class Parser:
         self.t = toks
         self.i = 0
         self.bodies = bodies
+        self.nesting = 0
 
     def peek(self, k: int = 0) -> Tok:
         return self.t[min(self.i + k, len(self.t) - 1)]
@@ -379,6 +388,15 @@ class Parser:
         return Node("list", items)
 
     def list_(self, stop: set[str], top: bool = False) -> Node:
+        if self.nesting > MAX_NESTING:
+            raise ShellBudget(f"compound commands nested more than {MAX_NESTING} deep")
+        self.nesting += 1
+        try:
+            return self._list(stop, top)
+        finally:
+            self.nesting -= 1
+
+    def _list(self, stop: set[str], top: bool = False) -> Node:
         items: list[tuple[Node, bool]] = []  # (and-or list, background)
         while True:
             self.skip_nl() if not top or not items else None
