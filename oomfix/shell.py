@@ -26,6 +26,7 @@ from oomfix.shparse import Lexer, Node, ParseError, Redir, ShellBudget, Simple, 
 
 MAX_VALUE = 1 << 20  # characters of one known value: no real path or command line comes near
 MAX_ITEMS = 4096  # elements of one array (real launchers hold tens)
+MAX_PARTS = 512  # known and unknown pieces of one value
 TIME_BUDGET_S = 10.0  # reading one script (its sourced files and command strings included)
 
 # --- values -----------------------------------------------------------------------------------------------------
@@ -114,6 +115,8 @@ def _merge(parts: tuple[Part, ...]) -> tuple[Part, ...]:
             out[-1] = Part(joined) if len(joined) < 1_000_000 else Part("${...}", False)
         else:
             out.append(p)
+    if len(out) > MAX_PARTS:
+        return (Part("${...}", False),)  # `a=$a$a` repeated on an unknown value: parts double, none tells anything
     return tuple(out)
 
 

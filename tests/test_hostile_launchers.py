@@ -117,3 +117,12 @@ def test_the_time_budget_refuses_a_script_that_reads_too_long(tmp_path, monkeypa
         parse_launcher(tmp_path / "slow.sh")
     monkeypatch.setattr(oomfix.shell, "TIME_BUDGET_S", 10.0)
     assert [j.kind for j in parse_launcher(tmp_path / "slow.sh").jobs] == ["torchrun"]
+
+
+def test_doubling_an_unknown_value_stays_small():
+    from oomfix.shell import walk_script
+
+    # constructed: the unknown value's pieces double with every line; the reader keeps one unknown piece
+    t = time.monotonic()
+    cmds = walk_script("/r/x.sh", "a=$1\n" + "a=$a$a\n" * 40 + "torchrun t.py > $a.log\n")
+    assert time.monotonic() - t < 5 and len(cmds) == 1
