@@ -619,10 +619,16 @@ def _run_together(d: str, group: list[Launcher]) -> dict[tuple[str, str], str]:
         out.setdefault((a.path, b.path), why)
         out.setdefault((b.path, a.path), why)
 
-    # a GPU split: scripts pinning GPU sets of which some are disjoint were written to share one host at once
+    # a GPU split: scripts pinning GPU sets of which some are disjoint were written to share one host at once; a
+    # GPU that three or more scripts claim says they take turns (a script per model, each on whatever was free)
     pinned = [lau for lau in group if lau.jobs and all(j.gpus and not _gpus_unknown(j) for j in lau.jobs)]
     sets = {lau.path: set().union(*(set(j.gpus) for j in lau.jobs)) for lau in pinned}
-    if any(not (sets[a.path] & sets[b.path]) for a, b in combinations(pinned, 2)):
+    claims: dict[str, int] = {}
+    for gs in sets.values():
+        for g in gs:
+            claims[g] = claims.get(g, 0) + 1
+    if claims and max(claims.values()) <= 2 and \
+            any(not (sets[a.path] & sets[b.path]) for a, b in combinations(pinned, 2)):
         for a, b in combinations(pinned, 2):
             pair(a, b, "the scripts in this directory split the GPUs between them, to run at once")
     # a port split: scripts naming different master ports
