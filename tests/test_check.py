@@ -447,3 +447,33 @@ def test_the_genuine_origin_project(tmp_path, monkeypatch):
     # after `oomfix apply --write` of the SIGHUP log: setsid on both lines, the GPU overlap remains
     shutil.copy(src / "start.sh.after_oomfix_apply", "start.sh")
     assert {f.id for f in run_check(["."]).findings} == {"gpu-overlap"}
+
+
+def test_the_genuine_origin_story_with_its_sighup_logs(tmp_path, monkeypatch):
+    # the genuine project with the two genuine SIGHUP logs under the names its launcher writes, then the story's
+    # "memory fix" (sed 1/16 -> 2/8 on config a, as the corpus README records it)
+    import shutil
+
+    from conftest import SHARED, shared_or_skip
+
+    g = SHARED / "corpus" / "genuine_lf"
+    shared_or_skip(g / "project")
+    root = tmp_path / "p"
+    shutil.copytree(g / "project", root, ignore=shutil.ignore_patterns("models", "data"))
+    os.chmod(root / "configs" / "qwen3_lora_sft_a.yaml", 0o644)
+    (root / "logs").mkdir()
+    shutil.copy(g / "sighup_interactive_nohup_job_a.log", root / "logs/train_gpu0123_20261204_101010.log")
+    shutil.copy(g / "sighup_interactive_nohup_job_b.log", root / "logs/train_gpu4567_20261204_101010.log")
+    monkeypatch.chdir(root)
+    res = run_check(["."])
+    # a SIGHUP log of each job proves the hang-up reaches it: an error whatever the launcher looks like
+    assert {(f.id, f.severity, f.line) for f in res.findings if f.id == "unprotected-launch"} == {
+        ("unprotected-launch", "error", 6), ("unprotected-launch", "error", 7)}
+    cfg = root / "configs" / "qwen3_lora_sft_a.yaml"
+    os.chmod(cfg, 0o644)
+    cfg.write_text(cfg.read_text().replace("per_device_train_batch_size: 1\n", "per_device_train_batch_size: 2\n")
+                   .replace("gradient_accumulation_steps: 16\n", "gradient_accumulation_steps: 8\n"))
+    found = {(f.id, os.path.basename(f.file), f.severity) for f in run_check(["."]).findings}
+    assert ("memory-edit-after-non-memory-failure", "qwen3_lora_sft_a.yaml", "error") in found
+    assert ("sibling-drift", "qwen3_lora_sft_b.yaml", "error") in found
+    assert not any(f[0] in ("port-collision", "unremediated-failure", "memory-increase-after-oom") for f in found)
