@@ -616,7 +616,8 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         out["config"] = _config_of(rest, cmd.loop_vars)
     elif kind == "llamafactory-cli":
         cfg = cli_args[1] if len(cli_args) > 1 else None
-        out["config"] = cfg.show() if cfg is not None and cfg.any_known else None
+        # `llamafactory-cli train --stage sft --model_name_or_path ...`: the options are the config, no file
+        out["config"] = cfg.show() if cfg is not None and cfg.any_known and not cfg.show().startswith("-") else None
         nproc = _int(env.get("NPROC_PER_NODE")) or n_visible
         force = env.get("FORCE_TORCHRUN")
         distributed = (nproc or 0) > 1 or (force is not None and force.text not in (None, "", "0", "false"))
@@ -642,6 +643,12 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         total = _int(np_) if np_ is not None else acc.get("nproc")
         if total is not None:
             nproc = total // (nnodes or 1)
+        if total == 1 and (nnodes or 1) == 1 and acc.get("read") and not acc.get("distributed") and not any(
+                a.text in ("--multi_gpu", "--use_deepspeed", "--use_fsdp", "--use_megatron_lm") for a in cli_args):
+            # accelerate/commands/launch.py launch_command: a config that says one process and no distributed type
+            # runs simple_launcher, a plain python without torchrun or a master port (without a config file the
+            # user's default config decides, which the tree does not show)
+            port = "none"
         ids, _ = _opt(cli_args, ("--gpu_ids",))
         if visible is None:
             if ids is not None:
@@ -751,9 +758,11 @@ def _accelerate_config(ref: Value | None, cmd: Command, script_dir: str) -> dict
         return {"unknown": True, "port": "unknown"}
     if not isinstance(data, dict):
         return {}
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"read": True}
     if isinstance(data.get("num_processes"), int):
         out["nproc"] = data["num_processes"]
+    if str(data.get("distributed_type", "NO")).upper() not in ("NO", "NONE"):
+        out["distributed"] = True
     if isinstance(data.get("num_machines"), int):
         out["nnodes"] = data["num_machines"]
     if isinstance(data.get("main_process_port"), int):

@@ -191,3 +191,22 @@ def test_gpu_count_from_a_split_of_a_visible_devices_variable(tmp_path):
     '''))
     assert one(tmp_path, "CUDA_VISIBLE_DEVICES=0,1,2 python w.py --config a.yaml\n").nproc == 3
     assert one(tmp_path, "python w.py --config a.yaml\n").nproc == 2
+
+
+def test_llamafactory_cli_with_inline_options_has_no_config_file(tmp_path):
+    # constructed after ScaleBench's finetune scripts: `llamafactory-cli train --stage sft ...` (hparams parser
+    # reads the command line when no YAML/JSON file is given)
+    j = one(tmp_path, "CUDA_VISIBLE_DEVICES=3 llamafactory-cli train \\\n --stage sft \\\n --model_name_or_path m\n")
+    assert (j.config, j.nproc, j.port) == (None, 1, "none")
+    assert one(tmp_path, "llamafactory-cli train c.yaml lr=1e-5\n").config == "c.yaml"
+
+
+def test_accelerate_with_one_process_and_no_distributed_type_has_no_master_port(tmp_path):
+    # constructed to accelerate/commands/launch.py launch_command: distributed_type NO and one process run
+    # simple_launcher (a plain python, no torchrun)
+    (tmp_path / "one.yaml").write_text("distributed_type: 'NO'\nnum_processes: 1\nnum_machines: 1\n")
+    (tmp_path / "multi.yaml").write_text("distributed_type: MULTI_GPU\nnum_processes: 1\nnum_machines: 1\n")
+    assert one(tmp_path, "accelerate launch --config_file one.yaml t.py\n").port == "none"
+    # near misses: a MULTI_GPU config, or no config file (the user's default config decides)
+    assert one(tmp_path, "accelerate launch --config_file multi.yaml t.py\n").port == "default"
+    assert one(tmp_path, "accelerate launch --num_processes 1 t.py\n").port == "default"
