@@ -627,14 +627,15 @@ def _run_together(d: str, group: list[Launcher]) -> dict[tuple[str, str], str]:
     for gs in sets.values():
         for g in gs:
             claims[g] = claims.get(g, 0) + 1
-    if claims and max(claims.values()) <= 2 and \
+    # (every script of the directory takes part: a folder of unrelated scripts, some pinned, is no plan)
+    if claims and max(claims.values()) <= 2 and len(pinned) == len(group) and \
             any(not (sets[a.path] & sets[b.path]) for a, b in combinations(pinned, 2)):
         for a, b in combinations(pinned, 2):
             pair(a, b, "the scripts in this directory split the GPUs between them, to run at once")
     # a port split: scripts naming different master ports
     ported = [lau for lau in group if lau.jobs and all(j.master_port_explicit for j in lau.jobs)]
     ports = {lau.path: {j.master_port for j in lau.jobs} for lau in ported}
-    if any(not (ports[a.path] & ports[b.path]) for a, b in combinations(ported, 2)):
+    if len(ported) == len(group) and any(not (ports[a.path] & ports[b.path]) for a, b in combinations(ported, 2)):
         for a, b in combinations(ported, 2):
             pair(a, b, "the scripts in this directory give their jobs different master ports, to run at once")
     # a README or Makefile beside them (or one level up) that starts two of them in parallel

@@ -477,3 +477,23 @@ def test_the_genuine_origin_story_with_its_sighup_logs(tmp_path, monkeypatch):
     assert ("memory-edit-after-non-memory-failure", "qwen3_lora_sft_a.yaml", "error") in found
     assert ("sibling-drift", "qwen3_lora_sft_b.yaml", "error") in found
     assert not any(f[0] in ("port-collision", "unremediated-failure", "memory-increase-after-oom") for f in found)
+
+
+def test_sibling_collision_needs_a_plan_the_whole_directory_takes_part_in(tree):
+    from oomfix.check import check_sibling_launchers, discover
+
+    # constructed: two scripts splitting the GPUs (0,1 / 2,3) and a third on 2,3: the split is the evidence
+    make(tree, {"s/a.sh": "CUDA_VISIBLE_DEVICES=0,1 setsid torchrun --master_port 1 t.py > a.log &\n",
+                "s/b.sh": "CUDA_VISIBLE_DEVICES=2,3 setsid torchrun --master_port 2 t.py > b.log &\n",
+                "s/c.sh": "CUDA_VISIBLE_DEVICES=2,3 setsid torchrun --master_port 3 t.py > c.log &\n"})
+    found = list(check_sibling_launchers(discover([str(tree / "s")])))
+    assert [(os.path.basename(f.file), f.line) for f in found] == [("c.sh", 1)] and "GPU 2,3" in found[0].message
+    # near miss: a fourth script that pins no GPUs and no port: the folder is no plan, one summary line at most
+    make(tree, {"s/d.sh": "setsid torchrun t.py > d.log &\n"})
+    found = list(check_sibling_launchers(discover([str(tree / "s")])))
+    assert len(found) == 1 and found[0].line is None and "nothing here says" in found[0].message
+    # near miss: foreground scripts with nothing that runs them together: no finding
+    for n in "abcd":
+        p = tree / "s" / f"{n}.sh"
+        p.write_text(p.read_text().replace(" &\n", "\n"))
+    assert list(check_sibling_launchers(discover([str(tree / "s")]))) == []
