@@ -51,6 +51,7 @@ class Tree:
     root: str = "."
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why): not read, said as a warning
     _jobs_by_config: Launchers | None = None
+    _sources: dict[str, list[str]] | None = None
     _groups: list[list[Config]] | None = None
     _log_jobs: list[tuple[Config, Job]] | None = None
 
@@ -386,16 +387,25 @@ _FIX_HUP = ("start it with `setsid nohup CMD > log 2>&1 < /dev/null &`, in tmux/
             "or pass `--signals-to-handle SIGTERM,SIGINT,SIGQUIT` to torchrun (torch 2.9+)")
 
 
+_SOURCE_RX = re.compile(r"(?:^|[\s;&|(])(?:source|\.)\s+[\"']?([^\s;&|\"'<>()]+\.(?:sh|bash))\b", re.M)
+
+
 def _sourced(tree: Tree, lau: Launcher) -> str | None:
     """Is a launcher meant to be sourced or typed at a prompt (its jobs then belong to the interactive shell,
     whose hang-up reaches them)? Another script of the tree sources it, its own text says `source it`, or it
     `return`s at top level (which only a sourced script can)."""
-    name = re.escape(os.path.basename(lau.path))
-    rx = re.compile(rf"(?:^|[\s;&|(]|\bthen|\bdo)(?:source|\.)\s+[\"']?[^\s;&|]*\b{name}\b", re.M)
-    for other in tree.launchers:
-        if other.path != lau.path and rx.search(other.text):
-            return f"{display_path(other.path)} sources it"
-    if rx.search(lau.text) or re.search(rf"\bsource\s+(?:it|this)\b", lau.text):
+    if tree._sources is None:  # basename -> the scripts that source a file of that name (read once per tree)
+        tree._sources = {}
+        for other in tree.launchers:
+            if "source" not in other.text and ". " not in other.text:
+                continue
+            for m in _SOURCE_RX.finditer(other.text):
+                tree._sources.setdefault(os.path.basename(m.group(1)), []).append(other.path)
+    name = os.path.basename(lau.path)
+    by = [o for o in tree._sources.get(name, []) if o != lau.path]
+    if by:
+        return f"{display_path(by[0])} sources it"
+    if lau.path in tree._sources.get(name, []) or re.search(r"\bsource\s+(?:it|this)\b", lau.text):
         return "its own text says to source it"
     if re.search(r"^return\b", lau.text, re.M):
         return "it `return`s at top level, which only a sourced script can"

@@ -497,3 +497,18 @@ def test_sibling_collision_needs_a_plan_the_whole_directory_takes_part_in(tree):
         p = tree / "s" / f"{n}.sh"
         p.write_text(p.read_text().replace(" &\n", "\n"))
     assert list(check_sibling_launchers(discover([str(tree / "s")]))) == []
+
+
+@pytest.mark.parametrize("files,severity", [
+    # constructed to the measured behaviour (issue 21 item 8): a script that starts `nohup ... &` and exits
+    ({"l.sh": "nohup torchrun t.py > a.log 2>&1 &\n"}, "warning"),
+    ({"l.sh": "nohup torchrun t.py > a.log 2>&1 &\nwait\n"}, "error"),  # it keeps the terminal's foreground
+    ({"l.sh": "nohup torchrun t.py > a.log 2>&1\n"}, "error"),  # in the foreground
+    ({"l.sh": "nohup torchrun t.py > a.log 2>&1 &\n", "run.sh": "source ./l.sh\n"}, "error"),  # meant to be sourced
+    ({"l.sh": "# usage: source l.sh\nnohup torchrun t.py > a.log 2>&1 &\n"}, "error"),
+    ({"l.sh": "nohup torchrun t.py > a.log 2>&1 &\nreturn 0\n"}, "error"),  # only a sourced script returns
+])
+def test_unprotected_launch_says_which_case_the_launcher_is(tree, files, severity):
+    make(tree, files)
+    found = [f for f in ids(tree)[1].findings if f.id == "unprotected-launch" and f.file.endswith("l.sh")]
+    assert [f.severity for f in found] == [severity] and "setsid" in found[0].fix
