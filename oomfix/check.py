@@ -344,6 +344,8 @@ def check_global_batch(tree: Tree) -> Iterator[Finding]:
         for c, w, g in sized[1:]:
             if g != rg:
                 severity, why = _evidence(tree, ref, c)
+                if severity != ERROR and (_strategy(ref) != _strategy(c) or _variant_keys(ref, c)):
+                    continue  # a deliberate variant (see check_sibling_drift)
                 yield Finding("global-batch-mismatch", severity, c.path, _config_key_line(c, "micro_batch"),
                               f"global batch {g} ({w} GPUs x {c.values['micro_batch']} x {c.values['grad_accum']}) "
                               f"differs from {rg} in its sibling {ref.path} ({rw} GPUs x {ref.values['micro_batch']} x "

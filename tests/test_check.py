@@ -512,3 +512,14 @@ def test_unprotected_launch_says_which_case_the_launcher_is(tree, files, severit
     make(tree, files)
     found = [f for f in ids(tree)[1].findings if f.id == "unprotected-launch" and f.file.endswith("l.sh")]
     assert [f.severity for f in found] == [severity] and "setsid" in found[0].fix
+
+
+def test_global_batch_of_a_deliberate_variant_is_not_compared(tree):
+    # constructed: one launcher runs two alike configs one after the other on 2 and 4 GPUs
+    make(tree, {"l.sh": "CUDA_VISIBLE_DEVICES=0,1 llamafactory-cli train c/a.yaml\n"
+                        "CUDA_VISIBLE_DEVICES=0,1,2,3 llamafactory-cli train c/b.yaml\n",
+                "c/a.yaml": lf("a", 1, 16), "c/b.yaml": lf("b", 1, 16)})
+    assert "global-batch-mismatch" in ids(tree)[0]
+    # near miss: the 4-GPU one runs under ZeRO-3, a variant on purpose: nothing to compare
+    make(tree, {"c/b.yaml": lf("b", 1, 16, extra="deepspeed: ds.json"), "ds.json": '{"zero_optimization": {"stage": 3}}'})
+    assert "global-batch-mismatch" not in ids(tree)[0]
