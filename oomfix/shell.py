@@ -532,6 +532,13 @@ class Walker:
         basename, realpath, cd && pwd); anything else is unknown, and `shuf`/`$RANDOM` make it random."""
         if self.depth > self.MAX_DEPTH:
             return _unknown_ref(raw)
+        m = _COUNT_FIELDS.fullmatch(src.strip())
+        if m:
+            # `$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')`, `... | tr ',' '\n' | wc -l`: the GPU count
+            v = self.expand_str(m.group(1).strip('"'), st, ctx)
+            if v.text is None:
+                return _unknown_ref(raw)
+            return Value.lit(str(len(v.text.strip().split(",")) if v.text.strip() else 0))
         sub = st.copy()
         captured: list[Value] = []
         inner = Walker.Ctx(line=ctx.line, end_line=ctx.end_line, capture=captured, bodies=[])
@@ -1298,6 +1305,12 @@ def _named_ref(v: Value) -> bool:
     """An unknown value that is one reference to a named variable (`$gpu`, `${TS}`): already shown by its name."""
     return len(v.parts) == 1 and not v.parts[0].known and \
         re.fullmatch(r"\$(\{[A-Za-z_][A-Za-z0-9_]*([^A-Za-z0-9_].*)?\}|[A-Za-z_][A-Za-z0-9_]*)", v.parts[0].text) is not None
+
+
+# `echo "$X" | awk -F, '{print NF}'` and `echo "$X" | tr ',' '\n' | wc -l`: how many comma-separated fields
+_COUNT_FIELDS = re.compile(r"""echo\s+(?:-n\s+)?("?\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"?|[\w,]+)\s*\|\s*"""
+                           r"""(?:awk\s+-F\s*['"]?,['"]?\s+['"]\{\s*print\s+NF\s*\}['"]|"""
+                           r"""tr\s+['"]?,['"]?\s+['"]\\n['"]\s*\|\s*wc\s+-l)""")
 
 
 def _quoted(w: Word) -> bool:

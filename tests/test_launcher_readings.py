@@ -210,3 +210,19 @@ def test_accelerate_with_one_process_and_no_distributed_type_has_no_master_port(
     # near misses: a MULTI_GPU config, or no config file (the user's default config decides)
     assert one(tmp_path, "accelerate launch --config_file multi.yaml t.py\n").port == "default"
     assert one(tmp_path, "accelerate launch --num_processes 1 t.py\n").port == "default"
+
+
+def test_gpu_count_computed_from_the_visible_devices_in_the_script(tmp_path):
+    # constructed: the common `NUM_GPUS=$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')` (and tr | wc -l)
+    j = one(tmp_path, """\
+        export CUDA_VISIBLE_DEVICES=0,1,2
+        NUM_GPUS=$(echo $CUDA_VISIBLE_DEVICES | awk -F',' '{print NF}')
+        torchrun --nproc_per_node $NUM_GPUS t.py
+    """)
+    assert j.nproc == 3
+    j = one(tmp_path, 'export CUDA_VISIBLE_DEVICES=4,5\nN=$(echo "$CUDA_VISIBLE_DEVICES" | tr \',\' \'\\n\' | wc -l)\n'
+                      'torchrun --nproc_per_node=$N t.py\n')
+    assert j.nproc == 2
+    # near miss: from the environment the count is unknown
+    assert one(tmp_path, "N=$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')\ntorchrun --nproc_per_node $N t.py\n"
+               ).nproc is None
