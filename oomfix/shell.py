@@ -945,6 +945,18 @@ class Walker:
                 val = self.expand_str(text, st, ctx) if expand else Value.lit(text)
                 self.assign(names[-1], Value(val.parts) if val.known else Value(val.parts, "$" + names[-1]), st)
                 return
+            here = [t for _fd, op, t in ctx.redirs if op == "<<<"]
+            arr = any(o.startswith("-") and "a" in o[1:] for o in opts)
+            if base == "read" and arr and names and here and here[-1].text is not None:
+                # `IFS=, read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"`: the here-string split on IFS into an array
+                ifs_v = prefix.get("IFS") or self.lookup("IFS", st)
+                ifs = ifs_v.text if isinstance(ifs_v, Value) and ifs_v.text is not None else " \t\n"
+                text = here[-1].text.rstrip("\n")
+                pieces = re.split("[" + re.escape(ifs) + "]", text) if ifs else [text]
+                if ifs and not ifs.strip():
+                    pieces = [x for x in pieces if x]
+                self.assign(names[-1], [Value.lit(x) for x in pieces[:MAX_ITEMS]], st)
+                return
             for n in names:
                 self.assign(n, Value((Part("$" + n, False),), "$" + n), st)
             return

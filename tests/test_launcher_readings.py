@@ -226,3 +226,16 @@ def test_gpu_count_computed_from_the_visible_devices_in_the_script(tmp_path):
     # near miss: from the environment the count is unknown
     assert one(tmp_path, "N=$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')\ntorchrun --nproc_per_node $N t.py\n"
                ).nproc is None
+
+
+def test_read_into_an_array_from_a_here_string(tmp_path):
+    # constructed: bash's `IFS=, read -ra A <<< "$X"` splits X on commas into the array A
+    j = one(tmp_path, """\
+        export CUDA_VISIBLE_DEVICES=0,1,2,3
+        IFS=',' read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"
+        torchrun --nproc_per_node ${#GPUS[@]} --master_port 2950${GPUS[1]} t.py
+    """)
+    assert (j.nproc, j.port) == (4, "29501")
+    # near miss: from the environment, unknown
+    assert one(tmp_path, 'IFS=, read -ra G <<< "$CUDA_VISIBLE_DEVICES"\ntorchrun --nproc_per_node ${#G[@]} t.py\n'
+               ).nproc is None
