@@ -1123,6 +1123,16 @@ class Walker:
                 if t and t.startswith("--wrap"):
                     s = t.partition("=")[2] if "=" in t else (args[j + 1].show() if j + 1 < len(args) else "")
                     self.run_string(s, st.copy(), replace(ctx, via=ctx.via + ("sbatch",)))
+                    return
+            # `sbatch [OPTIONS] script.slurm ARGS`: the batch script of the tree runs under the scheduler
+            i = 0
+            while i < len(args) and (texts[i] or "-").startswith("-"):
+                t = texts[i] or ""
+                i += 2 if (t in _SBATCH_VALUE_OPTS or (t.startswith("--") and "=" not in t and
+                                                       t not in _SBATCH_FLAGS)) else 1
+            if i < len(args):
+                self._run_script(args[i], list(args[i + 1:]), prefix, st, ctx, "sbatch",
+                                 (".sh", ".bash", ".slurm", ".sbatch", ".job", ".sub"))
             return
         if inner:
             if base == "systemd-run":
@@ -1204,7 +1214,8 @@ class Walker:
         else:
             st.cwd, st.cwd_rel = None, None
 
-    def _script_file(self, target: Value, st: State) -> tuple[str, str] | None:
+    def _script_file(self, target: Value, st: State,
+                     exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> tuple[str, str] | None:
         """Another script of the tree a command runs or sources: (real path, text); never one that is already
         running in this walk (a launcher that re-runs itself would otherwise never end)."""
         p = target.text
@@ -1223,7 +1234,7 @@ class Walker:
         for c in cands:
             real = os.path.realpath(c)
             if os.path.isfile(real) and real not in self.sources_seen and real != self.path and \
-                    real.endswith((".sh", ".bash", ".env")) and os.path.getsize(real) < 1_000_000:
+                    real.endswith(exts) and os.path.getsize(real) < 1_000_000:
                 try:
                     return real, open(real, encoding="utf-8", errors="replace").read()
                 except OSError:
@@ -1245,10 +1256,10 @@ class Walker:
             st.positional = saved
 
     def _run_script(self, target: Value, args: list[Value], prefix: dict[str, Value], st: State,
-                    ctx: "Walker.Ctx", shell: str) -> bool:
+                    ctx: "Walker.Ctx", shell: str, exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> bool:
         """`bash other.sh ARGS`: the other script runs in a child shell (exported variables, its own $0 and
         arguments, the caller's directory); its jobs are the caller's, at the calling line."""
-        found = self._script_file(target, st)
+        found = self._script_file(target, st, exts)
         if found is None:
             return False
         real, text = found
@@ -1293,6 +1304,13 @@ _DOCKER_VALUE_OPTS = {
 _DOCKER_SHORT_VALUE = "evwupmhlac"  # -e K=V, -v a:b, -w DIR, -u USER, -p PORTS, -m MEM, -h HOST, -l LABEL, -a, -c
 _APPTAINER_VALUE_OPTS = {"-B", "--bind", "--env", "--env-file", "-H", "--home", "--pwd", "-W", "--workdir",
                          "-o", "--overlay", "--security", "--network", "--mount", "--app"}
+# sbatch options that take a separate value (slurm's sbatch --help); long options without `=` take one too,
+# except these flags
+_SBATCH_VALUE_OPTS = {"-A", "-p", "-J", "-o", "-e", "-N", "-n", "-t", "-c", "-w", "-x", "-C", "-q", "-G", "-D", "-a",
+                      "-d", "-M", "-L", "-F", "-i", "-m", "-b"}
+_SBATCH_FLAGS = {"--exclusive", "--requeue", "--no-requeue", "--parsable", "--wait", "--test-only", "--hold",
+                 "--overcommit", "--contiguous", "--spread-job", "--use-min-nodes", "--oversubscribe", "--quiet",
+                 "--verbose", "--ignore-pbs", "--reboot", "--no-kill"}
 _SRUN_FLAGS = {"--exclusive", "--overcommit", "--pty", "--label", "--unbuffered", "--kill-on-bad-exit", "--overlap",
                "--no-kill", "--quiet", "--verbose", "--exact", "--whole", "--container-remap-root",
                "--container-mount-home", "--no-container-mount-home", "--container-writable", "--oversubscribe"}

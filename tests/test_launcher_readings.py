@@ -239,3 +239,12 @@ def test_read_into_an_array_from_a_here_string(tmp_path):
     # near miss: from the environment, unknown
     assert one(tmp_path, 'IFS=, read -ra G <<< "$CUDA_VISIBLE_DEVICES"\ntorchrun --nproc_per_node ${#G[@]} t.py\n'
                ).nproc is None
+
+
+def test_sbatch_of_a_batch_script_in_the_tree_runs_it_under_the_scheduler(tmp_path):
+    # constructed: `sbatch -p gpu --gres=gpu:4 train.slurm c.yaml` submits train.slurm with its arguments
+    (tmp_path / "train.slurm").write_text("#!/bin/bash\n#SBATCH -N 1\ntorchrun --nproc_per_node 4 t.py --config $1\n")
+    j = one(tmp_path, "sbatch -p gpu --gres=gpu:4 train.slurm c.yaml\n")
+    assert (j.kind, j.nproc, j.config, j.protected_by) == ("torchrun", 4, "c.yaml", "sbatch")
+    # near miss: a batch script that is not in the tree is not guessed at
+    assert jobs(tmp_path, "sbatch -p gpu other.slurm\n") == ()
