@@ -359,6 +359,12 @@ def check_deepspeed(tree: Tree) -> Iterator[Finding]:
         if c.zero is None:
             continue
         line = _config_key_line(c, "zero_config")
+        if c.zero.path is None and c.zero.preset == "axolotl-fetch":
+            yield Finding("deepspeed-mismatch", WARNING, c.path, line,
+                          f"deepspeed: {c.zero.ref} is one of axolotl's bundled files, not in this tree; axolotl "
+                          f"reads it from the directory it runs in", "run `axolotl fetch deepspeed_configs` there, "
+                          "or commit the file")
+            continue
         if c.zero.path is None and c.zero.preset:
             continue  # the framework's own bundled file (batch keys "auto"): nothing here to disagree with
         if c.zero.path is None:

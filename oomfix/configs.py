@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,10 +146,19 @@ def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | Non
     return None
 
 
+# axolotl's bundled DeepSpeed files (its deepspeed_configs/ folder, fetched with `axolotl fetch deepspeed_configs`)
+_AXOLOTL_DS = re.compile(r"deepspeed_configs/zero([0-3])(?:_[a-z0-9_]+)?\.json")
+
+
 def _zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
     if not isinstance(ref, str) or not ref.strip():
         return None
     path = resolve_ref(ref, config_path)
+    m = _AXOLOTL_DS.fullmatch(ref.strip().lstrip("./"))
+    if path is None and m:
+        # axolotl reads `deepspeed:` as a path from where it runs (utils/config/__init__.py); its bundled
+        # deepspeed_configs/ come with `axolotl fetch deepspeed_configs`, outside the project
+        return ZeroInfo(ref, None, int(m.group(1)), "cpu" if "cpuoffload" in ref else None, preset="axolotl-fetch")
     if path is None and ref.strip() in SWIFT_DS_PRESETS:
         stage, off = SWIFT_DS_PRESETS[ref.strip()]
         return ZeroInfo(ref, None, stage, off, preset="ms-swift")

@@ -523,3 +523,20 @@ def test_global_batch_of_a_deliberate_variant_is_not_compared(tree):
     # near miss: the 4-GPU one runs under ZeRO-3, a variant on purpose: nothing to compare
     make(tree, {"c/b.yaml": lf("b", 1, 16, extra="deepspeed: ds.json"), "ds.json": '{"zero_optimization": {"stage": 3}}'})
     assert "global-batch-mismatch" not in ids(tree)[0]
+
+
+def test_framework_presets_are_resolved_as_the_framework_does(tree):
+    # constructed to ms-swift's sft_args.py _init_deepspeed: `deepspeed: zero3` is swift's bundled file
+    make(tree, {"c/swift.yaml": "model: Qwen/Qwen2.5-7B-Instruct\ntuner_type: lora\nper_device_train_batch_size: 1\n"
+                                "gradient_accumulation_steps: 8\ndeepspeed: zero3\n"})
+    got, res = ids(tree)
+    assert "deepspeed-mismatch" not in got and res.exit_code() == 0
+    # axolotl reads deepspeed_configs/zero3.json from where it runs (`axolotl fetch deepspeed_configs`): a warning
+    make(tree, {"c/ax.yaml": "base_model: m\nmicro_batch_size: 1\ngradient_accumulation_steps: 4\n"
+                             "deepspeed: deepspeed_configs/zero3_bf16.json\n"})
+    got, res = ids(tree)
+    f = [x for x in res.findings if x.id == "deepspeed-mismatch"]
+    assert [x.severity for x in f] == ["warning"] and "axolotl fetch deepspeed_configs" in f[0].fix
+    # near miss: any other missing file is an error
+    make(tree, {"c/lf.yaml": lf("x", extra="deepspeed: examples/deepspeed/ds_z3_config.json")})
+    assert any(x.id == "deepspeed-mismatch" and x.severity == "error" for x in ids(tree)[1].findings)
