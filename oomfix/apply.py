@@ -221,11 +221,11 @@ def _memory_never_rises(cls: str, changes: Sequence[Any], rung: Rung, cfg: Confi
 
 
 def _world_for(cfg: Config, primary: Config, diag: Diagnosis, launchers: Sequence[Launcher]) -> int | None:
+    if same_file(cfg.path, primary.path) and diag.run.world_size:
+        return diag.run.world_size  # what the run itself printed wins over a reading of its launcher (issue 21 7d)
     found = job_for_config(cfg.path, launchers)
     if found and found[1].world_size:
         return found[1].world_size
-    if same_file(cfg.path, primary.path):
-        return diag.run.world_size
     return None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,14 @@ class ZeroInfo:
     offload: str | None = None
     batch: dict[str, Any] = field(default_factory=dict)  # explicit (non-"auto") batch keys
     problem: str | None = None  # why the frameworks' strict json.load would refuse the file (it is read anyway)
+    preset: str | None = None  # a framework's named preset (swift's `zero3`), not a file of this tree
+
+
+# ms-swift's named DeepSpeed presets (swift/arguments/sft_args.py _init_deepspeed, rlhf_args.py): `deepspeed: zero3`
+# is swift's bundled swift/config/zero3.json; `_offload` ones offload optimizer and parameters to the CPU. Their
+# batch keys are all "auto".
+SWIFT_DS_PRESETS = {"zero0": (0, None), "zero1": (1, None), "zero2": (2, None), "zero3": (3, None),
+                    "zero2_offload": (2, "cpu"), "zero3_offload": (3, "cpu")}
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,13 @@ class Config:
         """What makes two configs train 'the same model the same way' (DOMAIN.md section 5)."""
         d = self.data
         if self.dialect.name in ("llamafactory", "hf"):
-            ident = (d.get("model_name_or_path"), d.get("stage"), d.get("finetuning_type"))
+            # the same model, the same data and the same stage (a DPO config is not a sibling of an SFT one)
+            ident = (d.get("model_name_or_path") or d.get("model"), d.get("stage"), d.get("finetuning_type"),
+                     _norm_data(d.get("dataset", d.get("dataset_name"))))
         elif self.dialect.name == "axolotl":
-            ident = (d.get("base_model"), d.get("adapter"))
+            # axolotl: `rl` names the preference stage (dpo, kto, orpo, grpo ...); `datasets` is a list of sources
+            ident = (d.get("base_model"), d.get("adapter"), d.get("rl"), _norm_data(d.get("datasets")),
+                     d.get("pretraining_dataset") is not None)
         elif self.dialect.name == "torchtune":
             ident = (get_path(d, ("model", "_component_")),)
         else:
@@ -55,6 +68,39 @@ class Config:
         if ident[:1] == (None,) or not ident or self.standalone:
             return (self.dialect.name, self.path)  # no model named: a sibling only through a launcher
         return (self.dialect.name, *ident)
+
+
+def small(v: Any, budget: int = 10000) -> bool:
+    """Is a parsed value at most `budget` nodes? (A YAML alias bomb is a few lines that expand to billions of nodes:
+    never walked, printed or compared.)"""
+    stack, n = [v], 0
+    while stack:
+        x = stack.pop()
+        n += 1
+        if n > budget:
+            return False
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return True
+
+
+def _norm_data(v: Any) -> Any:
+    """A dataset setting in a comparable form: a comma list or a YAML list of names or of {path, type} sources."""
+    if not small(v):
+        return ("<too large to compare>", id(v))
+    if isinstance(v, str):
+        return tuple(sorted(x.strip() for x in v.split(",") if x.strip()))
+    if isinstance(v, list):
+        out = []
+        for x in v:
+            if isinstance(x, dict):
+                out.append(str(x.get("path") or x.get("name") or x.get("data_files") or sorted(x.items())))
+            else:
+                out.append(str(x))
+        return tuple(sorted(out))
+    return v
 
 
 def read_text(path: str) -> str:
@@ -101,11 +147,24 @@ def resolve_ref(ref: str, config_path: str, cwd: str | None = None) -> str | Non
     return None
 
 
+# axolotl's bundled DeepSpeed files (its deepspeed_configs/ folder, fetched with `axolotl fetch deepspeed_configs`)
+_AXOLOTL_DS = re.compile(r"deepspeed_configs/zero([0-3])(?:_[a-z0-9_]+)?\.json")
+
+
 def zero_info(ref: Any, config_path: str) -> ZeroInfo | None:
-    """What a `deepspeed:` value points at: the file, its ZeRO stage, offload and explicit batch numbers."""
+    """What a `deepspeed:` value points at: the file (or a framework's named preset), its ZeRO stage, offload and
+    explicit batch numbers."""
     if not isinstance(ref, str) or not ref.strip():
         return None
     path = resolve_ref(ref, config_path)
+    m = _AXOLOTL_DS.fullmatch(ref.strip().lstrip("./"))
+    if path is None and m:
+        # axolotl reads `deepspeed:` as a path from where it runs (utils/config/__init__.py); its bundled
+        # deepspeed_configs/ come with `axolotl fetch deepspeed_configs`, outside the project
+        return ZeroInfo(ref, None, int(m.group(1)), "cpu" if "cpuoffload" in ref else None, preset="axolotl-fetch")
+    if path is None and ref.strip() in SWIFT_DS_PRESETS:
+        stage, off = SWIFT_DS_PRESETS[ref.strip()]
+        return ZeroInfo(ref, None, stage, off, preset="ms-swift")
     if path is None:
         return ZeroInfo(ref, None)
     try:

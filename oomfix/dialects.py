@@ -118,7 +118,9 @@ def detect(data: Any, filename: str = "") -> Dialect | None:
     """Which framework a parsed config belongs to; None when it is not a training config oomfix knows."""
     if not isinstance(data, Mapping):
         return None
-    if filename.endswith(".json"):
+    if filename.endswith(".json") and not ("per_device_train_batch_size" in data and "zero_optimization" not in data):
+        # (HF TrainingArguments saved as JSON, as Firefly's train_args/*.json, name per_device_train_batch_size,
+        # which no DeepSpeed config has: read below as an HF / LLaMA-Factory config)
         if any(k in data for k in ("zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size",
                                    "gradient_accumulation_steps", "fp16", "bf16")):
             return DEEPSPEED

@@ -13,12 +13,16 @@ import functools
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oomfix.errors import InputError
 from oomfix.shell import Command, Value, walk_script
+from oomfix.shparse import ShellBudget
+
+MAX_LAUNCHER_BYTES = 4 << 20  # the largest real launcher seen is tens of KB
 
 TORCHRUN_KINDS = ("torchrun", "torch.distributed.launch", "llamafactory-cli", "accelerate", "deepspeed",
                   "python-wrapper")
@@ -141,15 +145,22 @@ def _t(v: Value) -> str | None:
 
 
 def _opt(args: list[Value], names: tuple[str, ...]) -> tuple[Value | None, int]:
-    """The value of an option (`--x v` or `--x=v`) and its index, or (None, -1)."""
-    for i, a in enumerate(args):
-        t = a.show()
+    """The value of an option (`--x v` or `--x=v`) and its index, or (None, -1). Given twice, the last one counts,
+    as argparse stores it (`--master_port=10001 ... --master_port=$mp` runs on $mp)."""
+    found: tuple[Value | None, int] = (None, -1)
+    i = 0
+    while i < len(args):
+        t = args[i].show()
         for n in names:
             if t == n and i + 1 < len(args):
-                return args[i + 1], i
+                found = (args[i + 1], i)
+                i += 1
+                break
             if t.startswith(n + "="):
-                return _drop(a, len(n) + 1), i
-    return None, -1
+                found = (_drop(args[i], len(n) + 1), i)
+                break
+        i += 1
+    return found
 
 
 def _drop(v: Value, n: int) -> Value:
@@ -209,15 +220,20 @@ def _script_args(kind: str, args: list[Value]) -> tuple[Value | None, list[Value
     return None, []
 
 
-def _config_of(args: list[Value]) -> str | None:
+def _config_of(args: list[Value], loop_vars: tuple[str, ...] = ()) -> str | None:
     """The training config among a script's arguments: `--config X` (and spellings), else the first positional
-    argument that is a config file (`.yaml`, `.yml`, `.json`, or an mmcv-style `configs/....py`)."""
+    argument that is a config file (`.yaml`, `.yml`, `.json`, or an mmcv-style `configs/....py`). Hydra's
+    `--config-path D --config-name N` is D/N.yaml; a loop variable (`for cfg in $(find ...)`) is shown by name."""
     v, _ = _opt(args, ("--config", "--config_file", "--config-file", "--cfg", "--config_path", "--config-path",
-                       "--train_config", "--yaml"))
+                       "--config-dir", "--config_dir", "--train_config", "--yaml"))
     if v is not None:
-        name, _ = _opt(args, ("--config-name", "--config_name"))
+        name, _ = _opt(args, ("--config-name", "--config_name", "-cn"))
         if name is not None and v.any_known and name.any_known:
-            return posixpath.join(v.show(), name.show())
+            n = name.show()
+            return posixpath.join(v.show(), n if n.endswith(_CONFIG_EXT) else n + ".yaml")
+        if not v.any_known and re.fullmatch(r"\$\{?(\w+)\}?", v.show()) and \
+                re.sub(r"[${}]", "", v.show()) in loop_vars:
+            return v.show()
         return v.show() if v.any_known else None
     prev = None
     for a in args:
@@ -307,6 +323,13 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
     """Read a Python script (never run it): the launcher command it builds, with `os.environ.get("X", d)` taken
     from the job's environment, and `len(os.environ["CUDA_VISIBLE_DEVICES"].split(","))` as the GPU count."""
     try:
+        return _wrapper_info(path, env)
+    except (RecursionError, MemoryError):
+        return None  # a pathologically nested script: not a wrapper this reader can follow
+
+
+def _wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
+    try:
         if os.path.getsize(path) > 2_000_000:
             return None
         src = Path(path).read_text(encoding="utf-8", errors="replace")
@@ -314,20 +337,29 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
         return None
     if not _CALLS_LAUNCHER.search(src):
         return None
-    info: dict[str, Any] = {"path": path, "submits": "submitit" in src or "sbatch" in src}
     try:
-        tree = ast.parse(src)
-    except SyntaxError:
+        tree: ast.Module | None = ast.parse(src)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         tree = None
+    src = _code_only(src, tree)  # a docstring or comment that shows a torchrun example is not a command
+    if not _CALLS_LAUNCHER.search(src):
+        return None
+    info: dict[str, Any] = {"path": path, "submits": "submitit" in src or "sbatch" in src}
     names: dict[str, ast.expr] = {}
     lists: list[list[ast.expr]] = []
     funcs: dict[str, str] = {}
+    env_sets: dict[str, ast.expr] = {}  # env["K"] = v / os.environ["K"] = v: the environment the launcher gets
     if tree is not None:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
                 funcs[node.name] = ast.unparse(node)
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 names.setdefault(node.targets[0].id, node.value)
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                    isinstance(node.targets[0], ast.Subscript) and isinstance(node.targets[0].slice, ast.Constant) \
+                    and isinstance(node.targets[0].slice.value, str) and \
+                    _is_environ(node.targets[0].value, names):
+                env_sets.setdefault(node.targets[0].slice.value, node.value)
             if isinstance(node, ast.List) and node.elts and _is_launch_list(node.elts):
                 lists.append(node.elts)
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -347,7 +379,12 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
                     return None if v is None else (str(v) if f == "str" else int(v))  # type: ignore[call-overload]
                 except (TypeError, ValueError):
                     return None
-            if f in ("os.environ.get", "os.getenv") and e.args:
+            if e.args and isinstance(e.func, ast.Attribute) and e.func.attr == "split" and \
+                    isinstance(ev(e.func.value, depth + 1), str):
+                sep = ev(e.args[0], depth + 1)
+                return str(ev(e.func.value, depth + 1)).split(sep if isinstance(sep, str) else None)
+            if e.args and (f in ("os.environ.get", "os.getenv") or (
+                    isinstance(e.func, ast.Attribute) and e.func.attr == "get" and _is_environ(e.func.value, names))):
                 key = ev(e.args[0], depth + 1)
                 if isinstance(key, str):
                     if key == "MASTER_PORT":
@@ -358,15 +395,20 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
                     return ev(e.args[1], depth + 1) if len(e.args) > 1 else None
             if f == "len" and e.args:
                 inner = ast.unparse(e.args[0])
+                inner += "".join(" " + ast.unparse(names[n.id]) for n in ast.walk(e.args[0])
+                                 if isinstance(n, ast.Name) and n.id in names)
                 if "CUDA_VISIBLE_DEVICES" in inner and "split" in inner:
                     info["nproc_from_visible"] = True
                     if visible is not None and visible.text:
                         return len([x for x in visible.text.split(",") if x.strip()])
-                    return None
-                v = ev(e.args[0], depth + 1)
+                    if visible is not None:
+                        return None
+                v = ev(e.args[0], depth + 1)  # unset in the job's environment: the wrapper's own default
                 return len(v) if isinstance(v, (list, str)) else None
-        if isinstance(e, ast.Subscript) and ast.unparse(e.value) == "os.environ":
+        if isinstance(e, ast.Subscript) and _is_environ(e.value, names):
             key = ev(e.slice, depth + 1)
+            if isinstance(key, str) and key in env_sets:
+                return ev(env_sets[key], depth + 1)
             if isinstance(key, str) and env.get(key) is not None:
                 return env[key].text
         if isinstance(e, ast.JoinedStr):
@@ -381,6 +423,18 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
 
     for elts in lists:
         vals = [ev(x) for x in elts]
+        if vals and vals[0] == "llamafactory-cli":
+            # LLaMA-Factory's launcher (src/llamafactory/launcher.py launch()): torchrun with NPROC_PER_NODE
+            # processes (default: the device count) on MASTER_PORT, else a free port it finds itself
+            wenv = {k: ev(v) for k, v in env_sets.items()}
+            n = wenv.get("NPROC_PER_NODE")
+            n = n if n is not None else (env["NPROC_PER_NODE"].text if env.get("NPROC_PER_NODE") else None)
+            if isinstance(n, (int, str)) and str(n).strip().isdigit():
+                info["nproc"] = int(str(n).strip())
+            info["reads_master_port"] = "MASTER_PORT" not in env_sets
+            mp = wenv.get("MASTER_PORT")
+            info["port"] = (str(mp) if str(mp).isdigit() else "unknown") if "MASTER_PORT" in env_sets else "free"
+            continue
         for i, v in enumerate(vals):
             nxt = vals[i + 1] if i + 1 < len(vals) else None
             if not isinstance(v, str):
@@ -407,6 +461,41 @@ def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
         if m:
             info["port"] = m.group(1)
     return WrapperInfo(**info)
+
+
+def _is_environ(e: ast.expr, names: dict[str, ast.expr]) -> bool:
+    """`os.environ`, or a name bound to a copy of it (`env = dict(os.environ)`, `os.environ.copy()`)."""
+    if ast.unparse(e) == "os.environ":
+        return True
+    if isinstance(e, ast.Name) and e.id in names:
+        v = ast.unparse(names[e.id]).replace(" ", "")
+        return v in ("dict(os.environ)", "os.environ.copy()", "{**os.environ}", "copy.copy(os.environ)",
+                     "copy.deepcopy(os.environ)")
+    return False
+
+
+def _code_only(src: str, tree: ast.Module | None) -> str:
+    """The source without comments and docstrings (a string that is a statement of its own): text that shows a
+    command, not code that runs one."""
+    import io
+    import tokenize
+
+    doc_lines: set[int] = set()
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and \
+                    isinstance(node.value.value, str):
+                doc_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    lines = src.splitlines(keepends=True)
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                r, c = tok.start
+                ln = lines[r - 1]
+                lines[r - 1] = ln[:c] + " " * (len(ln.rstrip("\r\n")) - c) + ln[len(ln.rstrip("\r\n")):]
+    except (tokenize.TokenError, IndentationError, SyntaxError, IndexError):
+        lines = [re.sub(r"^\s*#.*", "", ln) for ln in lines]
+    return "".join("\n" if k + 1 in doc_lines else ln for k, ln in enumerate(lines))
 
 
 def _computed_port(e: ast.expr, funcs: dict[str, str]) -> str:
@@ -453,6 +542,8 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         kind, cli_args = "accelerate", args[1:]
     elif prog == "deepspeed":
         kind = "deepspeed"
+    elif prog == "colossalai" and texts[:1] == ["run"]:
+        kind, cli_args = "colossalai", args[1:]  # colossalai/cli/launcher: a torchrun command per host
     elif prog in _WRAPPER_CLIS and texts[:1] and texts[0] in _WRAPPER_CLIS[prog]:
         kind, cli_args = "python-wrapper", args[1:]
     elif re.fullmatch(r"python[\d.]*", prog):
@@ -462,6 +553,10 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         if texts[j:j + 2] in (["-m", "torch.distributed.run"], ["-m", "torch.distributed.launch"]):
             kind = "torchrun" if texts[j + 1] == "torch.distributed.run" else "torch.distributed.launch"
             cli_args = args[j + 2:]
+        elif j < len(args) and re.search(r"(^|/)torch/distributed/(run|launch)\.py$", texts[j] or ""):
+            # the launcher run by its path (`python $launcher ...`, $launcher = .../torch/distributed/launch.py)
+            kind = "torchrun" if (texts[j] or "").endswith("run.py") else "torch.distributed.launch"
+            cli_args = args[j + 1:]
         elif j < len(args) and (texts[j] or "").endswith(".py"):
             script = _resolve_file(texts[j] or "", cmd, script_dir)
             cli_args = args[j + 1:]
@@ -482,7 +577,10 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
     port = "default"
     nproc: int | None = None
     nnodes: int | None = None
-    if kind in ("torchrun", "torch.distributed.launch"):
+    own = cli_args[:_script_index(cli_args)] if kind != "python-wrapper" else cli_args  # the launcher's options,
+    # not the training script's (which may have a --master_port of its own)
+    if kind in ("torchrun", "torch.distributed.launch", "colossalai"):
+        cli_args, rest_args = own, cli_args
         v, _ = _opt(cli_args, ("--master_port", "--master-port"))
         port = _port_of(v) if v is not None else _port_of(env.get("PET_MASTER_PORT"))
         ep, _ = _opt(cli_args, ("--rdzv_endpoint", "--rdzv-endpoint"))
@@ -511,11 +609,15 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         sig, _ = _opt(cli_args, ("--signals-to-handle", "--signals_to_handle"))
         if sig is not None:
             out["signals_to_handle"] = sig.show()
-        script, rest = _script_args(kind, cli_args)
-        out["config"] = _config_of(rest)
+        if kind == "colossalai":
+            nn, _ = _opt(cli_args, ("--num_nodes",))
+            nnodes = _int(nn) if nn is not None else nnodes
+        script, rest = _script_args(kind, rest_args)
+        out["config"] = _config_of(rest, cmd.loop_vars)
     elif kind == "llamafactory-cli":
         cfg = cli_args[1] if len(cli_args) > 1 else None
-        out["config"] = cfg.show() if cfg is not None and cfg.any_known else None
+        # `llamafactory-cli train --stage sft --model_name_or_path ...`: the options are the config, no file
+        out["config"] = cfg.show() if cfg is not None and cfg.any_known and not cfg.show().startswith("-") else None
         nproc = _int(env.get("NPROC_PER_NODE")) or n_visible
         force = env.get("FORCE_TORCHRUN")
         distributed = (nproc or 0) > 1 or (force is not None and force.text not in (None, "", "0", "false"))
@@ -531,6 +633,7 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
     elif kind == "accelerate":
         # command-line options win over the accelerate config file (--config_file, else the user's default config,
         # which is not in the tree: then its defaults are assumed, as the RID siblings show they collide)
+        cli_args, rest_args = own, cli_args
         acc = _accelerate_config(_opt(cli_args, ("--config_file",))[0], cmd, script_dir)
         v, _ = _opt(cli_args, ("--main_process_port",))
         port = _port_of(v) if v is not None else (acc.get("port") or "default")
@@ -540,6 +643,12 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
         total = _int(np_) if np_ is not None else acc.get("nproc")
         if total is not None:
             nproc = total // (nnodes or 1)
+        if total == 1 and (nnodes or 1) == 1 and acc.get("read") and not acc.get("distributed") and not any(
+                a.text in ("--multi_gpu", "--use_deepspeed", "--use_fsdp", "--use_megatron_lm") for a in cli_args):
+            # accelerate/commands/launch.py launch_command: a config that says one process and no distributed type
+            # runs simple_launcher, a plain python without torchrun or a master port (without a config file the
+            # user's default config decides, which the tree does not show)
+            port = "none"
         ids, _ = _opt(cli_args, ("--gpu_ids",))
         if visible is None:
             if ids is not None:
@@ -548,20 +657,41 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
                 out["cuda_visible_devices"] = acc["gpus"]
         if acc.get("unknown"):
             out["gpus_known"] = False
-        script, rest = _script_args(kind, cli_args)
-        out["config"] = _config_of(rest)
+        script, rest = _script_args(kind, rest_args)
+        out["config"] = _config_of(rest, cmd.loop_vars)
     elif kind == "deepspeed":
+        cli_args, rest_args = own, cli_args
         v, _ = _opt(cli_args, ("--master_port",))
         port = _port_of(v) if v is not None else "default"
-        nproc = _int(_opt(cli_args, ("--num_gpus",))[0])
+        ng, _ = _opt(cli_args, ("--num_gpus", "--num_accelerators"))
+        nproc = _int(ng)
         inc, _ = _opt(cli_args, ("--include", "-i"))
-        if inc is not None and inc.text and visible is None:
-            devs = inc.text.split(":", 1)[-1]
-            out["cuda_visible_devices"] = devs
-            nproc = nproc or len(devs.split(","))
-        nnodes = _int(_opt(cli_args, ("--num_nodes",))[0])
-        script, rest = _script_args(kind, cli_args)
-        out["config"] = _config_of(rest)
+        exc, _ = _opt(cli_args, ("--exclude", "-e"))
+        nn, _ = _opt(cli_args, ("--num_nodes",))
+        nnodes = _int(nn)
+        hostfile, _ = _opt(cli_args, ("--hostfile", "-H"))
+        # deepspeed/launcher/runner.py main(): on one node (no hostfile) CUDA_VISIBLE_DEVICES becomes
+        # --include=localhost:<it> only when none of --include/--exclude/--num_gpus/--num_nodes>1 is given; it is
+        # then deleted, and the workers get the GPUs those options pick from the physical ones (--num_gpus N:
+        # GPUs 0..N-1; `CUDA_VISIBLE_DEVICES=6,7 deepspeed --num_gpus=1` runs on GPU 0)
+        if hostfile is None:
+            if inc is not None:
+                if inc.text and "@" not in inc.text:
+                    devs = inc.text.split(":", 1)[1] if ":" in inc.text else ""
+                    out["cuda_visible_devices"] = devs or None
+                    if devs:
+                        nproc = len([d for d in devs.split(",") if d.strip()])
+                else:
+                    out["cuda_visible_devices"], out["gpus_known"] = inc.show(), False
+            elif nproc is not None:
+                out["cuda_visible_devices"] = ",".join(str(k) for k in range(nproc))
+            elif exc is not None or (nnodes or 1) > 1:
+                out.pop("cuda_visible_devices", None)
+                out["gpus_known"] = False
+            elif visible is not None and n_visible:
+                nproc = n_visible
+        script, rest = _script_args(kind, rest_args)
+        out["config"] = _config_of(rest, cmd.loop_vars)
     else:  # python-wrapper
         out["wrapper"] = wrapper.path if wrapper else None
         v, _ = _opt(cli_args, ("--master_port", "--master-port", "--port", "--main_process_port"))
@@ -576,15 +706,21 @@ def job_from(cmd: Command, script_dir: str) -> dict[str, Any] | None:
                 port = _port_of(env["PET_MASTER_PORT"])  # the torchrun it starts inherits the environment
         elif prog in _WRAPPER_CLIS and mp is not None:
             port = _port_of(mp)
+        if prog == "swift" and env.get("NPROC_PER_NODE") is None and env.get("NNODES") is None:
+            # swift/cli/main.py use_torchrun(): without NPROC_PER_NODE or NNODES it runs one plain python
+            # process, no torchrun and no master port
+            port, nproc_one = "none", True
+        else:
+            nproc_one = False
         np_, _ = _opt(cli_args, ("--nproc_per_node", "--nproc-per-node", "--gpus", "--num_gpus", "--gpu_per_node",
                                  "--gpus_per_node", "--ngpus"))
         nproc = _int(np_) if np_ is not None else None
         if nproc is None and wrapper is not None:
             nproc = wrapper.nproc if wrapper.nproc is not None else (n_visible if wrapper.nproc_from_visible else None)
         if nproc is None and prog in _WRAPPER_CLIS:
-            nproc = _int(env.get("NPROC_PER_NODE"))
+            nproc = 1 if nproc_one else _int(env.get("NPROC_PER_NODE"))
         nnodes = _int(_opt(cli_args, ("--num_nodes", "--nnodes"))[0])
-        out["config"] = _config_of(cli_args)
+        out["config"] = _config_of(cli_args, cmd.loop_vars)
         if (wrapper is not None and wrapper.submits) or (wrapper is None and _opt(cli_args, ("--partition",
                                                                                               "--qos"))[0]):
             out["protected_by"] = "sbatch"  # a submitit / Slurm wrapper: the job runs under the scheduler
@@ -610,14 +746,23 @@ def _accelerate_config(ref: Value | None, cmd: Command, script_dir: str) -> dict
     try:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8", errors="replace"))
+        if os.path.getsize(path) > 1 << 20:
+            return {"unknown": True, "port": "unknown"}
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        # accelerate writes its config with yaml.safe_dump of a plain dict: never an alias. One here may be an
+        # alias bomb (a few lines that expand to billions of nodes): not read
+        if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+            return {"unknown": True, "port": "unknown"}
+        data = yaml.safe_load(text)
     except Exception:  # noqa: BLE001 - an unreadable accelerate config tells nothing
         return {"unknown": True, "port": "unknown"}
     if not isinstance(data, dict):
         return {}
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"read": True}
     if isinstance(data.get("num_processes"), int):
         out["nproc"] = data["num_processes"]
+    if str(data.get("distributed_type", "NO")).upper() not in ("NO", "NONE"):
+        out["distributed"] = True
     if isinstance(data.get("num_machines"), int):
         out["nnodes"] = data["num_machines"]
     if isinstance(data.get("main_process_port"), int):
@@ -692,8 +837,16 @@ def parse_launcher(path: str | os.PathLike[str], text: str | None = None) -> Lau
     p = Path(path)
     if text is None:
         try:
+            st = os.stat(p)
+            if not stat.S_ISREG(st.st_mode):
+                # a FIFO or a device (a /dev/zero symlink named x.sh) would block or never end: never opened
+                raise InputError(f"{p}: not a regular file; not reading it")
+            if st.st_size > MAX_LAUNCHER_BYTES:
+                raise InputError(f"{p}: {st.st_size} bytes is too large for a launcher script "
+                                 f"(at most {MAX_LAUNCHER_BYTES})")
             # bytes, not text mode: CRLF must survive an edit; undecodable bytes survive as surrogates
-            text = p.read_bytes().decode("utf-8", errors="surrogateescape")
+            with open(p, "rb") as f:
+                text = f.read(MAX_LAUNCHER_BYTES + 1).decode("utf-8", errors="surrogateescape")
         except OSError as e:
             raise InputError(f"{p}: cannot read: {e.strerror}") from None
     src = text.replace("\r\n", "\n")
@@ -702,6 +855,8 @@ def parse_launcher(path: str | os.PathLike[str], text: str | None = None) -> Lau
         cmds = walk_script(str(p), src)
     except RecursionError:
         cmds = []
+    except ShellBudget as e:
+        raise InputError(f"{p}: not read: {e}") from None
     script_dir = str(p.resolve().parent)
     lines = text.splitlines()
     sbatch = bool(re.search(r"^#SBATCH\s", src, re.M))
@@ -802,7 +957,7 @@ def read_launchers(paths: list[str]) -> list[Launcher]:
             raise InputError(f"{p}: no such file")
         if os.path.isdir(p):
             raise InputError(f"{p}: is a directory; name the launcher scripts")
-        out.append(parse_launcher(p))
+        out.append(parse_launcher(p))  # a FIFO, a device, an oversized or over-budget script: a one-line error
     return out
 
 

@@ -19,9 +19,15 @@ import fnmatch
 import os
 import posixpath
 import re
+import time
 from dataclasses import dataclass, field, replace
 
-from oomfix.shparse import Lexer, Node, ParseError, Redir, Simple, Word, WordPart, parse
+from oomfix.shparse import Lexer, Node, ParseError, Redir, ShellBudget, Simple, Word, WordPart, parse
+
+MAX_VALUE = 1 << 20  # characters of one known value: no real path or command line comes near
+MAX_ITEMS = 4096  # elements of one array (real launchers hold tens)
+MAX_PARTS = 512  # known and unknown pieces of one value
+TIME_BUDGET_S = 10.0  # reading one script (its sourced files and command strings included)
 
 # --- values -----------------------------------------------------------------------------------------------------
 
@@ -42,6 +48,8 @@ class Value:
 
     @staticmethod
     def lit(s: str) -> "Value":
+        if len(s) > MAX_VALUE:
+            return Value((Part("${...}", False),))  # grown past any real value (`A=${A//a/aaaa}` repeated)
         return Value((Part(s),)) if s else Value()
 
     @staticmethod
@@ -107,6 +115,8 @@ def _merge(parts: tuple[Part, ...]) -> tuple[Part, ...]:
             out[-1] = Part(joined) if len(joined) < 1_000_000 else Part("${...}", False)
         else:
             out.append(p)
+    if len(out) > MAX_PARTS:
+        return (Part("${...}", False),)  # `a=$a$a` repeated on an unknown value: parts double, none tells anything
     return tuple(out)
 
 
@@ -187,12 +197,14 @@ class Walker:
     MAX_DEPTH = 12
     MAX_COMMANDS = 20000
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, budget_s: float = TIME_BUDGET_S) -> None:
         self.path = os.path.abspath(path)
         self.out: list[Command] = []
         self.depth = 0
         self.sources_seen: set[str] = set()
         self.seq = 0
+        self.deadline = time.monotonic() + budget_s
+        self.budget_s = budget_s
 
     # context for the commands being emitted
     @dataclass
@@ -370,8 +382,8 @@ class Walker:
         if m:
             op, pat_raw = m.groups()
             pat = self.expand_str(pat_raw, st, ctx).text
-            if pat is None:
-                return _unknown_ref(raw)
+            if pat is None or len(s) > 65536:
+                return _unknown_ref(raw)  # (the prefix/suffix search is quadratic in the value's length)
             return Value.lit(_strip(s, op, pat))
         m = re.match(r"(//?|/#|/%)([^/]*)(?:/(.*))?$", rest, re.S)
         if m:
@@ -382,6 +394,8 @@ class Walker:
                 return _unknown_ref(raw)
             rx = _glob_rx(pat)
             if op == "//":
+                if rep and len(s) + len(rep) * sum(1 for _ in zip(range(MAX_VALUE), re.finditer(rx, s))) > MAX_VALUE:
+                    return _unknown_ref(raw)  # the result would outgrow any real value: not built
                 return Value.lit(re.sub(rx, lambda _: rep, s))
             if op == "/#":
                 return Value.lit(re.sub("^(?:" + rx + ")", lambda _: rep, s, count=1))
@@ -518,6 +532,13 @@ class Walker:
         basename, realpath, cd && pwd); anything else is unknown, and `shuf`/`$RANDOM` make it random."""
         if self.depth > self.MAX_DEPTH:
             return _unknown_ref(raw)
+        m = _COUNT_FIELDS.fullmatch(src.strip())
+        if m:
+            # `$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')`, `... | tr ',' '\n' | wc -l`: the GPU count
+            v = self.expand_str(m.group(1).strip('"'), st, ctx)
+            if v.text is None:
+                return _unknown_ref(raw)
+            return Value.lit(str(len(v.text.strip().split(",")) if v.text.strip() else 0))
         sub = st.copy()
         captured: list[Value] = []
         inner = Walker.Ctx(line=ctx.line, end_line=ctx.end_line, capture=captured, bodies=[])
@@ -544,6 +565,8 @@ class Walker:
     def exec_node(self, node: Node | Simple, st: State, ctx: "Walker.Ctx") -> None:
         if len(self.out) > self.MAX_COMMANDS or self.depth > self.MAX_DEPTH:
             return
+        if time.monotonic() > self.deadline:
+            raise ShellBudget(f"reading it took over {self.budget_s:g} s")
         if isinstance(node, Simple):
             self.exec_simple(node, st, ctx)
             return
@@ -580,7 +603,21 @@ class Walker:
         elif k == "func":
             st.funcs[str(node.extra)] = node.items[0]
         elif k == "if":
-            self._branches([(c, b) for c, b in node.items], st, ctx, has_else=node.items[-1][0] is None)
+            live: list[tuple[Node | None, Node]] = []
+            has_else = False
+            for c, b in node.items:
+                known = self._cond_value(c, st, ctx) if c is not None else True
+                if known is False:
+                    continue  # a test on known values that fails: its branch never runs
+                if known is True:
+                    live.append((None, b))  # runs whenever no earlier branch did: the rest are dead
+                    has_else = True
+                    break
+                live.append((c, b))
+            if has_else and len(live) == 1:
+                self.exec_node(live[0][1], st, ctx)  # the one branch that runs: no fork
+            elif live:
+                self._branches(live, st, ctx, has_else=has_else)
         elif k == "case":
             subject = self.word_value(node.extra, st, ctx)  # type: ignore[arg-type]
             items = node.items
@@ -620,6 +657,41 @@ class Walker:
             self.exec_node(body, st, replace(ctx, loop_runs=0))
             if not always:
                 _merge_states(st, [before])
+
+    def _cond_value(self, cond: Node | Simple, st: State, ctx: "Walker.Ctx") -> bool | None:
+        """The exit status of an `if` condition when the text decides it: `true`/`false`/`:`, and `[ ]`, `[[ ]]`,
+        `test` comparing known values (`mode=infer; if [ "$mode" = debug ]`, `[[ $1 != slurm ]]` under
+        `source x.sh slurm`); None when it depends on anything else."""
+        node: object = cond
+        neg = False
+        for _ in range(4):  # list -> and-or -> pipeline -> one simple command
+            if isinstance(node, Node) and node.kind == "list" and len(node.items) == 1 and not node.items[0][1]:
+                node = node.items[0][0]
+            elif isinstance(node, Node) and node.kind == "andor" and len(node.items) == 1:
+                node = node.items[0][1]
+            elif isinstance(node, Node) and node.kind == "pipeline" and len(node.items) == 1:
+                neg = bool(node.extra)
+                node = node.items[0]
+        if not isinstance(node, Simple) or node.assigns or node.redirs or not node.words:
+            return None
+        head = node.words[0].plain
+        if head in ("true", ":", "false") and len(node.words) == 1:
+            val = head != "false"
+            return val != neg
+        if head not in ("[", "[[", "test"):
+            return None
+        words = node.words[1:]
+        if head in ("[", "[[") and (not words or words[-1].plain != ("]" if head == "[" else "]]")):
+            return None
+        if head != "test":
+            words = words[:-1]
+        if len(words) > 1 and words[0].plain == "!":
+            neg, words = not neg, words[1:]
+        vals = [self.word_value(w, st, ctx).text for w in words]
+        if any(v is None for v in vals):
+            return None
+        res = _test(vals, [w.plain for w in words], pattern=head == "[[", quoted=[_quoted(w) for w in words])
+        return None if res is None else res != neg
 
     def _case_match(self, s: str, pat: Word, st: State, ctx: "Walker.Ctx") -> bool:
         p = self.word_value(pat, st, ctx).text
@@ -680,15 +752,22 @@ class Walker:
                 items = []
                 for ww in node_words:
                     items.extend(self.expand_word(ww, st, ctx))
+                    if len(items) > MAX_ITEMS:
+                        break
                 val = items
             if plus:
                 old = self.lookup(name, st)
                 if isinstance(old, list) and isinstance(val, list):
                     val = old + val
+            if isinstance(val, (list, dict)) and len(val) > MAX_ITEMS:
+                val = Value((Part("$" + name, False),), "$" + name)  # `A=("${A[@]}" "${A[@]}")` doubling: unknown
             return name, val
         value = self.word_value(Word(rest_parts, w.raw, w.line), st, ctx)
         in_function = st.positional is not None and bool(st.locals_stack)
-        if name_it and not value.known and value.alias is None and not _named_ref(value) and not (
+        # a value with a known beginning is shown partly expanded (`log/${start_time}.log`); one that starts
+        # unknown (`$(pwd)/logs/...`) has nothing to anchor it, and the script's name for it says more
+        if name_it and not value.known and value.alias is None and not _named_ref(value) and \
+                not (value.parts and value.parts[0].known and value.parts[0].text) and not (
                 in_function and re.fullmatch(r'"?\$\{?[0-9]+\}?"?', w.raw[len(m.group(0)):])):
             # the script named an unknown value: show it by that name from now on. A function's parameter
             # (`local log=$5`) stays the caller's text: the job is listed per call site.
@@ -866,6 +945,18 @@ class Walker:
                 val = self.expand_str(text, st, ctx) if expand else Value.lit(text)
                 self.assign(names[-1], Value(val.parts) if val.known else Value(val.parts, "$" + names[-1]), st)
                 return
+            here = [t for _fd, op, t in ctx.redirs if op == "<<<"]
+            arr = any(o.startswith("-") and "a" in o[1:] for o in opts)
+            if base == "read" and arr and names and here and here[-1].text is not None:
+                # `IFS=, read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"`: the here-string split on IFS into an array
+                ifs_v = prefix.get("IFS") or self.lookup("IFS", st)
+                ifs = ifs_v.text if isinstance(ifs_v, Value) and ifs_v.text is not None else " \t\n"
+                text = here[-1].text.rstrip("\n")
+                pieces = re.split("[" + re.escape(ifs) + "]", text) if ifs else [text]
+                if ifs and not ifs.strip():
+                    pieces = [x for x in pieces if x]
+                self.assign(names[-1], [Value.lit(x) for x in pieces[:MAX_ITEMS]], st)
+                return
             for n in names:
                 self.assign(n, Value((Part("$" + n, False),), "$" + n), st)
             return
@@ -1024,10 +1115,24 @@ class Walker:
                 self._heredoc_script(heredoc, remote, rctx, "ssh")
             return
         elif base == "sbatch":
+            if heredoc is not None and not any(t is None or not t.startswith("-") for t in texts):
+                # `sbatch <<EOF ... EOF`: the here-doc is the batch script (its #SBATCH lines are comments)
+                self._heredoc_script(heredoc, st.copy(), ctx, "sbatch")
+                return
             for j, t in enumerate(texts):
                 if t and t.startswith("--wrap"):
                     s = t.partition("=")[2] if "=" in t else (args[j + 1].show() if j + 1 < len(args) else "")
                     self.run_string(s, st.copy(), replace(ctx, via=ctx.via + ("sbatch",)))
+                    return
+            # `sbatch [OPTIONS] script.slurm ARGS`: the batch script of the tree runs under the scheduler
+            i = 0
+            while i < len(args) and (texts[i] or "-").startswith("-"):
+                t = texts[i] or ""
+                i += 2 if (t in _SBATCH_VALUE_OPTS or (t.startswith("--") and "=" not in t and
+                                                       t not in _SBATCH_FLAGS)) else 1
+            if i < len(args):
+                self._run_script(args[i], list(args[i + 1:]), prefix, st, ctx, "sbatch",
+                                 (".sh", ".bash", ".slurm", ".sbatch", ".job", ".sub"))
             return
         if inner:
             if base == "systemd-run":
@@ -1109,7 +1214,8 @@ class Walker:
         else:
             st.cwd, st.cwd_rel = None, None
 
-    def _script_file(self, target: Value, st: State) -> tuple[str, str] | None:
+    def _script_file(self, target: Value, st: State,
+                     exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> tuple[str, str] | None:
         """Another script of the tree a command runs or sources: (real path, text); never one that is already
         running in this walk (a launcher that re-runs itself would otherwise never end)."""
         p = target.text
@@ -1128,7 +1234,7 @@ class Walker:
         for c in cands:
             real = os.path.realpath(c)
             if os.path.isfile(real) and real not in self.sources_seen and real != self.path and \
-                    real.endswith((".sh", ".bash", ".env")) and os.path.getsize(real) < 1_000_000:
+                    real.endswith(exts) and os.path.getsize(real) < 1_000_000:
                 try:
                     return real, open(real, encoding="utf-8", errors="replace").read()
                 except OSError:
@@ -1150,10 +1256,10 @@ class Walker:
             st.positional = saved
 
     def _run_script(self, target: Value, args: list[Value], prefix: dict[str, Value], st: State,
-                    ctx: "Walker.Ctx", shell: str) -> bool:
+                    ctx: "Walker.Ctx", shell: str, exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> bool:
         """`bash other.sh ARGS`: the other script runs in a child shell (exported variables, its own $0 and
         arguments, the caller's directory); its jobs are the caller's, at the calling line."""
-        found = self._script_file(target, st)
+        found = self._script_file(target, st, exts)
         if found is None:
             return False
         real, text = found
@@ -1198,6 +1304,13 @@ _DOCKER_VALUE_OPTS = {
 _DOCKER_SHORT_VALUE = "evwupmhlac"  # -e K=V, -v a:b, -w DIR, -u USER, -p PORTS, -m MEM, -h HOST, -l LABEL, -a, -c
 _APPTAINER_VALUE_OPTS = {"-B", "--bind", "--env", "--env-file", "-H", "--home", "--pwd", "-W", "--workdir",
                          "-o", "--overlay", "--security", "--network", "--mount", "--app"}
+# sbatch options that take a separate value (slurm's sbatch --help); long options without `=` take one too,
+# except these flags
+_SBATCH_VALUE_OPTS = {"-A", "-p", "-J", "-o", "-e", "-N", "-n", "-t", "-c", "-w", "-x", "-C", "-q", "-G", "-D", "-a",
+                      "-d", "-M", "-L", "-F", "-i", "-m", "-b"}
+_SBATCH_FLAGS = {"--exclusive", "--requeue", "--no-requeue", "--parsable", "--wait", "--test-only", "--hold",
+                 "--overcommit", "--contiguous", "--spread-job", "--use-min-nodes", "--oversubscribe", "--quiet",
+                 "--verbose", "--ignore-pbs", "--reboot", "--no-kill"}
 _SRUN_FLAGS = {"--exclusive", "--overcommit", "--pty", "--label", "--unbuffered", "--kill-on-bad-exit", "--overlap",
                "--no-kill", "--quiet", "--verbose", "--exact", "--whole", "--container-remap-root",
                "--container-mount-home", "--no-container-mount-home", "--container-writable", "--oversubscribe"}
@@ -1222,6 +1335,41 @@ def _named_ref(v: Value) -> bool:
     """An unknown value that is one reference to a named variable (`$gpu`, `${TS}`): already shown by its name."""
     return len(v.parts) == 1 and not v.parts[0].known and \
         re.fullmatch(r"\$(\{[A-Za-z_][A-Za-z0-9_]*([^A-Za-z0-9_].*)?\}|[A-Za-z_][A-Za-z0-9_]*)", v.parts[0].text) is not None
+
+
+# `echo "$X" | awk -F, '{print NF}'` and `echo "$X" | tr ',' '\n' | wc -l`: how many comma-separated fields
+_COUNT_FIELDS = re.compile(r"""echo\s+(?:-n\s+)?("?\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"?|[\w,]+)\s*\|\s*"""
+                           r"""(?:awk\s+-F\s*['"]?,['"]?\s+['"]\{\s*print\s+NF\s*\}['"]|"""
+                           r"""tr\s+['"]?,['"]?\s+['"]\\n['"]\s*\|\s*wc\s+-l)""")
+
+
+def _quoted(w: Word) -> bool:
+    return any(p[-1] for p in w.parts if p[0] in ("lit", "param", "cmd", "arith"))
+
+
+def _test(vals: list[str | None], plain: list[str | None], pattern: bool, quoted: list[bool]) -> bool | None:
+    """`test`'s verdict on known words (bash's test.c): one word is true when non-empty; `-z`/`-n`; string and
+    integer comparisons. In `[[ ]]`, the right side of `==`/`!=` is a glob pattern unless quoted."""
+    v = [x or "" for x in vals]
+    if len(v) == 1:
+        return v[0] != ""
+    if len(v) == 2 and plain[0] in ("-z", "-n"):
+        return (v[1] == "") == (plain[0] == "-z")
+    if len(v) != 3 or plain[1] is None:
+        return None
+    a, op, b = v[0], plain[1], v[2]
+    if op in ("=", "==", "!="):
+        if pattern and not quoted[2]:
+            eq = fnmatch.fnmatchcase(a, b)
+        else:
+            eq = a == b
+        return eq == (op != "!=")
+    if op in ("-eq", "-ne", "-lt", "-gt", "-le", "-ge"):
+        if not (re.fullmatch(r"\s*-?\d+\s*", a) and re.fullmatch(r"\s*-?\d+\s*", b)):
+            return None
+        x, y = int(a), int(b)
+        return {"-eq": x == y, "-ne": x != y, "-lt": x < y, "-gt": x > y, "-le": x <= y, "-ge": x >= y}[op]
+    return None
 
 
 def _is_true(cond: Node) -> bool:
@@ -1350,6 +1498,8 @@ def _shell_c(args: list[Value]) -> Value | None:
     return None
 
 
-def walk_script(path: str, text: str) -> list[Command]:
-    return Walker(path).run(text)
+def walk_script(path: str, text: str, budget_s: float | None = None) -> list[Command]:
+    """The commands a script would run. Raises ShellBudget for a script past the reader's budgets (nesting depth,
+    time: TIME_BUDGET_S unless given)."""
+    return Walker(path, TIME_BUDGET_S if budget_s is None else budget_s).run(text)
 

@@ -37,6 +37,7 @@ class Tok:
     kind: str  # word | op | nl | eof | heredoc
     value: object
     line: int
+    io_number: bool = False  # digits written right against `<`/`>` (`2>`): bash reads them as a file descriptor
 
 
 _OPS = ("&&", "||", ";;&", ";;", ";&", "|&", "&>>", "&>", ">>", "<<<", "<<-", "<<", ">&", "<&", ">|", "<>", "|", "&",
@@ -48,6 +49,14 @@ _PLACEHOLDER = re.compile(r"<[^\s<>;&|()'\"$/.]+>")
 
 class ParseError(Exception):
     pass
+
+
+class ShellBudget(Exception):
+    """A script past what this reader will spend on one file (nesting depth, time, size): refused whole, with the
+    reason, never read for minutes or into gigabytes."""
+
+
+MAX_NESTING = 100  # compound commands inside one another; real launchers nest a handful
 
 
 class Lexer:
@@ -125,7 +134,10 @@ class Lexer:
                     return Tok("heredoc", (op, len(self.heredoc_bodies) + len(self.pending_heredocs) - 1), line)
                 return Tok("op", op, line)
         w = self._word()
-        return Tok("word", w, line)
+        # bash takes a number as a redirection's file descriptor only when it touches the operator (`2>x`);
+        # `--epochs 7 > x.log` passes 7 as an argument and sends stdout to x.log
+        io = w.raw.isdigit() and self._c() in ("<", ">")
+        return Tok("word", w, line, io)
 
     def _read_heredocs(self) -> None:
         for delim, strip, expand in self.pending_heredocs:
@@ -337,6 +349,7 @@ class Parser:
         self.t = toks
         self.i = 0
         self.bodies = bodies
+        self.nesting = 0
 
     def peek(self, k: int = 0) -> Tok:
         return self.t[min(self.i + k, len(self.t) - 1)]
@@ -375,6 +388,15 @@ class Parser:
         return Node("list", items)
 
     def list_(self, stop: set[str], top: bool = False) -> Node:
+        if self.nesting > MAX_NESTING:
+            raise ShellBudget(f"compound commands nested more than {MAX_NESTING} deep")
+        self.nesting += 1
+        try:
+            return self._list(stop, top)
+        finally:
+            self.nesting -= 1
+
+    def _list(self, stop: set[str], top: bool = False) -> Node:
         items: list[tuple[Node, bool]] = []  # (and-or list, background)
         while True:
             self.skip_nl() if not top or not items else None
@@ -491,14 +513,11 @@ class Parser:
     def _redir(self) -> Redir | None:
         tok = self.peek()
         fd = None
-        if tok.kind == "word" and isinstance(tok.value, Word) and re.fullmatch(r"\d+", tok.value.raw) and \
+        if tok.kind == "word" and tok.io_number and isinstance(tok.value, Word) and \
                 (self._is_op(self.peek(1), ">", ">>", "<", ">&", "<&", ">|", "<>") or self.peek(1).kind == "heredoc"):
-            nxt_tok = self.peek(1)
-            # only an IO number when written right against the operator: `2>`, not `2 >`
-            if nxt_tok.line == tok.line:
-                fd = tok.value.raw
-                self.adv()
-                tok = self.peek()
+            fd = tok.value.raw  # only an IO number when written right against the operator: `2>`, not `2 >`
+            self.adv()
+            tok = self.peek()
         if tok.kind == "heredoc":
             self.adv()
             _op, idx = tok.value  # type: ignore[misc]
