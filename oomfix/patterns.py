@@ -472,6 +472,17 @@ PATTERNS: tuple[Pattern, ...] = (
        r"|terminate called (?:after throwing|without an active exception)"
        # the shell's report of a job that died of a signal: "Aborted (core dumped)", "line 3: 123 Aborted  python x"
        r"|(?:.*\b\d+ )?Aborted(?:\s+\(core dumped\))?(?:\s*$|\s{2,}\S)|.*\(core dumped\))", ERROR_LEVEL),
+    # Ray's raylet when a worker process dies (src/ray/raylet/node_manager.cc): "A worker died or was killed while
+    # executing a task by an unexpected system error. ... Worker exit type: SYSTEM_ERROR ... There are some potential
+    # root causes. (1) ... OOM killer ... (2) ray stop --force ... (3) ... SIGSEGV": a failure whose cause Ray itself
+    # only lists as possibilities, so the class stays unknown (never a memory class on this line alone)
+    _p("ray_worker_died", [b"A worker died or was killed"], r"A worker died or was killed while executing a task",
+       ERROR_LEVEL),
+    # Hydra's report that the task function raised (hydra/_internal/utils.py, run_and_report / _run_hydra):
+    # "Error executing job with overrides: [...]", printed before the traceback (or instead of it, with HYDRA_FULL_ERROR
+    # unset and the frames cut)
+    _p("hydra_job_error", [b"Error executing job with overrides"], r"Error executing job with overrides",
+       ERROR_LEVEL),
     # a glog E/F line (c10, torch's Python logging in glog style) that says an error happened in words: the level
     # letter is the structure, the words say it is not routine
     _p("glog_error_words", [b"rror", b"ailed", b"bort"],

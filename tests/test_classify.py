@@ -7,6 +7,15 @@ AGENT_FAIL = ("E1127 10:00:00.000000 1 torch/distributed/elastic/multiprocessing
               "local_rank: {lr} (pid: 77) of binary: python\n")
 
 CASES = [
+    # CONSTRUCTED from the producers' wording (ray src/ray/raylet/node_manager.cc; hydra/_internal/utils.py)
+    ("Ray's raylet: a worker died, causes only listed (never a memory class)",
+     "(raylet) A worker died or was killed while executing a task by an unexpected system error. To troubleshoot the "
+     "problem, check the logs for the dead worker. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker "
+     "unexpectedly exits with a connection error code 2. End of file. There are some potential root causes. (1) The "
+     "process is killed by SIGKILL by OOM killer due to high memory usage. (2) ray stop --force is called. (3) The "
+     "worker is crashed unexpectedly due to SIGSEGV or other unexpected errors.\n", "unknown", "low"),
+    ("Hydra's report that the task raised, its traceback cut",
+     "step 3\nError executing job with overrides: ['trainer.n_gpus_per_node=8']\n", "unknown", "low"),
     ("bash reports a SIGKILLed foreground job",
      "step 9\n/bin/sh: line 1: 4242 Killed python train.py --config a.yaml\n", "host_oom", "low"),
     ("/dev/shm full while a DataLoader shares a batch",
