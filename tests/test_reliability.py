@@ -74,7 +74,10 @@ def test_marker_soup_never_crashes_the_classifier(tmp_path, parts, sep):
 def _peak_rss_mb(args, cwd=None):
     code = ("import resource, sys\nfrom oomfix.cli import main\n"
             "try:\n    main(sys.argv[1:], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)\n")
+            # VmHWM, the peak of this process's own memory: ru_maxrss also counts the pytest process it was forked from
+            # (Linux carries the pre-exec peak across execve), which made this figure depend on the tests run before
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+            "print('RSS', int(hwm) // 1024, file=sys.stderr)\n")
     p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
     rss = int(p.stderr.rsplit("RSS", 1)[1].split()[0])
     return p, rss
