@@ -255,9 +255,11 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     dfacts = diagnosis_facts(diag)
     pfacts = config_facts(dfacts, primary, launchers)
     skipped: list[str] = []
+    not_here: list[str] = []  # rungs whose condition does not hold for this config (not "in place": inapplicable)
     rung = None
     for r in fc.ladder:
         if not holds(r.when, pfacts):
+            not_here.append(r.id)
             continue
         if r.semantic and not allow_semantic:
             skipped.append(f"{r.id} (changes training semantics: needs --allow-semantic-changes)")
@@ -272,7 +274,9 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
         rung = r
         break
     if rung is None:
-        left = "; ".join(skipped) if skipped else "every rung of the ladder is already in place"
+        left = "; ".join(skipped + ([f"{', '.join(not_here)} (its condition does not hold for this config)"]
+                                    if not_here else []))
+        left = left or "every rung of the ladder is already in place"
         return Plan(log, log_picked, diag, "no_rung", message=f"no applicable rung for {primary.path}: {left}",
                     skipped=tuple(skipped))
     if not rung.edit:
@@ -591,12 +595,28 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     if fc.launcher_fix:
         return _launcher_plan(diag, log, picked, fc, config, launchers)
     if not fc.config_edits or diag.cls not in MEMORY_CLASSES and diag.cls != "nan_loss":
-        return Plan(log, picked, diag, "nothing", message=f"{diag.cls}: no config change. " + " ".join(fc.advice))
+        return Plan(log, picked, diag, "nothing", message=f"{diag.cls}: no config change. " + _advice_text(fc))
+    if diag.cls not in MEMORY_CLASSES and not allow_semantic and all(r.semantic for r in fc.ladder):
+        # nan_loss: every rung changes what is trained, so without --allow-semantic-changes there is nothing to
+        # propose, whatever the config says; no need to find it (an error would hide the diagnosis)
+        opt_in = ", ".join(r.id for r in fc.ladder)
+        return Plan(log, picked, diag, "no_rung",
+                    message=f"{diag.cls}: no config change without --allow-semantic-changes (its rungs change "
+                            f"training semantics: {opt_in}). " + " ".join(fc.advice),
+                    skipped=tuple(f"{r.id} (changes training semantics: needs --allow-semantic-changes)"
+                                  for r in fc.ladder))
     if diag.cls in MEMORY_CLASSES and diag.confidence == "low":
         return Plan(log, picked, diag, "nothing",
                     message=f"{diag.cls} is only a low-confidence diagnosis ({diag.reason}); confirm it before "
                             f"changing configs")
     return _memory_plan(diag, log, picked, fc, config, all_configs, allow_semantic, launchers)
+
+
+def _advice_text(fc: FailureClass) -> str:
+    """The class's advice after "no config change." (an advice line that says so itself is not said twice)."""
+    text = " ".join(fc.advice)
+    m = re.match(r"no config change\s*[:.]\s*", text, re.I)
+    return text[m.end():][:1].upper() + text[m.end() + 1:] if m else text
 
 
 def _encode(text: str) -> bytes:

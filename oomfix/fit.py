@@ -137,6 +137,11 @@ def model_name(cfg: Config) -> str | None:
     return None
 
 
+_PARALLEL_KEYS = ("tensor_parallel_size", "context_parallel_size", "pipeline_parallel_size",
+                  "sequence_parallel_degree", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                  "tp_size", "pp_size", "cp_size")
+
+
 def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] | None = None,
                       arch: Architecture | None = None) -> tuple[Setup | None, Architecture | None, str | None]:
     """(setup, architecture, why not) for a config; `values` overrides its canonical values (a rung's result)."""
@@ -145,12 +150,16 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     name = model_name(cfg)
     if arch is None:
         try:
-            arch = resolve(name)
+            arch = resolve(name, cfg.path)
         except ConfigError as e:
             return None, None, str(e)
     if arch is None:
         return None, None, (f"model {name!r} is neither a local directory with a config.json nor in the table of "
                             f"known architectures" if name else "the config names no model")
+    if cfg.dialect.name == "llamafactory" and d.get("do_train") is not True:
+        # LLaMA-Factory trains only with do_train: true; without it the file is an inference, evaluation or export
+        # config, and its batch "values" are mere defaults
+        return None, arch, "the config does not train (no `do_train: true`: an inference, evaluation or export config)"
     micro, seq = v.get("micro_batch"), v.get("seq_len")
     if not isinstance(seq, int):
         # HF Trainer has no sequence key of its own; TRL's SFTConfig and custom scripts name it one of these
@@ -165,11 +174,33 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         zs = _zero_section(data).get("stage")
         stage = zs if isinstance(zs, int) else (cfg.zero.stage or 0)
         off_opt, off_par = _offloads(data)
-    fsdp = str(d.get("fsdp") or "")
+    # tensor / context / pipeline / sequence parallelism split activations and weights in ways the model does
+    # not describe (axolotl's *_parallel_size, Megatron/NeMo-style names): say so rather than a confident number
+    par = next(((k, d[k]) for k in _PARALLEL_KEYS if isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
+                and d[k] > 1), None)
+    if par is not None:
+        return None, arch, f"{par[0]}: {par[1]} (model parallelism) is not modelled"
+    fsdp = str(d.get("fsdp") or "").lower()
     if "full_shard" in fsdp:
         stage = 3
     elif "shard_grad_op" in fsdp:
         stage = 2
+    fcfg = d.get("fsdp_config")
+    if isinstance(fcfg, dict) and fcfg and (d.get("fsdp_version") or d.get("fsdp")):
+        # axolotl / HF Trainer `fsdp_config`: FSDP1's sharding strategy, or FSDP2's reshard_after_forward
+        # (True = parameters resharded after forward = full shard, False = SHARD_GRAD_OP)
+        strat = str(fcfg.get("fsdp_sharding_strategy") or fcfg.get("sharding_strategy") or "").lower()
+        raf = fcfg.get("reshard_after_forward", fcfg.get("fsdp_reshard_after_forward"))
+        if "full_shard" in strat or "hybrid" in strat:
+            stage = 3
+        elif "shard_grad_op" in strat:
+            stage = 2
+        elif isinstance(raf, bool):
+            stage = 3 if raf else 2
+        elif not stage:
+            return None, arch, "FSDP without a sharding strategy oomfix can read (fsdp_config) is not modelled"
+        if fcfg.get("offload_params") or fcfg.get("fsdp_offload_params"):
+            off_opt = off_par = True  # FSDP CPU offload moves parameters, gradients and the optimizer step
     if "zero_stage" in (values or {}):
         stage = values["zero_stage"]  # type: ignore[index]
         off_opt = bool((values or {}).get("offload_optimizer", False))
@@ -217,7 +248,7 @@ def capacity_of(mem: MemoryInfo | None, gpu_memory_gib: float | None) -> tuple[i
                                 f"{mem.reserved_unallocated_gib or 0:.2f} + free {mem.free_gib:.2f} GiB")
     if mem is not None and mem.total_gib:
         return int(mem.total_gib * GIB - CUDA_RESERVED), f"the GPU's {mem.total_gib:.2f} GiB less ~1 GiB (CUDA context)"
-    return None, "unknown (no OOM numbers; pass --gpu-memory GIB)"
+    return None, "no OOM numbers; pass --gpu-memory GIB"
 
 
 def calibrate(now: Estimate, mem: MemoryInfo | None) -> tuple[float, bool, str]:
@@ -529,6 +560,7 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
 
     res = predict(cfg, world, diag, fc, facts, False, target, gpu_memory_gib)
     if diag is not None and diag.cls != "cuda_oom":
-        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} is a {diag.cls} failure, not a CUDA OOM: "
-                                                                  f"nothing to calibrate on",)})
+        what = "shows no failure" if diag.cls == "none" else f"is a {diag.cls} failure"
+        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} {what}, not a CUDA OOM: nothing to "
+                                                                  f"calibrate on",)})
     return res

@@ -272,3 +272,53 @@ def test_one_sibling_put_back_is_named_not_double_fixed(project):
     b.write_bytes(before_b)
     r = run("apply", "logs/job_a.log", "--all-configs")
     assert "already applied" in r.output and "configs/qwen3_14b_b.yaml is back at its values" in r.output
+
+
+# --- found by the QA pass on the genuine LLaMA-Factory corpus (../shared/corpus/genuine_lf) -----------------------
+
+# constructed from the lines of genuine_lf/nan_loss.log (HF Trainer 5 metrics dicts, string-valued)
+NAN_LOG = ("{'loss': '6.165', 'grad_norm': '1.663', 'learning_rate': '1e+30', 'epoch': '0.125'}\n"
+           "{'loss': '6.238', 'grad_norm': 'nan', 'learning_rate': '9.619e+29', 'epoch': '0.25'}\n"
+           "{'loss': '0', 'grad_norm': 'nan', 'learning_rate': '8.536e+29', 'epoch': '0.375'}\n")
+# constructed from the torchrun agent lines of genuine_lf/sigterm_agent_job_a.log
+SIGTERM_LOG = (
+    "W1203 10:28:45.537000 31704 torch/distributed/elastic/agent/server/api.py:753] Received 15 death signal, "
+    "shutting down workers\n"
+    "W1203 10:28:45.537000 31704 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 31723 "
+    "closing signal SIGTERM\n"
+    "W1203 10:28:45.538000 31704 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 31724 "
+    "closing signal SIGTERM\n")
+
+
+def test_nan_loss_without_opt_in_needs_no_config_and_says_why(tmp_path, monkeypatch):
+    # was: "oomfix: error: cannot find the config the run used; pass --config PATH", exit 2, for a log whose only
+    # rungs are opt-in anyway (and `oomfix verdict` of it: exit 2 instead of a verdict)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan.log").write_text(NAN_LOG)
+    r = run("apply", "nan.log")
+    assert r.exit_code == 1, r.output
+    assert "no config change without --allow-semantic-changes" in r.output and "nan-loss-bf16" in r.output
+    j = json.loads(run("apply", "nan.log", "--format", "json").output)
+    assert j["status"] == "no_rung" and j["edits"] == []
+    v = run("verdict", "nan.log")
+    assert v.exit_code == 4, v.output  # no-rung: a person decides (--allow-semantic-changes)
+
+
+def test_nan_loss_rung_whose_condition_does_not_hold_is_not_called_in_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan.log").write_text(NAN_LOG)
+    (tmp_path / "sft.yaml").write_text("model_name_or_path: Qwen/Qwen3-4B\nstage: sft\ndo_train: true\n"
+                                       "per_device_train_batch_size: 1\ngradient_accumulation_steps: 16\nbf16: true\n")
+    r = run("apply", "nan.log", "--config", "sft.yaml", "--allow-semantic-changes")
+    assert r.exit_code == 1, r.output
+    assert "already in place" not in r.output
+    assert "nan-loss-bf16 (its condition does not hold for this config)" in r.output
+
+
+def test_sigterm_advice_does_not_say_no_config_change_twice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.log").write_text(SIGTERM_LOG)
+    r = run("apply", "job.log")
+    assert r.exit_code == 0, r.output
+    assert "sigterm: no config change." in r.output
+    assert r.output.lower().count("no config change") == 1, r.output

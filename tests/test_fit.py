@@ -395,3 +395,90 @@ def test_apply_jumps_to_offload_when_zero3_alone_is_predicted_too_large(project)
     for e in out["edits"]:
         assert e["changes"] == [{"key": "deepspeed", "old": "configs/ds/ds_z2_config.json",
                                  "new": "configs/ds/ds_z3_offload_config.json"}]
+
+
+# --- found by the QA pass on the genuine LLaMA-Factory project (corpus genuine_lf) and the corpus configs ----------
+
+TINY_QWEN3 = {  # the tiny Qwen3 of ../shared/corpus/genuine_lf/project/models/tiny-qwen3/config.json (its numbers)
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512,
+    "tie_word_embeddings": True, "attention_bias": False}
+LF_LORA = ("model_name_or_path: models/tiny-qwen3\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
+           "cutoff_len: 256\nper_device_train_batch_size: 1\ngradient_accumulation_steps: 16\nbf16: false\n")
+
+
+def _tiny_project(root):
+    (root / "models" / "tiny-qwen3").mkdir(parents=True)
+    (root / "models" / "tiny-qwen3" / "config.json").write_text(json.dumps(TINY_QWEN3))
+    (root / "configs").mkdir()
+    (root / "configs" / "a.yaml").write_text(LF_LORA)
+
+
+def test_fit_finds_a_relative_local_model_from_outside_the_project_root(tmp_path, monkeypatch):
+    # LLaMA-Factory resolves `model_name_or_path: models/x` from where it is started (the project root); `oomfix
+    # fit` run from elsewhere must find the same config.json, not say "unknown model"
+    _tiny_project(tmp_path / "proj")
+    monkeypatch.chdir(tmp_path / "proj" / "configs")
+    r = run("fit", "a.yaml", "--gpu-memory", "80")
+    assert r.exit_code == 0, r.output
+    assert "0.11M parameters; architecture from its config.json" in r.output
+    monkeypatch.chdir(tmp_path)
+    r = run("fit", "proj/configs/a.yaml")
+    assert "architecture from its config.json" in r.output
+    assert "capacity: unknown (no OOM numbers; pass --gpu-memory GIB)" in r.output  # said once, not nested
+
+
+def test_fit_notes_a_clean_log_in_words(tmp_path, monkeypatch):
+    _tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.log").write_text("{'train_runtime': '51.2', 'train_loss': '5.9', 'epoch': '20'}\n"
+                                        "***** train metrics *****\n  epoch = 20.0\n")
+    r = run("fit", "configs/a.yaml", "--log", "train.log")
+    assert r.exit_code == 0, r.output
+    assert "a none failure" not in r.output
+    assert "train.log shows no failure, not a CUDA OOM" in r.output
+
+
+@pytest.mark.parametrize("extra,why", [
+    ({"num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768}, "mixture-of-experts"),
+    ({"num_local_experts": 8}, "mixture-of-experts"),
+    ({"n_routed_experts": 64}, "mixture-of-experts"),
+    ({"vision_config": {"hidden_size": 1280}}, "multimodal"),
+    ({"model_type": "jamba"}, "state-space"),
+])
+def test_local_config_json_of_an_unmodelled_architecture_is_cannot_say(tmp_path, monkeypatch, extra, why):
+    # a dense-decoder estimate of an MoE, multimodal or SSM model is a confident wrong number: "cannot say" instead
+    _tiny_project(tmp_path)
+    (tmp_path / "models" / "tiny-qwen3" / "config.json").write_text(json.dumps({**TINY_QWEN3, **extra}))
+    monkeypatch.chdir(tmp_path)
+    r = run("fit", "configs/a.yaml", "--gpu-memory", "80")
+    assert r.exit_code == 0, r.output
+    assert "no estimate:" in r.output and why in r.output
+
+
+@pytest.mark.parametrize("extra,expect", [
+    ("tensor_parallel_size: 2\n", "no estimate: tensor_parallel_size: 2 (model parallelism) is not modelled"),
+    ("context_parallel_size: 8\n", "no estimate: context_parallel_size: 8"),
+    ("fsdp_version: 2\nfsdp_config:\n  reshard_after_forward: true\n", "no estimate: the world size is unknown"),
+])
+def test_axolotl_model_parallel_and_fsdp2_are_not_estimated_as_one_plain_gpu(tmp_path, monkeypatch, extra, expect):
+    # axolotl's examples/distributed-parallel and examples/alst: fit said "no ZeRO, world size 1, 150 GiB, over
+    # capacity" for an 8B model sharded over 8 GPUs
+    (tmp_path / "a.yml").write_text("base_model: meta-llama/Llama-3.1-8B\nsequence_len: 2048\nmicro_batch_size: 1\n"
+                                    "gradient_accumulation_steps: 1\nbf16: true\ngradient_checkpointing: true\n"
+                                    "datasets:\n  - path: tatsu-lab/alpaca\n    type: alpaca\n" + extra)
+    monkeypatch.chdir(tmp_path)
+    r = run("fit", "a.yml", "--gpu-memory", "80")
+    assert r.exit_code == 0, r.output
+    assert expect in r.output
+
+
+def test_llamafactory_inference_or_export_config_is_not_estimated_as_training(tmp_path, monkeypatch):
+    # LLaMA-Factory's examples/inference/*.yaml and merge_lora/*.yaml: no do_train, so their batch "values" are
+    # defaults (micro 8, cutoff 2048); fit estimated them as a LoRA training run
+    (tmp_path / "infer.yaml").write_text("model_name_or_path: Qwen/Qwen3-4B-Instruct-2507\ntemplate: qwen3_nothink\n"
+                                         "infer_backend: huggingface\ntrust_remote_code: true\n")
+    monkeypatch.chdir(tmp_path)
+    r = run("fit", "infer.yaml", "--gpu-memory", "80")
+    assert r.exit_code == 0, r.output
+    assert "no estimate: the config does not train" in r.output
