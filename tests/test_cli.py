@@ -347,6 +347,12 @@ def test_every_command_help_has_an_example(name):
     assert "Example:" in r.output and f"oomfix {name}" in r.output.split("Example:", 1)[1]
 
 
+def test_fit_help_names_its_values_and_exit_status():
+    # QA pass: `--log TEXT` / `--gpu-memory FLOAT` told a new user nothing; the exit status was not said
+    r = run("fit", "--help")
+    assert "--log LOG" in r.output and "--gpu-memory GIB" in r.output and "Exit status:" in r.output
+
+
 # --- undo is a stack --------------------------------------------------------------------------------------------
 
 def test_undo_takes_back_one_apply_at_a_time_newest_first(project):
