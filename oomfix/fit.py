@@ -14,12 +14,13 @@ model's own error, measured within 3% on the CPU sweep).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from oomfix.architectures import Architecture, resolve
-from oomfix.configs import Config, resolve_ref
+from oomfix.configs import Config, resolve_ref, same_file
 from oomfix.dialects import get_path
 from oomfix.errors import ConfigError
 from oomfix.memory import CUDA_RESERVED, GIB, Estimate, Setup, estimate
@@ -563,4 +564,9 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
         what = "shows no failure" if diag.cls == "none" else f"is a {diag.cls} failure"
         res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} {what}, not a CUDA OOM: nothing to "
                                                                   f"calibrate on",)})
+    ran = diag.run.config if diag is not None else None
+    if ran and os.path.isfile(ran) and not same_file(ran, config):
+        # a sibling's OOM still calibrates (same model, same GPUs), but the user should know it is not this config's
+        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} is a run of {ran}, not of {config}: "
+                                                                  f"calibrated on another config's run",)})
     return res

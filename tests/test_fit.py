@@ -482,3 +482,13 @@ def test_llamafactory_inference_or_export_config_is_not_estimated_as_training(tm
     r = run("fit", "infer.yaml", "--gpu-memory", "80")
     assert r.exit_code == 0, r.output
     assert "no estimate: the config does not train" in r.output
+
+
+def test_fit_says_when_the_log_is_another_configs_run(project):
+    # the seed story: job_a.log is a run of qwen3_14b_a.yaml; calibrating qwen3_14b_b.yaml on it is fine (siblings)
+    # but must be said, not silent
+    r = run("fit", "configs/qwen3_14b_b.yaml", "--log", "logs/job_a.log")
+    assert r.exit_code == 0, r.output
+    assert "is a run of configs/qwen3_14b_a.yaml, not of configs/qwen3_14b_b.yaml" in r.output
+    r = run("fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log")
+    assert "not of" not in r.output
