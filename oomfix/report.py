@@ -54,6 +54,11 @@ def headline(d: Diagnosis) -> str:
     what = describe(d.cls, d.confidence)
     if d.cls == "python_exception" and rc.exception:
         what = f"{rc.exception.rsplit('.', 1)[-1]}: {(rc.message or '')[:120]}"
+    # a bare SIGKILL: who sent it is unknown; said after where and when, so that "on rank N" follows the kill and
+    # not the list of possible senders
+    sender = ""
+    if d.cls == "host_oom" and d.confidence == "low":
+        what, _, sender = what.partition("; ")
     parts = [f"Root cause: {what}"]
     who = None
     if rc.rank is not None:
@@ -69,6 +74,8 @@ def headline(d: Diagnosis) -> str:
         parts.append(f" at {phase}" if phase.startswith(("step", "training step")) else f" during {phase}")
         if phase.startswith("training step"):
             parts[-1] = f" at step {phase.split()[-1]}"
+    if sender:
+        parts.append(f"; {sender}")
     n = len(d.cascade)
     if n:
         named = _ranks([c.rank for c in d.cascade])
