@@ -698,7 +698,8 @@ def plan_align(root: str = ".") -> Plan:
                 "of them is raised.", (), "oomfix apply --align-siblings")
     edits: list[FileEdit] = []
     notes: list[str] = []
-    for group in sibling_groups(tree):
+    groups = [g for g in sibling_groups(tree) if len(g) > 1]
+    for group in groups:
         by_world: dict[Any, list[Config]] = {}
         for c in group:
             by_world.setdefault(_world(tree, c), []).append(c)
@@ -728,7 +729,13 @@ def plan_align(root: str = ".") -> Plan:
                 notes.extend(more)
     diag = Diagnosis("none", "high", "no log: aligning sibling configs", RootCause())
     if not edits:
-        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes),
-                    message="the sibling configs already agree on their micro-batch/accumulation split; nothing to "
-                            "change" + ("" if not notes else ": " + "; ".join(notes)))
+        if not groups:
+            n = len(tree.configs)
+            msg = (f"no sibling configs below {root} ({n} training config{'' if n == 1 else 's'} found, none with a "
+                   f"sibling); nothing to align")
+        elif notes:  # drift that cannot be aligned without choosing a global batch: not "they agree"
+            msg = "nothing aligned: " + "; ".join(notes)
+        else:
+            msg = "the sibling configs already agree on their micro-batch/accumulation split; nothing to change"
+        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes), message=msg)
     return Plan("", False, diag, "edits", rule=ALIGN_RULE, why=rung.why, edits=tuple(edits), skipped=tuple(notes))

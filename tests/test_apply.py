@@ -229,7 +229,15 @@ def test_align_siblings_leaves_different_global_batches_alone(project):
     before = snapshot(project)
     r = run("apply", "--align-siblings", "--write")
     assert r.exit_code == 0 and "global batches differ" in r.output
+    assert "already agree" not in r.output  # QA pass: it said "already agree ... nothing to change: ... differ"
     assert snapshot(project) == before
+
+
+def test_align_siblings_without_configs_does_not_say_they_agree(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("apply", "--align-siblings")
+    assert r.exit_code == 0
+    assert "no sibling configs below ." in r.output and "already agree" not in r.output
 
 
 def test_align_siblings_takes_no_log(project):
