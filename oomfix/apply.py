@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import (Config, inside, read_text, job_for_config, launchers_in, load_config, same_file, siblings)
+from oomfix.configs import (Config, display_path, inside, read_text, job_for_config, launchers_in, load_config,
+                            same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
@@ -564,6 +565,17 @@ def _launcher_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass
         fe = _setsid_edit(lau) if fc.launcher_fix == "setsid" else _port_edit(lau)
         if fe is not None:
             edits.append(fe)
+    if not edits and fc.launcher_fix != "setsid":
+        # no two concurrent jobs of the launcher share a port (or the one that does cannot be given one: a wrapper
+        # that ignores MASTER_PORT): the port was held by something else, which no launcher edit fixes
+        port = diag.run.master_port
+        held = f"port {port}" if port else "the port"
+        names = ", ".join(display_path(lau.path) for lau in {lau.path: lau for lau in related}.values())
+        return Plan(log, log_picked, diag, "nothing",
+                    message=f"no launcher change: the concurrent jobs of {names} do not share a master port oomfix "
+                            f"can move, so {held} was held by something else (another job, a stale process of an "
+                            f"earlier run); free it (`ss -ltnp | grep {port or 'PORT'}`) or start the job on another "
+                            f"port (MASTER_PORT / --master_port); no config change")
     if not edits:
         return Plan(log, log_picked, diag, "nothing", message="the launcher already has the fix; no config change")
     key = fc.launcher_fix.rsplit("_", 1)[-1] if fc.launcher_fix else ""

@@ -330,3 +330,37 @@ def test_sigterm_advice_does_not_say_no_config_change_twice(tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     assert "sigterm: no config change." in r.output
     assert r.output.lower().count("no config change") == 1, r.output
+
+
+# constructed from genuine_lf/port_in_use.log (LLaMA-Factory 0.9.5 + torch 2.13: MASTER_PORT=29531 held by another
+# listener), lines cut to 400 characters
+PORT_LOG = (
+    '[INFO|2026-12-03 10:39:39] llamafactory.launcher:144 >> Initializing 2 distributed tasks a'
+    't: 127.0.0.1:29531\n'
+    '    rdzv_info = spec.rdzv_handler.next_rendezvous()\n'
+    '                ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '  File "/home/ft/venv/lib/python3.11/site-packages/torch/distributed/elastic/rendezvous/st'
+    'atic_tcp_rendezvous.py", line 67, in next_rendezvous\n'
+    '    self._store = TCPStore(  # type: ignore[call-arg]\n'
+    '                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    'torch.distributed.DistNetworkError: The server socket has failed to listen on any local ne'
+    'twork address. port: 29531, useIpv6: false, code: -98, name: EADDRINUSE, message: address '
+    'already in use\n'
+    'Traceback (most recent call last):\n'
+    '  File "/root/.pyenv/versions/3.11.7/lib/python3.11/subprocess.py", line 571, in run\n'
+    '    raise CalledProcessError(retcode, process.args,\n'
+    "subprocess.CalledProcessError: Command '['torchrun', '--nnodes', '1', '--node_rank', '0', "
+    "'--nproc_per_node', '2', '--master_addr', '127.0.0.1', '--master_port', '29531', '/home/ft"
+    "/venv/lib/python3.11/site-packages/llamafactory/launcher.py', 'configs/qwen3_lora_sft_b.ya"
+    "ml']' returned non-zero exit status 1.\n"
+)
+
+
+def test_port_in_use_held_by_something_else_is_not_called_already_fixed(project):
+    # QA pass: the launcher's jobs do not collide (llamafactory-cli picks a free port), so no launcher edit: it said
+    # "the launcher already has the fix", which sends a user looking for a fix that is not there
+    (project / "logs/job_a.log").write_text(PORT_LOG)
+    r = run("apply", "logs/job_a.log")
+    assert r.exit_code == 0, r.output
+    assert "already has the fix" not in r.output
+    assert "port 29531 was held by something else" in r.output and "ss -ltnp | grep 29531" in r.output
