@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FIXTURES, ROOT, oomfix_cmd
+import oomfix
 from oomfix import progress
 from oomfix.check import CheckResult, Finding, render_github
 from oomfix.cli import EXIT_FAILED_RUN, main
@@ -370,3 +371,13 @@ def test_undo_takes_back_one_apply_at_a_time_newest_first(project):
     assert cfg.read_bytes() == original[0]
     r = run("undo")
     assert r.exit_code == 2 and "nothing to undo" in r.output
+
+
+def test_diagnose_config_that_does_not_exist_is_an_input_error(project):
+    # QA pass: `diagnose LOG --config nope.yaml` printed "config nope.yaml" under "Run" as if the run had used it
+    for bad, why in (("nope.yaml", "nope.yaml: config not found"), ("configs", "configs: is a directory")):
+        r = CliRunner().invoke(main, ["diagnose", "logs/job_a.log", "--config", bad])
+        assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output, r.output
+    with pytest.raises(oomfix.ConfigError):
+        oomfix.diagnose(["logs/job_a.log"], config="nope.yaml")
+    assert run("diagnose", "logs/job_a.log", "--config", "configs/qwen3_14b_b.yaml").exit_code == 0
