@@ -559,7 +559,9 @@ def _launcher_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass
             related = []
     if not related:
         return Plan(log, log_picked, diag, "nothing",
-                    message="no launcher script found for this log; fix the launch by hand: " + " ".join(fc.advice))
+                    message="no launcher script found below the current directory for this log (oomfix looks for "
+                            "the launcher from where it runs: run it from the project root); fix the launch by "
+                            "hand: " + " ".join(fc.advice))
     edits = []
     for lau in {lau.path: lau for lau in related}.values():
         fe = _setsid_edit(lau) if fc.launcher_fix == "setsid" else _port_edit(lau)

@@ -364,3 +364,11 @@ def test_port_in_use_held_by_something_else_is_not_called_already_fixed(project)
     assert r.exit_code == 0, r.output
     assert "already has the fix" not in r.output
     assert "port 29531 was held by something else" in r.output and "ss -ltnp | grep 29531" in r.output
+
+
+def test_sighup_applied_from_below_the_project_root_says_where_to_run_it(project, monkeypatch):
+    # QA pass: run from logs/, apply said only "no launcher script found for this log"
+    monkeypatch.chdir(project / "logs")
+    r = run("apply", "job_b.log")
+    assert r.exit_code == 0, r.output
+    assert "no launcher script found below the current directory" in r.output and "project root" in r.output
