@@ -50,6 +50,12 @@ class Plan:
     def exit_code(self) -> int:
         return 1 if self.status == "no_rung" else 0
 
+    def to_json(self, written: bool = False, transaction: str | None = None) -> dict[str, Any]:
+        """What `oomfix apply --format json` prints, less `schema_version` (a dry run unless told it was written)."""
+        from oomfix.report import plan_json
+
+        return plan_json(self, written, transaction)
+
 
 SAME_MOMENT_S = 2.0  # logs written this close together are "the newest" alike (sibling jobs end together)
 
