@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,8 +131,36 @@ def _offloads(data: Mapping[str, Any]) -> tuple[bool, bool]:
     return opt not in (None, "none"), par not in (None, "none")
 
 
+# torchtune names the model by its builder (`model: {_component_: torchtune.models.llama3_1.lora_llama3_1_8b}`):
+# the builder's family and size, as the architecture table names them
+_TT_FAMILY = {"llama3_2": "llama-3.2", "llama3_1": "llama-3.1", "llama3": "llama-3", "llama2": "llama-2",
+              "qwen2_5": "qwen2.5", "qwen3": "qwen3", "qwen2": "qwen2", "gemma": "gemma"}
+_TT_BUILDER = re.compile(r"^(?:q?lora_)?(" + "|".join(sorted(_TT_FAMILY, key=len, reverse=True)) +
+                         r"|mistral)_(\d+(?:_\d+)?b)$")
+
+
+def _torchtune_model(d: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(the model's name for the table, or the builder's dotted path when it is not a known one; the finetuning type
+    its builder implies)."""
+    m = d.get("model")
+    comp = m.get("_component_") if isinstance(m, dict) else None
+    if not isinstance(comp, str) or not comp.strip():
+        return None, "full"
+    last = comp.strip().rsplit(".", 1)[-1]
+    ft = "qlora" if last.startswith("qlora_") else "lora" if last.startswith("lora_") else "full"
+    b = _TT_BUILDER.match(last)
+    if b is None:
+        return comp.strip(), ft
+    fam, size = b.group(1), b.group(2).replace("_", ".")
+    if fam == "mistral":
+        return f"mistral-{size}-v0.1", ft  # torchtune's mistral_7b builds Mistral-7B-v0.1 (vocab 32000)
+    return f"{_TT_FAMILY[fam]}-{size}", ft
+
+
 def model_name(cfg: Config) -> str | None:
     d = cfg.data if isinstance(cfg.data, dict) else {}
+    if cfg.dialect.name == "torchtune":
+        return _torchtune_model(d)[0]
     for k in ("model_name_or_path", "base_model", "model_name"):
         if isinstance(d.get(k), str) and d[k].strip():
             return d[k].strip()
@@ -166,8 +195,11 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         # HF Trainer has no sequence key of its own; TRL's SFTConfig and custom scripts name it one of these
         seq = next((d[k] for k in ("max_seq_length", "max_length", "model_max_length", "max_seq_len")
                     if isinstance(d.get(k), int) and not isinstance(d.get(k), bool)), None)
-    if not isinstance(micro, int) or not isinstance(seq, int) or micro < 1 or seq < 1:
-        return None, arch, "the config's micro batch or sequence length is unknown"
+    if not isinstance(micro, int) or micro < 1:
+        return None, arch, "the config's micro batch is unknown"
+    if not isinstance(seq, int) or seq < 1:
+        return None, arch, ("the config's sequence length is unknown (it sets none, so samples are not truncated "
+                            "and the longest one decides)")
     stage, deepspeed, off_opt, off_par = 0, False, False, False
     if cfg.zero is not None:
         deepspeed = True
@@ -224,6 +256,8 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
             ft = "qlora"
     elif cfg.dialect.name == "axolotl":
         ft = {"lora": "lora", "qlora": "qlora"}.get(str(d.get("adapter") or ""), "full")
+    elif cfg.dialect.name == "torchtune":
+        ft = _torchtune_model(d)[1]
     if ft not in ("full", "lora", "qlora", "freeze"):
         return None, arch, f"finetuning type {ft!r} is not modelled"
     attn = str(d.get("flash_attn") or d.get("attn_implementation") or "auto").lower()

@@ -492,3 +492,25 @@ def test_fit_says_when_the_log_is_another_configs_run(project):
     assert "is a run of configs/qwen3_14b_a.yaml, not of configs/qwen3_14b_b.yaml" in r.output
     r = run("fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log")
     assert "not of" not in r.output
+
+
+def test_torchtune_model_builder_names_the_architecture(tmp_path, monkeypatch):
+    # QA pass: every torchtune recipe got "the config names no model"; torchtune names it by its builder
+    # (constructed after recipes/configs/llama3_1/8B_lora.yaml, with max_seq_len set)
+    base = ("model:\n  _component_: torchtune.models.llama3_1.{b}\n  lora_rank: 8\n"
+            "tokenizer:\n  _component_: torchtune.models.llama3.llama3_tokenizer\n  path: /tmp/tok.model\n"
+            "  max_seq_len: {seq}\n"
+            "dataset:\n  _component_: torchtune.datasets.alpaca_cleaned_dataset\n"
+            "batch_size: 2\ngradient_accumulation_steps: 8\nenable_activation_checkpointing: True\n"
+            "optimizer:\n  _component_: torch.optim.AdamW\n  lr: 3e-4\n"
+            "loss:\n  _component_: torchtune.modules.loss.LinearCrossEntropyLoss\nepochs: 1\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lora.yaml").write_text(base.format(b="lora_llama3_1_8b", seq=2048))
+    out = json.loads(run("fit", "lora.yaml", "--gpu-memory", "80", "--format", "json").output)
+    assert out["architecture"]["name"] == "llama-3.1-8b" and out["setup"]["finetuning"] == "lora", out
+    (tmp_path / "null.yaml").write_text(base.format(b="lora_llama3_1_8b", seq="null"))
+    r = run("fit", "null.yaml", "--gpu-memory", "80")
+    assert "no estimate: the config's sequence length is unknown" in r.output
+    (tmp_path / "moe.yaml").write_text(base.format(b="llama4_scout_17b_16e", seq=2048).replace("llama3_1.", "llama4."))
+    r = run("fit", "moe.yaml", "--gpu-memory", "80")
+    assert "model 'torchtune.models.llama4.llama4_scout_17b_16e' is neither" in r.output
