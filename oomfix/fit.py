@@ -186,6 +186,9 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     if arch is None:
         return None, None, (f"model {name!r} is neither a local directory with a config.json nor in the table of "
                             f"known architectures" if name else "the config names no model")
+    if cfg.dialect.name == "torchtune" and "optimizer" not in d:
+        # torchtune's evaluation, generation and quantization recipes share the format but train nothing
+        return None, arch, "the config does not train (no optimizer: an evaluation, generation or quantization config)"
     if cfg.dialect.name == "llamafactory" and d.get("do_train") is not True:
         # LLaMA-Factory trains only with do_train: true; without it the file is an inference, evaluation or export
         # config, and its batch "values" are mere defaults
@@ -218,6 +221,14 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         stage = 3
     elif "shard_grad_op" in fsdp:
         stage = 2
+    if cfg.dialect.name == "torchtune" and any(k in d for k in ("fsdp_cpu_offload", "fsdp_sharding_strategy",
+                                                                 "fsdp_reshard_after_forward")):
+        # torchtune's *_distributed recipes (the only ones with fsdp_* keys) shard with FSDP: FULL_SHARD unless
+        # fsdp_sharding_strategy says otherwise
+        strat = str(d.get("fsdp_sharding_strategy") or "full_shard").lower()
+        stage = 2 if "shard_grad_op" in strat else 3
+        if d.get("fsdp_cpu_offload") is True:
+            off_opt = off_par = True
     fcfg = d.get("fsdp_config")
     if isinstance(fcfg, dict) and fcfg and (d.get("fsdp_version") or d.get("fsdp")):
         # axolotl / HF Trainer `fsdp_config`: FSDP1's sharding strategy, or FSDP2's reshard_after_forward
@@ -241,8 +252,11 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     if stage and not world:
         return None, arch, ("the world size is unknown (ZeRO/FSDP divide model states by it) and no launcher or log "
                             "shows it")
+    tt_dtype = str(d.get("dtype") or "").lower() if cfg.dialect.name == "torchtune" else ""
     if d.get("pure_bf16"):
         precision = "pure_bf16"
+    elif tt_dtype in ("bf16", "bfloat16"):
+        precision = "pure_bf16"  # torchtune trains its weights, gradients and optimizer states all in `dtype`
     elif v.get("bf16") or v.get("fp16") or d.get("bf16") or d.get("fp16"):
         precision = "bf16"
     elif cfg.dialect.name == "llamafactory" and "bf16" not in d and "fp16" not in d:

@@ -514,3 +514,24 @@ def test_torchtune_model_builder_names_the_architecture(tmp_path, monkeypatch):
     (tmp_path / "moe.yaml").write_text(base.format(b="llama4_scout_17b_16e", seq=2048).replace("llama3_1.", "llama4."))
     r = run("fit", "moe.yaml", "--gpu-memory", "80")
     assert "model 'torchtune.models.llama4.llama4_scout_17b_16e' is neither" in r.output
+
+
+def test_torchtune_dtype_eval_configs_and_fsdp_keys(tmp_path, monkeypatch):
+    # QA pass: torchtune's `dtype: bf16` (weights, gradients and AdamW states all bf16) was read as fp32, and its
+    # evaluation recipes (no optimizer) were estimated as training runs
+    monkeypatch.chdir(tmp_path)
+    train = ("model:\n  _component_: torchtune.models.llama3_2.llama3_2_3b\n"
+             "tokenizer:\n  _component_: torchtune.models.llama3.llama3_tokenizer\n  max_seq_len: 2048\n"
+             "dataset:\n  _component_: torchtune.datasets.alpaca_dataset\nbatch_size: 4\n"
+             "optimizer:\n  _component_: torch.optim.AdamW\n  lr: 2e-5\n"
+             "loss:\n  _component_: torchtune.modules.loss.LinearCrossEntropyLoss\n"
+             "enable_activation_checkpointing: True\ndtype: bf16\nepochs: 1\n")
+    (tmp_path / "full.yaml").write_text(train)
+    out = json.loads(run("fit", "full.yaml", "--gpu-memory", "80", "--format", "json").output)
+    assert out["setup"]["precision"] == "pure_bf16" and out["setup"]["finetuning"] == "full", out
+    (tmp_path / "dist.yaml").write_text(train + "fsdp_cpu_offload: False\n")
+    r = run("fit", "dist.yaml", "--gpu-memory", "80")
+    assert "no estimate: the world size is unknown" in r.output  # FSDP full shard: needs the world size
+    (tmp_path / "eval.yaml").write_text(train.split("optimizer:")[0] + "dtype: bf16\n")
+    r = run("fit", "eval.yaml", "--gpu-memory", "80")
+    assert "no estimate: the config does not train (no optimizer" in r.output
