@@ -53,7 +53,9 @@ def headline(d: Diagnosis) -> str:
     rc = d.root_cause
     what = describe(d.cls, d.confidence)
     if d.cls == "python_exception" and rc.exception:
-        what = f"{rc.exception.rsplit('.', 1)[-1]}: {(rc.message or '')[:120]}"
+        msg = rc.message or ""
+        # a cut message says so: "(world_size=8" read as the whole text looks like a broken log line
+        what = f"{rc.exception.rsplit('.', 1)[-1]}: {msg[:120]}" + ("..." if len(msg) > 120 else "")
     # a bare SIGKILL: who sent it is unknown; said after where and when, so that "on rank N" follows the kill and
     # not the list of possible senders
     sender = ""

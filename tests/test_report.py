@@ -64,3 +64,13 @@ def test_bare_sigkill_headline_says_where_before_the_unknown_sender(tmp_path):
     assert h.startswith("Root cause: a process was killed with SIGKILL on rank 1 (localhost); the log does not say "
                         "who sent it"), h
     assert h.endswith("rank 0 was stopped by torchrun as a consequence (SIGTERM)"), h
+
+
+def test_a_long_exception_message_is_cut_visibly(tmp_path):
+    # constructed: torch's store-based barrier timeout (torch/distributed/distributed_c10d.py), message > 120 chars
+    log = tmp_path / "x.log"
+    log.write_text("Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n"
+                   "    dist.barrier()\nRuntimeError: Timed out initializing process group in store based barrier on "
+                   "rank: 0, for key: store_based_barrier_key:1 (world_size=8, worker_count=4, timeout=0:30:00)\n")
+    h = headline(diagnose_logs([str(log)]))
+    assert "RuntimeError: Timed out initializing process group" in h and "(world_size=8..." in h, h
