@@ -234,16 +234,19 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
 
 
 def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
+    # `apply --align-siblings` reads no log: log, class and diagnosis are unknown (null), not an empty path and a
+    # made-up "none" diagnosis
+    no_log = not plan.log
     return {
-        "log": plan.log,
+        "log": plan.log or None,
         "status": plan.status,
         "written": written,
         "transaction": tx,
         "rule": plan.rule,
         "why": plan.why,
         "message": plan.message,
-        "class": plan.diagnosis.cls,
-        "diagnosis": plan.diagnosis.to_json(),
+        "class": None if no_log else plan.diagnosis.cls,
+        "diagnosis": None if no_log else plan.diagnosis.to_json(),
         "edits": [{"file": shown_path(e.path), "kind": e.kind, "changes": [{"key": k, "old": o, "new": n} for k, o, n in e.changes],
                    "world_size": e.world_size, "global_batch_before": e.global_before,
                    "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}

@@ -212,6 +212,7 @@ def test_align_siblings_moves_the_drifted_sibling_to_the_lower_memory_split(proj
     assert r.exit_code == 0 and "dry run" in r.output and snapshot(project) == before
     out = json.loads(run("apply", "--align-siblings", "--format", "json").output)
     assert out["status"] == "edits" and [e["file"] for e in out["edits"]] == ["configs/qwen3_14b_b.yaml"]
+    assert out["log"] is None and out["class"] is None and out["diagnosis"] is None  # no log read (QA pass: was "")
     assert out["edits"][0]["global_batch_before"] == out["edits"][0]["global_batch_after"] == 64
     assert run("apply", "--align-siblings", "--write").exit_code == 0
     b = (project / "configs/qwen3_14b_b.yaml").read_text()
