@@ -522,7 +522,8 @@ def render_text(res: FitResult) -> str:
     out.append(f"capacity: {cap} ({res.capacity_source})")
     out.append(f"calibration: {res.calibration}")
     b = res.now.breakdown()
-    out.append(f"now: {_gib(res.now.peak)} per device (model states {_gib(res.now.states)}, activations "
+    floor = "at least " if res.calibrated and res.scale > 1.0 else ""  # raised to the OOM's lower bound
+    out.append(f"now: {floor}{_gib(res.now.peak)} per device (model states {_gib(res.now.states)}, activations "
                f"{_gib(b['activations_gib'] * GIB)}, logits {_gib(b['logits_gib'] * GIB)})"
                + _verdict(res.now.peak, res.capacity))
     if res.candidates:
@@ -561,8 +562,10 @@ def prediction_lines(res: FitResult) -> list[str]:
     if not res.usable or res.capacity is None:
         return [f"memory model: cannot say ({res.reason or 'capacity unknown'}); the plain ladder"]
     assert res.now is not None
-    lines = [f"memory model: now {res.now.peak / GIB:.1f} GiB per device against {res.capacity / GIB:.1f} GiB usable"
-             f" ({'calibrated on the OOM' if res.calibrated else 'analytic only'})"]
+    # raised to the OOM's bound, the estimate is a floor: "now 76.7 against 77.3 usable" would read as if it fit
+    floor = "at least " if res.calibrated and res.scale > 1.0 else ""
+    lines = [f"memory model: now {floor}{res.now.peak / GIB:.1f} GiB per device against {res.capacity / GIB:.1f} GiB "
+             f"usable ({'calibrated on the OOM' if res.calibrated else 'analytic only'})"]
     for i, c in enumerate(res.candidates):
         tag = "  <- proposed" if i == res.chosen else ""
         verdict = "fits" if c.fits else ("tight (within the 10% margin)" if c.peak <= res.capacity else "too large")

@@ -535,3 +535,17 @@ def test_torchtune_dtype_eval_configs_and_fsdp_keys(tmp_path, monkeypatch):
     (tmp_path / "eval.yaml").write_text(train.split("optimizer:")[0] + "dtype: bf16\n")
     r = run("fit", "eval.yaml", "--gpu-memory", "80")
     assert "no estimate: the config does not train (no optimizer" in r.output
+
+
+def test_an_estimate_raised_to_the_ooms_bound_is_shown_as_a_floor(project):
+    # QA pass: calibrated up to the OOM's lower bound, "now 76.7 GiB against 77.3 GiB usable" read as if the failed
+    # config fit. Constructed: the demo's OOM line on a 141 GiB card, where allocated + requested (130 GiB) is above
+    # the analytic estimate, so the scale is raised to it
+    log = project / "logs" / "job_a.log"
+    log.write_text(log.read_text().replace("Tried to allocate 3.20 GiB", "Tried to allocate 10.00 GiB")
+                   .replace("total capacity of 79.25 GiB of which 1.06 GiB", "total capacity of 139.8 GiB of which 2.00 GiB")
+                   .replace("74.02 GiB is allocated", "120.00 GiB is allocated"))
+    r = run("fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log")
+    assert r.exit_code == 0 and "now: at least 130.00 GiB per device" in r.output, r.output
+    a = run("apply", "logs/job_a.log")
+    assert "memory model: now at least 130.0 GiB per device" in a.output, a.output
