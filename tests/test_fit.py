@@ -543,7 +543,8 @@ def test_an_estimate_raised_to_the_ooms_bound_is_shown_as_a_floor(project):
     # the analytic estimate, so the scale is raised to it
     log = project / "logs" / "job_a.log"
     log.write_text(log.read_text().replace("Tried to allocate 3.20 GiB", "Tried to allocate 10.00 GiB")
-                   .replace("total capacity of 79.25 GiB of which 1.06 GiB", "total capacity of 139.8 GiB of which 2.00 GiB")
+                   .replace("total capacity of 79.25 GiB of which 1.06 GiB",
+                            "total capacity of 139.8 GiB of which 2.00 GiB")
                    .replace("74.02 GiB is allocated", "120.00 GiB is allocated"))
     r = run("fit", "configs/qwen3_14b_a.yaml", "--log", "logs/job_a.log")
     assert r.exit_code == 0 and "now: at least 130.00 GiB per device" in r.output, r.output
