@@ -93,7 +93,7 @@ class FitResult:
                 "micro_batch": s.micro_batch, "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
                 "world_size": s.world_size, "zero_stage": s.zero_stage, "offload_optimizer": s.offload_optimizer,
                 "offload_params": s.offload_params, "precision": s.precision, "finetuning": s.finetuning,
-                "flash_attention": s.flash},
+                "flash_attention": s.flash, "fused_cross_entropy": s.fused_ce},
             "reason": self.reason,
             "capacity_gib": None if self.capacity is None else round(self.capacity / GIB, 2),
             "capacity_source": self.capacity_source or None,
@@ -280,8 +280,23 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     rank = r if isinstance(r, int) else 8
     bits = q if isinstance(q, int) else 4
     setup = Setup(arch, micro, seq, bool(v.get("grad_checkpointing")), world or 1, int(stage or 0), deepspeed,
-                  off_opt, off_par, precision, ft, rank, bits, flash)
+                  off_opt, off_par, precision, ft, rank, bits, flash, fused_ce=_fused_ce(d))
     return setup, arch, None
+
+
+def _fused_ce(d: Mapping[str, Any]) -> bool:
+    """A loss that never materialises the full logits: axolotl's `liger_fused_linear_cross_entropy` or its Cut
+    Cross-Entropy plugin (`cut_cross_entropy`), LLaMA-Factory's `enable_liger_kernel` and HF Trainer's
+    `use_liger_kernel` (both apply Liger's fused linear cross-entropy), torchtune's `LinearCrossEntropyLoss`."""
+    if any(d.get(k) is True for k in ("liger_fused_linear_cross_entropy", "cut_cross_entropy", "enable_liger_kernel",
+                                      "use_liger_kernel")):
+        return True
+    plugins = d.get("plugins")
+    if isinstance(plugins, list) and any(isinstance(p, str) and "cut_cross_entropy" in p for p in plugins):
+        return True
+    loss = d.get("loss")
+    comp = loss.get("_component_") if isinstance(loss, dict) else None
+    return isinstance(comp, str) and comp.rsplit(".", 1)[-1] == "LinearCrossEntropyLoss"
 
 
 # --- capacity and calibration ---------------------------------------------------------------------------------
@@ -517,7 +532,8 @@ def render_text(res: FitResult) -> str:
         par += " + optimizer offload" + (" + parameter offload" if s.offload_params else "")
     out.append(f"setup: {s.finetuning} fine-tuning, {s.precision}, {par}, world size {s.world_size}, micro batch "
                f"{s.micro_batch}, sequence length {s.seq_len}, gradient checkpointing "
-               f"{'on' if s.grad_checkpointing else 'off'}, {'flash/SDPA' if s.flash else 'eager'} attention")
+               f"{'on' if s.grad_checkpointing else 'off'}, {'flash/SDPA' if s.flash else 'eager'} attention"
+               + (", fused cross-entropy (no full logits)" if s.fused_ce else ""))
     cap = "unknown" if res.capacity is None else _gib(res.capacity)
     out.append(f"capacity: {cap} ({res.capacity_source})")
     out.append(f"calibration: {res.calibration}")

@@ -550,3 +550,21 @@ def test_an_estimate_raised_to_the_ooms_bound_is_shown_as_a_floor(project):
     assert r.exit_code == 0 and "now: at least 130.00 GiB per device" in r.output, r.output
     a = run("apply", "logs/job_a.log")
     assert "memory model: now at least 130.0 GiB per device" in a.output, a.output
+
+
+@pytest.mark.parametrize("extra", ["liger_fused_linear_cross_entropy: true\n",
+                                   "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"])
+def test_fused_cross_entropy_drops_the_logits_term(tmp_path, monkeypatch, extra):
+    # QA pass: axolotl's examples/llama-3/3b-qat-nvfp4.yaml (Liger fused linear cross-entropy, micro 64 x 8192) was
+    # estimated with 751 GiB of fp32 logits that the fused loss never materialises
+    cfg = ("base_model: meta-llama/Llama-3.2-3B\nsequence_len: 4096\nmicro_batch_size: 4\n"
+           "gradient_accumulation_steps: 2\nbf16: true\ngradient_checkpointing: true\n"
+           "datasets:\n  - path: tatsu-lab/alpaca\n    type: alpaca\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain.yml").write_text(cfg)
+    (tmp_path / "fused.yml").write_text(cfg + extra)
+    plain = json.loads(run("fit", "plain.yml", "--gpu-memory", "80", "--format", "json").output)
+    fused = json.loads(run("fit", "fused.yml", "--gpu-memory", "80", "--format", "json").output)
+    assert not plain["setup"]["fused_cross_entropy"] and fused["setup"]["fused_cross_entropy"]
+    assert plain["now"]["logits_gib"] > 5 and fused["now"]["logits_gib"] == 0
+    assert fused["now"]["peak_gib"] < plain["now"]["peak_gib"]
