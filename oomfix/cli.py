@@ -132,7 +132,8 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
         from oomfix.report import Style, render_diagnosis_text, render_json, versioned
 
         if fmt == "json":
-            click.echo(render_json(versioned({**d.to_json(), **({"flight_recorder": fr.to_json()} if fr else {})})),
+            # always present, null without dumps (README: every listed key is always there)
+            click.echo(render_json(versioned({**d.to_json(), "flight_recorder": fr.to_json() if fr else None})),
                        nl=False)
         else:
             click.echo(render_diagnosis_text(d, Style()), nl=False)

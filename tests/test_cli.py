@@ -381,3 +381,9 @@ def test_diagnose_config_that_does_not_exist_is_an_input_error(project):
     with pytest.raises(oomfix.ConfigError):
         oomfix.diagnose(["logs/job_a.log"], config="nope.yaml")
     assert run("diagnose", "logs/job_a.log", "--config", "configs/qwen3_14b_b.yaml").exit_code == 0
+
+
+def test_diagnose_json_always_has_the_flight_recorder_key(project):
+    # QA pass: the key appeared only when dumps were read, though README says every listed key is always present
+    d = json.loads(run("diagnose", "logs/job_a.log", "--format", "json").output)
+    assert d["schema_version"] == 1 and "flight_recorder" in d and d["flight_recorder"] is None
