@@ -251,7 +251,8 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         off_par = bool((values or {}).get("offload_params", False))
     if stage and not world:
         return None, arch, ("the world size is unknown (ZeRO/FSDP divide model states by it) and no launcher or log "
-                            "shows it")
+                            "shows it (launchers are read below the current directory: run from the project root, "
+                            "or pass --log)")
     tt_dtype = str(d.get("dtype") or "").lower() if cfg.dialect.name == "torchtune" else ""
     if d.get("pure_bf16"):
         precision = "pure_bf16"

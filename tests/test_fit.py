@@ -568,3 +568,10 @@ def test_fused_cross_entropy_drops_the_logits_term(tmp_path, monkeypatch, extra)
     assert not plain["setup"]["fused_cross_entropy"] and fused["setup"]["fused_cross_entropy"]
     assert plain["now"]["logits_gib"] > 5 and fused["now"]["logits_gib"] == 0
     assert fused["now"]["peak_gib"] < plain["now"]["peak_gib"]
+
+
+def test_world_size_unknown_below_the_project_root_says_where_to_run(project, monkeypatch):
+    # QA pass: run from configs/, the launcher that gives the world size is not read; say so
+    monkeypatch.chdir(project / "configs")
+    r = run("fit", "qwen3_14b_a.yaml", "--gpu-memory", "80")
+    assert r.exit_code == 0 and "run from the project root, or pass --log" in r.output, r.output
