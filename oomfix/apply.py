@@ -261,6 +261,8 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     primary = load_config(find_config(diag, log, config, launchers))
     dfacts = diagnosis_facts(diag)
     pfacts = config_facts(dfacts, primary, launchers)
+    run_vals = {k: v for k, v in diag.run.canonical_values().items() if isinstance(v, int)}
+    failed_at = run_vals if any(primary.values.get(k) != v for k, v in run_vals.items()) else {}
     skipped: list[str] = []
     not_here: list[str] = []  # rungs whose condition does not hold for this config (not "in place": inapplicable)
     rung = None
@@ -276,13 +278,21 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
             continue
         if any("launcher_env" in e for e in r.edit) and not pfacts["launcher"].get("found"):
             continue
-        if compute_changes(r, primary.values) is None:
+        ch = compute_changes(r, primary.values)
+        if ch is None:
+            continue
+        after = {**primary.values, **{c.key: c.new for c in ch}}
+        if failed_at and all(after.get(k) == v for k, v in failed_at.items()):
+            # the config moved since the run (e.g. raised after the OOM): this rung would only restore the values
+            # the log shows failing, which is no fix
+            back = ", ".join(f"{k} {v}" for k, v in failed_at.items())
+            skipped.append(f"{r.id} (it would bring back {back}, the values the log's run failed with)")
             continue
         rung = r
         break
     if rung is None:
-        left = "; ".join(skipped + ([f"{', '.join(not_here)} (its condition does not hold for this config)"]
-                                    if not_here else []))
+        verb = "its condition does" if len(not_here) == 1 else "their conditions do"
+        left = "; ".join(skipped + ([f"{', '.join(not_here)} ({verb} not hold for this config)"] if not_here else []))
         left = left or "every rung of the ladder is already in place"
         return Plan(log, log_picked, diag, "no_rung", message=f"no applicable rung for {primary.path}: {left}",
                     skipped=tuple(skipped))

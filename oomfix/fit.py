@@ -469,6 +469,11 @@ def predict(cfg: Config, world: int | None, diag: Diagnosis | None, fc: FailureC
             s2, _, why2 = setup_from_config(cfg, world, v, arch)
             if s2 is None:
                 continue
+            if failed is not None and diag is not None and s2 == failed:
+                # the config has moved since the run (the log's values differ): a rung that lands back on the
+                # setting the log shows failing is no fix, whatever the estimate says
+                notes.append(f"{_label(values, v)}: the setting the log's run failed at; not proposed")
+                continue
             peak = estimate(s2, scale).peak
             if peak > now.peak:
                 continue  # never a rung that raises per-device memory

@@ -146,7 +146,9 @@ def test_standalone_deepspeed_json_is_a_config_too(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ds = '{\n  "train_batch_size": 64,\n  "train_micro_batch_size_per_gpu": 2,\n  "gradient_accumulation_steps": 8\n}\n'
     Path("ds_config.json").write_text(ds)
-    Path("train.log").write_text(make.cuda_oom_rank2("ds_config.json"))
+    # the log of a run of this JSON (micro 2 x accumulation 8, as it says): a log at 1/16 would be a run of another
+    # setting, whose split brings back what failed (refused since the QA pass)
+    Path("train.log").write_text(make.cuda_oom_rank2("ds_config.json", micro=2, accum=8))
     r = run("apply", "train.log", "--write")
     assert r.exit_code == 0, r.output
     assert Path("ds_config.json").read_text() == ds.replace('"train_micro_batch_size_per_gpu": 2',
@@ -373,3 +375,17 @@ def test_sighup_applied_from_below_the_project_root_says_where_to_run_it(project
     r = run("apply", "job_b.log")
     assert r.exit_code == 0, r.output
     assert "no launcher script found below the current directory" in r.output and "project root" in r.output
+
+
+
+def test_a_rung_that_brings_back_the_failed_values_is_not_proposed(project):
+    # QA pass: the config was raised to 2/8 after the run that failed at 1/16 (the log's values); splitting it
+    # "back" to 1/16 restores exactly what failed, and apply proposed it (the memory model too, as "tight")
+    p = project / "configs/qwen3_14b_a.yaml"
+    p.write_text(p.read_text().replace("per_device_train_batch_size: 1\n", "per_device_train_batch_size: 2\n")
+                 .replace("gradient_accumulation_steps: 16\n", "gradient_accumulation_steps: 8\n")
+                 .replace("deepspeed: configs/ds/ds_z2_config.json", "deepspeed: configs/ds/ds_z3_config.json"))
+    j = json.loads(run("apply", "logs/job_a.log", "--format", "json").output)
+    assert not any(c["key"] == "per_device_train_batch_size" and c["new"] == 1
+                   for e in j["edits"] for c in e["changes"]), j
+    assert any("values the log's run failed with" in n for n in j["notes"] + [j["message"] or ""]), j
