@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from oomfix.configs import (Config, inside, read_text, job_for_config, launchers_in, load_config, same_file, siblings)
+from oomfix.configs import (Config, display_path, inside, read_text, job_for_config, launchers_in, load_config,
+                            same_file, siblings)
 from oomfix.diagnose import diagnose_logs, diagnosis_facts
 from oomfix.dialects import is_explicit
 from oomfix.editor import ValueEdit, edit_text, parse_config_text
@@ -51,6 +52,12 @@ class Plan:
     @property
     def exit_code(self) -> int:
         return 1 if self.status == "no_rung" else 0
+
+    def to_json(self, written: bool = False, transaction: str | None = None) -> dict[str, Any]:
+        """What `oomfix apply --format json` prints, less `schema_version` (a dry run unless told it was written)."""
+        from oomfix.report import plan_json
+
+        return plan_json(self, written, transaction)
 
 
 SAME_MOMENT_S = 2.0  # logs written this close together are "the newest" alike (sibling jobs end together)
@@ -250,10 +257,14 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
     primary = load_config(find_config(diag, log, config, launchers))
     dfacts = diagnosis_facts(diag)
     pfacts = config_facts(dfacts, primary, launchers)
+    run_vals = {k: v for k, v in diag.run.canonical_values().items() if isinstance(v, int)}
+    failed_at = run_vals if any(primary.values.get(k) != v for k, v in run_vals.items()) else {}
     skipped: list[str] = []
+    not_here: list[str] = []  # rungs whose condition does not hold for this config (not "in place": inapplicable)
     rung = None
     for r in fc.ladder:
         if not holds(r.when, pfacts):
+            not_here.append(r.id)
             continue
         if r.semantic and not allow_semantic:
             skipped.append(f"{r.id} (changes training semantics: needs --allow-semantic-changes)")
@@ -263,12 +274,22 @@ def _memory_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass, 
             continue
         if any("launcher_env" in e for e in r.edit) and not pfacts["launcher"].get("found"):
             continue
-        if compute_changes(r, primary.values) is None:
+        ch = compute_changes(r, primary.values)
+        if ch is None:
+            continue
+        after = {**primary.values, **{c.key: c.new for c in ch}}
+        if failed_at and all(after.get(k) == v for k, v in failed_at.items()):
+            # the config moved since the run (e.g. raised after the OOM): this rung would only restore the values
+            # the log shows failing, which is no fix
+            back = ", ".join(f"{k} {v}" for k, v in failed_at.items())
+            skipped.append(f"{r.id} (it would bring back {back}, the values the log's run failed with)")
             continue
         rung = r
         break
     if rung is None:
-        left = "; ".join(skipped) if skipped else "every rung of the ladder is already in place"
+        verb = "its condition does" if len(not_here) == 1 else "their conditions do"
+        left = "; ".join(skipped + ([f"{', '.join(not_here)} ({verb} not hold for this config)"] if not_here else []))
+        left = left or "every rung of the ladder is already in place"
         return Plan(log, log_picked, diag, "no_rung", message=f"no applicable rung for {primary.path}: {left}",
                     skipped=tuple(skipped))
     if not rung.edit:
@@ -551,12 +572,25 @@ def _launcher_plan(diag: Diagnosis, log: str, log_picked: bool, fc: FailureClass
             related = []
     if not related:
         return Plan(log, log_picked, diag, "nothing",
-                    message="no launcher script found for this log; fix the launch by hand: " + " ".join(fc.advice))
+                    message="no launcher script found below the current directory for this log (oomfix looks for "
+                            "the launcher from where it runs: run it from the project root); fix the launch by "
+                            "hand: " + " ".join(fc.advice))
     edits = []
     for lau in {lau.path: lau for lau in related}.values():
         fe = _setsid_edit(lau) if fc.launcher_fix == "setsid" else _port_edit(lau)
         if fe is not None:
             edits.append(fe)
+    if not edits and fc.launcher_fix != "setsid":
+        # no two concurrent jobs of the launcher share a port (or the one that does cannot be given one: a wrapper
+        # that ignores MASTER_PORT): the port was held by something else, which no launcher edit fixes
+        port = diag.run.master_port
+        held = f"port {port}" if port else "the port"
+        names = ", ".join(display_path(lau.path) for lau in {lau.path: lau for lau in related}.values())
+        return Plan(log, log_picked, diag, "nothing",
+                    message=f"no launcher change: the concurrent jobs of {names} do not share a master port oomfix "
+                            f"can move, so {held} was held by something else (another job, a stale process of an "
+                            f"earlier run); free it (`ss -ltnp | grep {port or 'PORT'}`) or start the job on another "
+                            f"port (MASTER_PORT / --master_port); no config change")
     if not edits:
         return Plan(log, log_picked, diag, "nothing", message="the launcher already has the fix; no config change")
     key = fc.launcher_fix.rsplit("_", 1)[-1] if fc.launcher_fix else ""
@@ -588,12 +622,28 @@ def plan_apply(log: str | None = None, config: str | None = None, all_configs: b
     if fc.launcher_fix:
         return _launcher_plan(diag, log, picked, fc, config, launchers)
     if not fc.config_edits or diag.cls not in MEMORY_CLASSES and diag.cls != "nan_loss":
-        return Plan(log, picked, diag, "nothing", message=f"{diag.cls}: no config change. " + " ".join(fc.advice))
+        return Plan(log, picked, diag, "nothing", message=f"{diag.cls}: no config change. " + _advice_text(fc))
+    if diag.cls not in MEMORY_CLASSES and not allow_semantic and all(r.semantic for r in fc.ladder):
+        # nan_loss: every rung changes what is trained, so without --allow-semantic-changes there is nothing to
+        # propose, whatever the config says; no need to find it (an error would hide the diagnosis)
+        opt_in = ", ".join(r.id for r in fc.ladder)
+        return Plan(log, picked, diag, "no_rung",
+                    message=f"{diag.cls}: no config change without --allow-semantic-changes (its rungs change "
+                            f"training semantics: {opt_in}). " + " ".join(fc.advice),
+                    skipped=tuple(f"{r.id} (changes training semantics: needs --allow-semantic-changes)"
+                                  for r in fc.ladder))
     if diag.cls in MEMORY_CLASSES and diag.confidence == "low":
         return Plan(log, picked, diag, "nothing",
                     message=f"{diag.cls} is only a low-confidence diagnosis ({diag.reason}); confirm it before "
                             f"changing configs")
     return _memory_plan(diag, log, picked, fc, config, all_configs, allow_semantic, launchers)
+
+
+def _advice_text(fc: FailureClass) -> str:
+    """The class's advice after "no config change." (an advice line that says so itself is not said twice)."""
+    text = " ".join(fc.advice)
+    m = re.match(r"no config change\s*[:.]\s*", text, re.I)
+    return text[m.end():][:1].upper() + text[m.end() + 1:] if m else text
 
 
 def _encode(text: str) -> bytes:
@@ -675,7 +725,8 @@ def plan_align(root: str = ".") -> Plan:
                 "of them is raised.", (), "oomfix apply --align-siblings")
     edits: list[FileEdit] = []
     notes: list[str] = []
-    for group in sibling_groups(tree):
+    groups = [g for g in sibling_groups(tree) if len(g) > 1]
+    for group in groups:
         by_world: dict[Any, list[Config]] = {}
         for c in group:
             by_world.setdefault(_world(tree, c), []).append(c)
@@ -705,7 +756,13 @@ def plan_align(root: str = ".") -> Plan:
                 notes.extend(more)
     diag = Diagnosis("none", "high", "no log: aligning sibling configs", RootCause())
     if not edits:
-        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes),
-                    message="the sibling configs already agree on their micro-batch/accumulation split; nothing to "
-                            "change" + ("" if not notes else ": " + "; ".join(notes)))
+        if not groups:
+            n = len(tree.configs)
+            msg = (f"no sibling configs below {root} ({n} training config{'' if n == 1 else 's'} found, none with a "
+                   f"sibling); nothing to align")
+        elif notes:  # drift that cannot be aligned without choosing a global batch: not "they agree"
+            msg = "nothing aligned: " + "; ".join(notes)
+        else:
+            msg = "the sibling configs already agree on their micro-batch/accumulation split; nothing to change"
+        return Plan("", False, diag, "nothing", rule=ALIGN_RULE, skipped=tuple(notes), message=msg)
     return Plan("", False, diag, "edits", rule=ALIGN_RULE, why=rung.why, edits=tuple(edits), skipped=tuple(notes))

@@ -122,10 +122,13 @@ def lookup(name: str) -> Architecture | None:
 
 def from_config_json(data: Any, name: str) -> Architecture:
     """An architecture from a Hugging Face config.json (its `text_config` for multimodal wrappers)."""
+    if isinstance(data, dict):
+        _refuse_unmodelled(data, name)
     if isinstance(data, dict) and isinstance(data.get("text_config"), dict) and "hidden_size" not in data:
         data = data["text_config"]
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: config.json is not a JSON object")
+    _refuse_unmodelled(data, name)
     try:
         h = int(data["hidden_size"])
         heads = int(data["num_attention_heads"])
@@ -143,12 +146,59 @@ def from_config_json(data: Any, name: str) -> Architecture:
     return arch
 
 
-def resolve(model: str | None) -> Architecture | None:
-    """The model's local config.json when `model` is a directory that has one, else the table; None if unknown."""
+# config.json keys of architectures the dense-decoder formulas do not describe (the model must say "cannot say",
+# never a confident number): mixture-of-experts (transformers' Mixtral/gpt-oss `num_local_experts`, Qwen2/3-MoE
+# `num_experts`, DeepSeek-V2/V3 `n_routed_experts`), multimodal towers (`vision_config`, `audio_config`), and
+# state-space hybrids (Mamba, Jamba, Falcon-H1)
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOWER_KEYS = ("vision_config", "audio_config", "speech_config")
+_SSM_TYPES = ("mamba", "jamba", "falcon_h1", "rwkv", "zamba", "nemotron_h")
+
+
+def _refuse_unmodelled(data: dict[str, Any], name: str) -> None:
+    moe = next((k for k in _MOE_KEYS if isinstance(data.get(k), int) and not isinstance(data.get(k), bool)
+                and data[k] > 1), None)
+    if moe is not None:
+        raise ConfigError(f"{name}: a mixture-of-experts model ({moe} = {data[moe]}); the memory model covers dense "
+                          f"decoders only")
+    tower = next((k for k in _TOWER_KEYS if isinstance(data.get(k), dict)), None)
+    if tower is not None:
+        raise ConfigError(f"{name}: a multimodal model (it has a {tower}); the memory model covers the text decoder "
+                          f"only")
+    mt = str(data.get("model_type", "")).lower()
+    if any(t in mt for t in _SSM_TYPES):
+        raise ConfigError(f"{name}: model_type {mt!r} has state-space layers; the memory model covers "
+                          f"attention-only decoders")
+
+
+def _local_dir(model: str, near: str | None) -> str | None:
+    """Where `model` is a local model directory: as given (relative to the current directory, as the trainer
+    resolves it when started from the project root), else, for a relative path, relative to the directory of the
+    config that names it or one of its parents (`oomfix fit` run from elsewhere than the project root)."""
+    path = os.path.expanduser(model)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    if os.path.isabs(path) or near is None:
+        return None
+    d = os.path.dirname(os.path.abspath(near))
+    while True:
+        cand = os.path.join(d, path)
+        if os.path.isfile(os.path.join(cand, "config.json")):
+            return cand
+        up = os.path.dirname(d)
+        if up == d:
+            return None
+        d = up
+
+
+def resolve(model: str | None, near: str | None = None) -> Architecture | None:
+    """The model's local config.json when `model` is a directory that has one (see `_local_dir`; `near` is the
+    config file that names it), else the table; None if unknown."""
     if not model:
         return None
-    cfg = os.path.join(os.path.expanduser(model), "config.json")
-    if os.path.isfile(cfg):
+    local = _local_dir(model, near)
+    cfg = os.path.join(local or model, "config.json")
+    if local is not None:
         try:
             with open(cfg, encoding="utf-8") as f:
                 data = json.load(f)

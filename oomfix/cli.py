@@ -138,7 +138,8 @@ def diagnose(logs: tuple[str, ...], fmt: str, config: str | None, rules_dir: str
         from oomfix.report import Style, render_diagnosis_text, render_json, versioned
 
         if fmt == "json":
-            click.echo(render_json(versioned({**d.to_json(), **({"flight_recorder": fr.to_json()} if fr else {})})),
+            # always present, null without dumps (README: every listed key is always there)
+            click.echo(render_json(versioned({**d.to_json(), "flight_recorder": fr.to_json() if fr else None})),
                        nl=False)
         else:
             click.echo(render_diagnosis_text(d, Style()), nl=False)
@@ -205,8 +206,9 @@ def apply(log: str | None, config: str | None, all_configs: bool, write: bool, a
 
 @main.command()
 @click.argument("config")
-@click.option("--log", "log", type=str, default=None, help="A CUDA OOM log of this config: calibrates the model.")
-@click.option("--gpu-memory", "gpu_memory", type=float, default=None,
+@click.option("--log", "log", type=str, default=None, metavar="LOG",
+              help="A CUDA OOM log of this config: calibrates the model.")
+@click.option("--gpu-memory", "gpu_memory", type=float, default=None, metavar="GIB",
               help="The GPU's memory in GiB (else: from the log).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @handled
@@ -214,6 +216,8 @@ def fit(config: str, log: str | None, gpu_memory: float | None, fmt: str) -> Non
     """Will it fit? Per-device peak memory of CONFIG now and after each rung of the OOM ladder.
 
     \b
+    Exit status: 0 an estimate, or "no estimate: WHY" where the model cannot say (an unknown or MoE model,
+    model parallelism, no world size under ZeRO/FSDP); 2 a usage or input error.
     Example:
       oomfix fit configs/sft.yaml --log logs/train.log   # calibrated on the OOM message
       oomfix fit configs/sft.yaml --gpu-memory 80        # analytic only

@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from oomfix.classify import diagnose as classify_logs
-from oomfix.errors import UsageError
+from oomfix.errors import ConfigError, UsageError
 from oomfix.model import Diagnosis
 from oomfix.reader import Prefilter
 
@@ -80,6 +80,10 @@ def diagnose_logs(paths: Sequence[str], config: str | None = None, rules_dir: st
         raise UsageError("no log given")
     if list(paths).count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once")
+    if config is not None and not os.path.isfile(config):
+        # --config names the file the run used: a typo must not be shown back as if it were that file
+        raise ConfigError(f"{config}: " + ("is a directory, not a config" if os.path.isdir(config)
+                                           else "config not found"))
     from oomfix.rules import advice_for, load_rules
 
     rules = load_rules(rules_dir)

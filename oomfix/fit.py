@@ -14,12 +14,14 @@ model's own error, measured within 3% on the CPU sweep).
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from oomfix.architectures import Architecture, resolve
-from oomfix.configs import Config, resolve_ref
+from oomfix.configs import Config, resolve_ref, same_file
 from oomfix.dialects import get_path
 from oomfix.errors import ConfigError
 from oomfix.memory import CUDA_RESERVED, GIB, Estimate, Setup, estimate
@@ -95,7 +97,7 @@ class FitResult:
                 "micro_batch": s.micro_batch, "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
                 "world_size": s.world_size, "zero_stage": s.zero_stage, "offload_optimizer": s.offload_optimizer,
                 "offload_params": s.offload_params, "precision": s.precision, "finetuning": s.finetuning,
-                "flash_attention": s.flash},
+                "flash_attention": s.flash, "fused_cross_entropy": s.fused_ce},
             "reason": self.reason,
             "capacity_gib": None if self.capacity is None else round(self.capacity / GIB, 2),
             "capacity_source": self.capacity_source or None,
@@ -133,13 +135,46 @@ def _offloads(data: Mapping[str, Any]) -> tuple[bool, bool]:
     return opt not in (None, "none"), par not in (None, "none")
 
 
+# torchtune names the model by its builder (`model: {_component_: torchtune.models.llama3_1.lora_llama3_1_8b}`):
+# the builder's family and size, as the architecture table names them
+_TT_FAMILY = {"llama3_2": "llama-3.2", "llama3_1": "llama-3.1", "llama3": "llama-3", "llama2": "llama-2",
+              "qwen2_5": "qwen2.5", "qwen3": "qwen3", "qwen2": "qwen2", "gemma": "gemma"}
+_TT_BUILDER = re.compile(r"^(?:q?lora_)?(" + "|".join(sorted(_TT_FAMILY, key=len, reverse=True)) +
+                         r"|mistral)_(\d+(?:_\d+)?b)$")
+
+
+def _torchtune_model(d: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(the model's name for the table, or the builder's dotted path when it is not a known one; the finetuning type
+    its builder implies)."""
+    m = d.get("model")
+    comp = m.get("_component_") if isinstance(m, dict) else None
+    if not isinstance(comp, str) or not comp.strip():
+        return None, "full"
+    last = comp.strip().rsplit(".", 1)[-1]
+    ft = "qlora" if last.startswith("qlora_") else "lora" if last.startswith("lora_") else "full"
+    b = _TT_BUILDER.match(last)
+    if b is None:
+        return comp.strip(), ft
+    fam, size = b.group(1), b.group(2).replace("_", ".")
+    if fam == "mistral":
+        return f"mistral-{size}-v0.1", ft  # torchtune's mistral_7b builds Mistral-7B-v0.1 (vocab 32000)
+    return f"{_TT_FAMILY[fam]}-{size}", ft
+
+
 def model_name(cfg: Config) -> str | None:
     """The model a config trains (its model_name_or_path, base_model or model_name), or None."""
     d = cfg.data if isinstance(cfg.data, dict) else {}
+    if cfg.dialect.name == "torchtune":
+        return _torchtune_model(d)[0]
     for k in ("model_name_or_path", "base_model", "model_name"):
         if isinstance(d.get(k), str) and d[k].strip():
             return d[k].strip()
     return None
+
+
+_PARALLEL_KEYS = ("tensor_parallel_size", "context_parallel_size", "pipeline_parallel_size",
+                  "sequence_parallel_degree", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                  "tp_size", "pp_size", "cp_size")
 
 
 def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] | None = None,
@@ -150,19 +185,29 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     name = model_name(cfg)
     if arch is None:
         try:
-            arch = resolve(name)
+            arch = resolve(name, cfg.path)
         except ConfigError as e:
             return None, None, str(e)
     if arch is None:
         return None, None, (f"model {name!r} is neither a local directory with a config.json nor in the table of "
                             f"known architectures" if name else "the config names no model")
+    if cfg.dialect.name == "torchtune" and "optimizer" not in d:
+        # torchtune's evaluation, generation and quantization recipes share the format but train nothing
+        return None, arch, "the config does not train (no optimizer: an evaluation, generation or quantization config)"
+    if cfg.dialect.name == "llamafactory" and d.get("do_train") is not True:
+        # LLaMA-Factory trains only with do_train: true; without it the file is an inference, evaluation or export
+        # config, and its batch "values" are mere defaults
+        return None, arch, "the config does not train (no `do_train: true`: an inference, evaluation or export config)"
     micro, seq = v.get("micro_batch"), v.get("seq_len")
     if not isinstance(seq, int):
         # HF Trainer has no sequence key of its own; TRL's SFTConfig and custom scripts name it one of these
         seq = next((d[k] for k in ("max_seq_length", "max_length", "model_max_length", "max_seq_len")
                     if isinstance(d.get(k), int) and not isinstance(d.get(k), bool)), None)
-    if not isinstance(micro, int) or not isinstance(seq, int) or micro < 1 or seq < 1:
-        return None, arch, "the config's micro batch or sequence length is unknown"
+    if not isinstance(micro, int) or micro < 1:
+        return None, arch, "the config's micro batch is unknown"
+    if not isinstance(seq, int) or seq < 1:
+        return None, arch, ("the config's sequence length is unknown (it sets none, so samples are not truncated "
+                            "and the longest one decides)")
     stage, deepspeed, off_opt, off_par = 0, False, False, False
     if cfg.zero is not None:
         deepspeed = True
@@ -170,20 +215,54 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
         zs = _zero_section(data).get("stage")
         stage = zs if isinstance(zs, int) else (cfg.zero.stage or 0)
         off_opt, off_par = _offloads(data)
-    fsdp = str(d.get("fsdp") or "")
+    # tensor / context / pipeline / sequence parallelism split activations and weights in ways the model does
+    # not describe (axolotl's *_parallel_size, Megatron/NeMo-style names): say so rather than a confident number
+    par = next(((k, d[k]) for k in _PARALLEL_KEYS if isinstance(d.get(k), int) and not isinstance(d.get(k), bool)
+                and d[k] > 1), None)
+    if par is not None:
+        return None, arch, f"{par[0]}: {par[1]} (model parallelism) is not modelled"
+    fsdp = str(d.get("fsdp") or "").lower()
     if "full_shard" in fsdp:
         stage = 3
     elif "shard_grad_op" in fsdp:
         stage = 2
+    if cfg.dialect.name == "torchtune" and any(k in d for k in ("fsdp_cpu_offload", "fsdp_sharding_strategy",
+                                                                 "fsdp_reshard_after_forward")):
+        # torchtune's *_distributed recipes (the only ones with fsdp_* keys) shard with FSDP: FULL_SHARD unless
+        # fsdp_sharding_strategy says otherwise
+        strat = str(d.get("fsdp_sharding_strategy") or "full_shard").lower()
+        stage = 2 if "shard_grad_op" in strat else 3
+        if d.get("fsdp_cpu_offload") is True:
+            off_opt = off_par = True
+    fcfg = d.get("fsdp_config")
+    if isinstance(fcfg, dict) and fcfg and (d.get("fsdp_version") or d.get("fsdp")):
+        # axolotl / HF Trainer `fsdp_config`: FSDP1's sharding strategy, or FSDP2's reshard_after_forward
+        # (True = parameters resharded after forward = full shard, False = SHARD_GRAD_OP)
+        strat = str(fcfg.get("fsdp_sharding_strategy") or fcfg.get("sharding_strategy") or "").lower()
+        raf = fcfg.get("reshard_after_forward", fcfg.get("fsdp_reshard_after_forward"))
+        if "full_shard" in strat or "hybrid" in strat:
+            stage = 3
+        elif "shard_grad_op" in strat:
+            stage = 2
+        elif isinstance(raf, bool):
+            stage = 3 if raf else 2
+        elif not stage:
+            return None, arch, "FSDP without a sharding strategy oomfix can read (fsdp_config) is not modelled"
+        if fcfg.get("offload_params") or fcfg.get("fsdp_offload_params"):
+            off_opt = off_par = True  # FSDP CPU offload moves parameters, gradients and the optimizer step
     if "zero_stage" in (values or {}):
         stage = values["zero_stage"]  # type: ignore[index]
         off_opt = bool((values or {}).get("offload_optimizer", False))
         off_par = bool((values or {}).get("offload_params", False))
     if stage and not world:
         return None, arch, ("the world size is unknown (ZeRO/FSDP divide model states by it) and no launcher or log "
-                            "shows it")
+                            "shows it (launchers are read below the current directory: run from the project root, "
+                            "or pass --log)")
+    tt_dtype = str(d.get("dtype") or "").lower() if cfg.dialect.name == "torchtune" else ""
     if d.get("pure_bf16"):
         precision = "pure_bf16"
+    elif tt_dtype in ("bf16", "bfloat16"):
+        precision = "pure_bf16"  # torchtune trains its weights, gradients and optimizer states all in `dtype`
     elif v.get("bf16") or v.get("fp16") or d.get("bf16") or d.get("fp16"):
         precision = "bf16"
     elif cfg.dialect.name == "llamafactory" and "bf16" not in d and "fp16" not in d:
@@ -197,6 +276,8 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
             ft = "qlora"
     elif cfg.dialect.name == "axolotl":
         ft = {"lora": "lora", "qlora": "qlora"}.get(str(d.get("adapter") or ""), "full")
+    elif cfg.dialect.name == "torchtune":
+        ft = _torchtune_model(d)[1]
     if ft not in ("full", "lora", "qlora", "freeze"):
         return None, arch, f"finetuning type {ft!r} is not modelled"
     attn = str(d.get("flash_attn") or d.get("attn_implementation") or "auto").lower()
@@ -205,8 +286,23 @@ def setup_from_config(cfg: Config, world: int | None, values: Mapping[str, Any] 
     rank = r if isinstance(r, int) else 8
     bits = q if isinstance(q, int) else 4
     setup = Setup(arch, micro, seq, bool(v.get("grad_checkpointing")), world or 1, int(stage or 0), deepspeed,
-                  off_opt, off_par, precision, ft, rank, bits, flash)
+                  off_opt, off_par, precision, ft, rank, bits, flash, fused_ce=_fused_ce(d))
     return setup, arch, None
+
+
+def _fused_ce(d: Mapping[str, Any]) -> bool:
+    """A loss that never materialises the full logits: axolotl's `liger_fused_linear_cross_entropy` or its Cut
+    Cross-Entropy plugin (`cut_cross_entropy`), LLaMA-Factory's `enable_liger_kernel` and HF Trainer's
+    `use_liger_kernel` (both apply Liger's fused linear cross-entropy), torchtune's `LinearCrossEntropyLoss`."""
+    if any(d.get(k) is True for k in ("liger_fused_linear_cross_entropy", "cut_cross_entropy", "enable_liger_kernel",
+                                      "use_liger_kernel")):
+        return True
+    plugins = d.get("plugins")
+    if isinstance(plugins, list) and any(isinstance(p, str) and "cut_cross_entropy" in p for p in plugins):
+        return True
+    loss = d.get("loss")
+    comp = loss.get("_component_") if isinstance(loss, dict) else None
+    return isinstance(comp, str) and comp.rsplit(".", 1)[-1] == "LinearCrossEntropyLoss"
 
 
 # --- capacity and calibration ---------------------------------------------------------------------------------
@@ -223,7 +319,7 @@ def capacity_of(mem: MemoryInfo | None, gpu_memory_gib: float | None) -> tuple[i
                                 f"{mem.reserved_unallocated_gib or 0:.2f} + free {mem.free_gib:.2f} GiB")
     if mem is not None and mem.total_gib:
         return int(mem.total_gib * GIB - CUDA_RESERVED), f"the GPU's {mem.total_gib:.2f} GiB less ~1 GiB (CUDA context)"
-    return None, "unknown (no OOM numbers; pass --gpu-memory GIB)"
+    return None, "no OOM numbers; pass --gpu-memory GIB"
 
 
 def calibrate(now: Estimate, mem: MemoryInfo | None) -> tuple[float, bool, str]:
@@ -379,6 +475,11 @@ def predict(cfg: Config, world: int | None, diag: Diagnosis | None, fc: FailureC
             s2, _, why2 = setup_from_config(cfg, world, v, arch)
             if s2 is None:
                 continue
+            if failed is not None and diag is not None and s2 == failed:
+                # the config has moved since the run (the log's values differ): a rung that lands back on the
+                # setting the log shows failing is no fix, whatever the estimate says
+                notes.append(f"{_label(values, v)}: the setting the log's run failed at; not proposed")
+                continue
             peak = estimate(s2, scale).peak
             if peak > now.peak:
                 continue  # never a rung that raises per-device memory
@@ -455,12 +556,14 @@ def render_text(res: FitResult) -> str:
         par += " + optimizer offload" + (" + parameter offload" if s.offload_params else "")
     out.append(f"setup: {s.finetuning} fine-tuning, {s.precision}, {par}, world size {s.world_size}, micro batch "
                f"{s.micro_batch}, sequence length {s.seq_len}, gradient checkpointing "
-               f"{'on' if s.grad_checkpointing else 'off'}, {'flash/SDPA' if s.flash else 'eager'} attention")
+               f"{'on' if s.grad_checkpointing else 'off'}, {'flash/SDPA' if s.flash else 'eager'} attention"
+               + (", fused cross-entropy (no full logits)" if s.fused_ce else ""))
     cap = "unknown" if res.capacity is None else _gib(res.capacity)
     out.append(f"capacity: {cap} ({res.capacity_source})")
     out.append(f"calibration: {res.calibration}")
     b = res.now.breakdown()
-    out.append(f"now: {_gib(res.now.peak)} per device (model states {_gib(res.now.states)}, activations "
+    floor = "at least " if res.calibrated and res.scale > 1.0 else ""  # raised to the OOM's lower bound
+    out.append(f"now: {floor}{_gib(res.now.peak)} per device (model states {_gib(res.now.states)}, activations "
                f"{_gib(b['activations_gib'] * GIB)}, logits {_gib(b['logits_gib'] * GIB)})"
                + _verdict(res.now.peak, res.capacity))
     if res.candidates:
@@ -499,8 +602,10 @@ def prediction_lines(res: FitResult) -> list[str]:
     if not res.usable or res.capacity is None:
         return [f"memory model: cannot say ({res.reason or 'capacity unknown'}); the plain ladder"]
     assert res.now is not None
-    lines = [f"memory model: now {res.now.peak / GIB:.1f} GiB per device against {res.capacity / GIB:.1f} GiB usable"
-             f" ({'calibrated on the OOM' if res.calibrated else 'analytic only'})"]
+    # raised to the OOM's bound, the estimate is a floor: "now 76.7 against 77.3 usable" would read as if it fit
+    floor = "at least " if res.calibrated and res.scale > 1.0 else ""
+    lines = [f"memory model: now {floor}{res.now.peak / GIB:.1f} GiB per device against {res.capacity / GIB:.1f} GiB "
+             f"usable ({'calibrated on the OOM' if res.calibrated else 'analytic only'})"]
     for i, c in enumerate(res.candidates):
         tag = "  <- proposed" if i == res.chosen else ""
         verdict = "fits" if c.fits else ("tight (within the 10% margin)" if c.peak <= res.capacity else "too large")
@@ -542,6 +647,12 @@ def fit_config(config: str, log: str | None = None, gpu_memory_gib: float | None
     facts = config_facts(diagnosis_facts(diag) if diag is not None else {}, cfg, launchers)
     res = predict(cfg, world, diag, fc, facts, False, switch_targets(cfg), gpu_memory_gib)
     if diag is not None and diag.cls != "cuda_oom":
-        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} is a {diag.cls} failure, not a CUDA OOM: "
-                                                                  f"nothing to calibrate on",)})
+        what = "shows no failure" if diag.cls == "none" else f"is a {diag.cls} failure"
+        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} {what}, not a CUDA OOM: nothing to "
+                                                                  f"calibrate on",)})
+    ran = diag.run.config if diag is not None else None
+    if ran and os.path.isfile(ran) and not same_file(ran, config):
+        # a sibling's OOM still calibrates (same model, same GPUs), but the user should know it is not this config's
+        res = FitResult(**{**res.__dict__, "notes": res.notes + (f"{log} is a run of {ran}, not of {config}: "
+                                                                  f"calibrated on another config's run",)})
     return res

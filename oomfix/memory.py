@@ -61,6 +61,9 @@ class Setup:
     quant_bits: int = 4
     flash: bool = True  # flash / memory-efficient SDPA: no s^2 attention term
     device: str = "cuda"
+    # a fused / chunked linear cross-entropy (Liger's fused_linear_cross_entropy, Apple's Cut Cross-Entropy,
+    # torchtune's LinearCrossEntropyLoss) never materialises the micro x seq x vocab logits
+    fused_ce: bool = False
 
     def with_(self, **kw: object) -> "Setup":
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -192,6 +195,8 @@ def activations(s: Setup) -> int:
 
 def logits(s: Setup) -> int:
     """Bytes of the logits and the cross-entropy's fp32 tensors (12 bytes per token and vocabulary entry)."""
+    if s.fused_ce:
+        return 0  # chunks of a few thousand tokens at a time: negligible beside the layers' activations
     return 12 * s.micro_batch * s.seq_len * s.arch.vocab
 
 

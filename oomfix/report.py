@@ -53,7 +53,14 @@ def headline(d: Diagnosis) -> str:
     rc = d.root_cause
     what = describe(d.cls, d.confidence)
     if d.cls == "python_exception" and rc.exception:
-        what = f"{rc.exception.rsplit('.', 1)[-1]}: {(rc.message or '')[:120]}"
+        msg = rc.message or ""
+        # a cut message says so: "(world_size=8" read as the whole text looks like a broken log line
+        what = f"{rc.exception.rsplit('.', 1)[-1]}: {msg[:120]}" + ("..." if len(msg) > 120 else "")
+    # a bare SIGKILL: who sent it is unknown; said after where and when, so that "on rank N" follows the kill and
+    # not the list of possible senders
+    sender = ""
+    if d.cls == "host_oom" and d.confidence == "low":
+        what, _, sender = what.partition("; ")
     parts = [f"Root cause: {what}"]
     who = None
     if rc.rank is not None:
@@ -69,6 +76,8 @@ def headline(d: Diagnosis) -> str:
         parts.append(f" at {phase}" if phase.startswith(("step", "training step")) else f" during {phase}")
         if phase.startswith("training step"):
             parts[-1] = f" at step {phase.split()[-1]}"
+    if sender:
+        parts.append(f"; {sender}")
     n = len(d.cascade)
     if n:
         named = _ranks([c.rank for c in d.cascade])
@@ -225,16 +234,19 @@ def render_plan_text(plan: Any, written: bool, style: Style | None = None) -> st
 
 
 def plan_json(plan: Any, written: bool, tx: str | None) -> dict[str, Any]:
+    # `apply --align-siblings` reads no log: log, class and diagnosis are unknown (null), not an empty path and a
+    # made-up "none" diagnosis
+    no_log = not plan.log
     return {
-        "log": plan.log,
+        "log": plan.log or None,
         "status": plan.status,
         "written": written,
         "transaction": tx,
         "rule": plan.rule,
         "why": plan.why,
         "message": plan.message,
-        "class": plan.diagnosis.cls,
-        "diagnosis": plan.diagnosis.to_json(),
+        "class": None if no_log else plan.diagnosis.cls,
+        "diagnosis": None if no_log else plan.diagnosis.to_json(),
         "edits": [{"file": shown_path(e.path), "kind": e.kind, "changes": [{"key": k, "old": o, "new": n} for k, o, n in e.changes],
                    "world_size": e.world_size, "global_batch_before": e.global_before,
                    "global_batch_after": e.global_after, "diff": unified_diff(e.path, e.before, e.after)}

@@ -39,8 +39,12 @@ def test_plan_apply_is_a_dry_run_and_write_plan_writes_it(project):
     assert isinstance(plan, oomfix.Plan) and plan.status == "edits" and plan.exit_code == 0
     assert (project / "configs/qwen3_14b_a.yaml").read_bytes() == before
     assert len(plan.edits) == 2 and all(isinstance(e, oomfix.FileEdit) for e in plan.edits)
+    j = plan.to_json()  # QA pass: README promised a to_json() on every result; Plan had none
+    assert j["status"] == "edits" and not j["written"] and len(j["edits"]) == 2 and "schema_version" not in j
+    json.dumps(j)
     tx = oomfix.write_plan(plan)
     assert tx and "ds_z3_config.json" in (project / "configs/qwen3_14b_a.yaml").read_text()
+    assert plan.to_json(written=True, transaction=tx)["transaction"] == tx
     assert oomfix.plan_apply("logs/job_a.log").status == "already"
 
 

@@ -146,7 +146,9 @@ def test_standalone_deepspeed_json_is_a_config_too(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ds = '{\n  "train_batch_size": 64,\n  "train_micro_batch_size_per_gpu": 2,\n  "gradient_accumulation_steps": 8\n}\n'
     Path("ds_config.json").write_text(ds)
-    Path("train.log").write_text(make.cuda_oom_rank2("ds_config.json"))
+    # the log of a run of this JSON (micro 2 x accumulation 8, as it says): a log at 1/16 would be a run of another
+    # setting, whose split brings back what failed (refused since the QA pass)
+    Path("train.log").write_text(make.cuda_oom_rank2("ds_config.json", micro=2, accum=8))
     r = run("apply", "train.log", "--write")
     assert r.exit_code == 0, r.output
     assert Path("ds_config.json").read_text() == ds.replace('"train_micro_batch_size_per_gpu": 2',
@@ -212,6 +214,7 @@ def test_align_siblings_moves_the_drifted_sibling_to_the_lower_memory_split(proj
     assert r.exit_code == 0 and "dry run" in r.output and snapshot(project) == before
     out = json.loads(run("apply", "--align-siblings", "--format", "json").output)
     assert out["status"] == "edits" and [e["file"] for e in out["edits"]] == ["configs/qwen3_14b_b.yaml"]
+    assert out["log"] is None and out["class"] is None and out["diagnosis"] is None  # no log read (QA pass: was "")
     assert out["edits"][0]["global_batch_before"] == out["edits"][0]["global_batch_after"] == 64
     assert run("apply", "--align-siblings", "--write").exit_code == 0
     b = (project / "configs/qwen3_14b_b.yaml").read_text()
@@ -229,7 +232,15 @@ def test_align_siblings_leaves_different_global_batches_alone(project):
     before = snapshot(project)
     r = run("apply", "--align-siblings", "--write")
     assert r.exit_code == 0 and "global batches differ" in r.output
+    assert "already agree" not in r.output  # QA pass: it said "already agree ... nothing to change: ... differ"
     assert snapshot(project) == before
+
+
+def test_align_siblings_without_configs_does_not_say_they_agree(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("apply", "--align-siblings")
+    assert r.exit_code == 0
+    assert "no sibling configs below ." in r.output and "already agree" not in r.output
 
 
 def test_align_siblings_takes_no_log(project):
@@ -272,3 +283,109 @@ def test_one_sibling_put_back_is_named_not_double_fixed(project):
     b.write_bytes(before_b)
     r = run("apply", "logs/job_a.log", "--all-configs")
     assert "already applied" in r.output and "configs/qwen3_14b_b.yaml is back at its values" in r.output
+
+
+# --- found by the QA pass on the genuine LLaMA-Factory corpus (../shared/corpus/genuine_lf) -----------------------
+
+# constructed from the lines of genuine_lf/nan_loss.log (HF Trainer 5 metrics dicts, string-valued)
+NAN_LOG = ("{'loss': '6.165', 'grad_norm': '1.663', 'learning_rate': '1e+30', 'epoch': '0.125'}\n"
+           "{'loss': '6.238', 'grad_norm': 'nan', 'learning_rate': '9.619e+29', 'epoch': '0.25'}\n"
+           "{'loss': '0', 'grad_norm': 'nan', 'learning_rate': '8.536e+29', 'epoch': '0.375'}\n")
+# constructed from the torchrun agent lines of genuine_lf/sigterm_agent_job_a.log
+SIGTERM_LOG = (
+    "W1203 10:28:45.537000 31704 torch/distributed/elastic/agent/server/api.py:753] Received 15 death signal, "
+    "shutting down workers\n"
+    "W1203 10:28:45.537000 31704 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 31723 "
+    "closing signal SIGTERM\n"
+    "W1203 10:28:45.538000 31704 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 31724 "
+    "closing signal SIGTERM\n")
+
+
+def test_nan_loss_without_opt_in_needs_no_config_and_says_why(tmp_path, monkeypatch):
+    # was: "oomfix: error: cannot find the config the run used; pass --config PATH", exit 2, for a log whose only
+    # rungs are opt-in anyway (and `oomfix verdict` of it: exit 2 instead of a verdict)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan.log").write_text(NAN_LOG)
+    r = run("apply", "nan.log")
+    assert r.exit_code == 1, r.output
+    assert "no config change without --allow-semantic-changes" in r.output and "nan-loss-bf16" in r.output
+    j = json.loads(run("apply", "nan.log", "--format", "json").output)
+    assert j["status"] == "no_rung" and j["edits"] == []
+    v = run("verdict", "nan.log")
+    assert v.exit_code == 4, v.output  # no-rung: a person decides (--allow-semantic-changes)
+
+
+def test_nan_loss_rung_whose_condition_does_not_hold_is_not_called_in_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan.log").write_text(NAN_LOG)
+    (tmp_path / "sft.yaml").write_text("model_name_or_path: Qwen/Qwen3-4B\nstage: sft\ndo_train: true\n"
+                                       "per_device_train_batch_size: 1\ngradient_accumulation_steps: 16\nbf16: true\n")
+    r = run("apply", "nan.log", "--config", "sft.yaml", "--allow-semantic-changes")
+    assert r.exit_code == 1, r.output
+    assert "already in place" not in r.output
+    assert "nan-loss-bf16 (its condition does not hold for this config)" in r.output
+
+
+def test_sigterm_advice_does_not_say_no_config_change_twice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.log").write_text(SIGTERM_LOG)
+    r = run("apply", "job.log")
+    assert r.exit_code == 0, r.output
+    assert "sigterm: no config change." in r.output
+    assert r.output.lower().count("no config change") == 1, r.output
+
+
+# constructed from genuine_lf/port_in_use.log (LLaMA-Factory 0.9.5 + torch 2.13: MASTER_PORT=29531 held by another
+# listener), lines cut to 400 characters
+PORT_LOG = (
+    '[INFO|2026-12-03 10:39:39] llamafactory.launcher:144 >> Initializing 2 distributed tasks a'
+    't: 127.0.0.1:29531\n'
+    '    rdzv_info = spec.rdzv_handler.next_rendezvous()\n'
+    '                ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    '  File "/home/ft/venv/lib/python3.11/site-packages/torch/distributed/elastic/rendezvous/st'
+    'atic_tcp_rendezvous.py", line 67, in next_rendezvous\n'
+    '    self._store = TCPStore(  # type: ignore[call-arg]\n'
+    '                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+    'torch.distributed.DistNetworkError: The server socket has failed to listen on any local ne'
+    'twork address. port: 29531, useIpv6: false, code: -98, name: EADDRINUSE, message: address '
+    'already in use\n'
+    'Traceback (most recent call last):\n'
+    '  File "/root/.pyenv/versions/3.11.7/lib/python3.11/subprocess.py", line 571, in run\n'
+    '    raise CalledProcessError(retcode, process.args,\n'
+    "subprocess.CalledProcessError: Command '['torchrun', '--nnodes', '1', '--node_rank', '0', "
+    "'--nproc_per_node', '2', '--master_addr', '127.0.0.1', '--master_port', '29531', '/home/ft"
+    "/venv/lib/python3.11/site-packages/llamafactory/launcher.py', 'configs/qwen3_lora_sft_b.ya"
+    "ml']' returned non-zero exit status 1.\n"
+)
+
+
+def test_port_in_use_held_by_something_else_is_not_called_already_fixed(project):
+    # QA pass: the launcher's jobs do not collide (llamafactory-cli picks a free port), so no launcher edit: it said
+    # "the launcher already has the fix", which sends a user looking for a fix that is not there
+    (project / "logs/job_a.log").write_text(PORT_LOG)
+    r = run("apply", "logs/job_a.log")
+    assert r.exit_code == 0, r.output
+    assert "already has the fix" not in r.output
+    assert "port 29531 was held by something else" in r.output and "ss -ltnp | grep 29531" in r.output
+
+
+def test_sighup_applied_from_below_the_project_root_says_where_to_run_it(project, monkeypatch):
+    # QA pass: run from logs/, apply said only "no launcher script found for this log"
+    monkeypatch.chdir(project / "logs")
+    r = run("apply", "job_b.log")
+    assert r.exit_code == 0, r.output
+    assert "no launcher script found below the current directory" in r.output and "project root" in r.output
+
+
+
+def test_a_rung_that_brings_back_the_failed_values_is_not_proposed(project):
+    # QA pass: the config was raised to 2/8 after the run that failed at 1/16 (the log's values); splitting it
+    # "back" to 1/16 restores exactly what failed, and apply proposed it (the memory model too, as "tight")
+    p = project / "configs/qwen3_14b_a.yaml"
+    p.write_text(p.read_text().replace("per_device_train_batch_size: 1\n", "per_device_train_batch_size: 2\n")
+                 .replace("gradient_accumulation_steps: 16\n", "gradient_accumulation_steps: 8\n")
+                 .replace("deepspeed: configs/ds/ds_z2_config.json", "deepspeed: configs/ds/ds_z3_config.json"))
+    j = json.loads(run("apply", "logs/job_a.log", "--format", "json").output)
+    assert not any(c["key"] == "per_device_train_batch_size" and c["new"] == 1
+                   for e in j["edits"] for c in e["changes"]), j
+    assert any("values the log's run failed with" in n for n in j["notes"] + [j["message"] or ""]), j

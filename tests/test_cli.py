@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FIXTURES, ROOT, oomfix_cmd
+import oomfix
 from oomfix import progress
 from oomfix.check import CheckResult, Finding, render_github
 from oomfix.cli import EXIT_FAILED_RUN, main
@@ -349,6 +350,12 @@ def test_every_command_help_has_an_example(name):
     assert "Example:" in r.output and f"oomfix {name}" in r.output.split("Example:", 1)[1]
 
 
+def test_fit_help_names_its_values_and_exit_status():
+    # QA pass: `--log TEXT` / `--gpu-memory FLOAT` told a new user nothing; the exit status was not said
+    r = run("fit", "--help")
+    assert "--log LOG" in r.output and "--gpu-memory GIB" in r.output and "Exit status:" in r.output
+
+
 # --- undo is a stack --------------------------------------------------------------------------------------------
 
 def test_undo_takes_back_one_apply_at_a_time_newest_first(project):
@@ -366,3 +373,19 @@ def test_undo_takes_back_one_apply_at_a_time_newest_first(project):
     assert cfg.read_bytes() == original[0]
     r = run("undo")
     assert r.exit_code == 2 and "nothing to undo" in r.output
+
+
+def test_diagnose_config_that_does_not_exist_is_an_input_error(project):
+    # QA pass: `diagnose LOG --config nope.yaml` printed "config nope.yaml" under "Run" as if the run had used it
+    for bad, why in (("nope.yaml", "nope.yaml: config not found"), ("configs", "configs: is a directory")):
+        r = CliRunner().invoke(main, ["diagnose", "logs/job_a.log", "--config", bad])
+        assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output, r.output
+    with pytest.raises(oomfix.ConfigError):
+        oomfix.diagnose(["logs/job_a.log"], config="nope.yaml")
+    assert run("diagnose", "logs/job_a.log", "--config", "configs/qwen3_14b_b.yaml").exit_code == 0
+
+
+def test_diagnose_json_always_has_the_flight_recorder_key(project):
+    # QA pass: the key appeared only when dumps were read, though README says every listed key is always present
+    d = json.loads(run("diagnose", "logs/job_a.log", "--format", "json").output)
+    assert d["schema_version"] == 1 and "flight_recorder" in d and d["flight_recorder"] is None

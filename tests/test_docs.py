@@ -162,3 +162,16 @@ def test_readme_outputs_are_what_the_commands_print(tmp_path, regen):
         README_PATH.write_text(new)
         pytest.skip("README.md blocks rewritten from the commands' output: review the diff")
     assert not failures, "\n\n".join(failures) + "\n(OOMFIX_REGEN=1 rewrites them)"
+
+
+def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    # the QA pass found it naming logs/node0.log and logs/node1.log, which the demo project does not have: a new
+    # user's copy-paste died with InputError
+    m = re.search(r"## Python API\n.*?```python\n(.*?)```", README, re.S)
+    assert m, "README.md has no Python API example"
+    project = _project(tmp_path, "demo")
+    monkeypatch.chdir(project)
+    exec(compile(m.group(1), "README.md (Python API)", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("cuda_oom high 2 MemoryInfo(") and "configs/qwen3_14b_b.yaml" in out
+    assert (project / ".oomfix" / "journal.jsonl").exists()  # write_plan wrote, journalled
