@@ -187,9 +187,13 @@ WRAP_MIN = 80  # a terminal narrower than this is not worth guessing about
 WRAP_SPAN = 40  # physical lines of one wrapped record, at most, each way
 
 
-def _phys_lines(data: bytes) -> list[str]:
-    # what each line shows once a progress bar's "\r" redraws are done and a bar glued before it is gone
-    return [clean(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) for x in data.split(b"\n")]
+def _phys_lines(data: bytes, n: int, before: bool) -> list[str]:
+    """What each of the n whole physical lines nearest the candidate shows once a progress bar's "\r" redraws are done
+    and a bar glued before it is gone: the last n of `data` (the bytes before the candidate, without the candidate's
+    own line start), or the first n after the candidate's line (`data` starts with the rest of that line)."""
+    parts = data.split(b"\n", n + 1) if not before else data.rsplit(b"\n", n + 1)
+    parts = parts[:-1][-n:] if before else parts[1:n + 1]
+    return [clean(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) for x in parts]
 
 
 def unwrap(cand: Candidate, text: str) -> str:
@@ -197,7 +201,8 @@ def unwrap(cand: Candidate, text: str) -> str:
     the shorter line that ends the record. W is a width that recurs in the neighbourhood (one long line is just a long
     line). Joins are plain concatenation: a terminal cuts mid-word, wherever column W falls."""
     n = len(text)
-    before = _phys_lines(cand.before[-WRAP_MIN * WRAP_SPAN * 4:])[:-1][-WRAP_SPAN:] if cand.before else []
+    # split first, clean only the WRAP_SPAN lines kept (a window of short lines holds hundreds)
+    before = _phys_lines(cand.tail(WRAP_MIN * WRAP_SPAN * 4), WRAP_SPAN, True)
     prev = before[-1] if before else ""
     width = 0
     if len(prev) >= WRAP_MIN and len(prev) >= n:
@@ -208,7 +213,7 @@ def unwrap(cand: Candidate, text: str) -> str:
         return text
     after: list[str] = []
     if n == width:
-        after = _phys_lines(cand.after(width * WRAP_SPAN * 4 + 2))[1:WRAP_SPAN + 1]
+        after = _phys_lines(cand.after(width * WRAP_SPAN * 4 + 2), WRAP_SPAN, False)
     seq = before + [text] + after
     pairs = [(a, b) for a, b in zip(seq, seq[1:]) if len(a) == width and _continues(a, b)]
     if len(pairs) < 2 or not any(a[-1:].isalnum() and b[:1].isalnum() for a, b in pairs):
@@ -287,7 +292,7 @@ def records(text: str) -> list[str]:
 def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> list[Event]:
     """The events of one candidate line: one per record it holds that a pattern claims."""
     text = alone = clean(cand.raw)
-    if (len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1)) and \
+    if (len(text) >= WRAP_MIN or _few_breaks(cand.tail(WRAP_MIN + 2))) and \
             not (cand._buf and _amid_repeats(cand)) and _may_unwrap(cand, text):
         text = unwrap(cand, text)
     if cand.pats is not None and text == alone:
@@ -302,6 +307,11 @@ def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = 
     return out
 
 
+def _few_breaks(tail: bytes) -> bool:
+    """Is the line after these bytes maybe the rest of a line a terminal wrapped (one line break in them at most)?"""
+    return bool(tail) and tail.count(b"\n") <= 1
+
+
 def _phys(seg: bytes) -> str:
     return clean(seg.rstrip(b"\r").rsplit(b"\r", 1)[-1])
 
@@ -310,7 +320,7 @@ def _may_unwrap(cand: Candidate, text: str) -> bool:
     """Could `unwrap` change this line? Only when it continues the physical line before it or is continued by the one
     after it (its head or tail would be empty otherwise): decided on those two lines, not the eighty it reads."""
     n = len(text)
-    b = cand.before[-WRAP_MIN * WRAP_SPAN * 4:] if cand.before else b""
+    b = cand.tail(WRAP_MIN * WRAP_SPAN * 4)
     i = b.rfind(b"\n")
     prev = _phys(b[b.rfind(b"\n", 0, i) + 1:i]) if i != -1 else ""
     if len(prev) >= WRAP_MIN and len(prev) >= n:
@@ -351,9 +361,9 @@ def _parse_text(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...], tex
                 rank = int(r["rank"])
         progress = frame = None
         if pat.role in _NEEDS_CONTEXT:
-            progress = _last_progress(cand.before + cand.raw)
+            progress = _last_progress(cand.tail(8192) + cand.raw)
             if pat.role in (P.EXCEPTION, P.CAUSE):
-                frame = _last_frame(cand.before)
+                frame = _last_frame(cand.tail(8192))
         return Event(pat.name, pat.role, pat.cls, pat.confidence, file, cand.line_no, text.strip()[:2000],
                      rank, host, time, data, progress, frame)
     return None
@@ -510,6 +520,6 @@ def _detach(c: Candidate) -> Candidate:
             hi = buf.find(b"\n", nl + 1, c._valid) + 1
             return Candidate(c.line_no, c.offset, c.raw, bytes(buf[lo:hi]), start - lo)
     n = WRAP_MIN * WRAP_SPAN * 4
-    before = c.before[-n:] if start < n else bytes(buf[start - n:start])
+    before = c.tail(n)
     after = c.after(len(c.raw) * WRAP_SPAN * 4 + 2)
     return Candidate(c.line_no, c.offset, c.raw, before + c.raw + after, len(before))

@@ -61,10 +61,15 @@ class Candidate:
 
     @property
     def before(self) -> bytes:
-        lo = max(0, self._start - CONTEXT)
-        out = self._buf[lo:self._start]
-        if len(out) < CONTEXT and self._prev:
-            out = self._prev[len(self._prev) - (CONTEXT - len(out)):] + out
+        return self.tail(CONTEXT)
+
+    def tail(self, n: int) -> bytes:
+        """The last `n` (at most CONTEXT) bytes before this line: a copy of only what the caller reads."""
+        n = min(n, CONTEXT)
+        lo = max(0, self._start - n)
+        out = bytes(self._buf[lo:self._start])
+        if len(out) < n and self._prev:
+            out = self._prev[len(self._prev) - (n - len(out)):] + out
         return out
 
     def __repr__(self) -> str:
