@@ -297,14 +297,28 @@ def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = 
         text = unwrap(cand, text)
     if cand.pats is not None and text == alone:
         # the line is read alone: only the patterns the prefilter found possible for it can match (in their order)
-        allowed = {id(p) for p in cand.pats}
-        patterns = tuple(p for p in patterns if id(p) in allowed)
+        # (cand.pats is in the prefilter's pattern order, which is this one's: only those still in use are kept)
+        live = _ids(patterns)
+        patterns = tuple(p for p in cand.pats if id(p) in live)
     out = []
     for rec in records(text):
         ev = _parse_text(cand, file, patterns, rec)
         if ev is not None:
             out.append(ev)
     return out
+
+
+_IDS: dict[int, tuple[tuple, frozenset[int]]] = {}
+
+
+def _ids(patterns: tuple[P.Pattern, ...]) -> frozenset[int]:
+    """The ids of a pattern tuple's members, computed once per tuple (not once per candidate line)."""
+    got = _IDS.get(id(patterns))
+    if got is None or got[0] is not patterns:
+        if len(_IDS) > 64:
+            _IDS.clear()
+        got = _IDS[id(patterns)] = (patterns, frozenset(map(id, patterns)))
+    return got[1]
 
 
 def _few_breaks(tail: bytes) -> bool:
@@ -329,19 +343,20 @@ def _may_unwrap(cand: Candidate, text: str) -> bool:
         width = n
     else:
         return False
-    a = cand.after(width * WRAP_SPAN * 4 + 2) if n == width else b""
+    joins = i != -1 and len(prev) == width and _continues(prev, text)
+    a = b""
+    if n == width:
+        a = cand.after(width * WRAP_SPAN * 4 + 2)
+        j = a.find(b"\n")
+        if not joins and j != -1:
+            k = a.find(b"\n", j + 1)
+            joins = _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
+    if not joins:
+        return False
     # a wrap recurs: unwrap needs a second line of the width around (its lines are at most as long in characters as
-    # their last "\r" segment is in bytes)
-    around = b.split(b"\n")[:-1][-WRAP_SPAN:] + a.split(b"\n")[1:WRAP_SPAN + 1]
-    if sum(len(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) >= width for x in around) < 1:
-        return False
-    if i != -1 and len(prev) == width and _continues(prev, text):
-        return True
-    j = a.find(b"\n")
-    if j == -1:
-        return False
-    k = a.find(b"\n", j + 1)
-    return _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
+    # their last "\r" segment is in bytes, which are at most as long as the line); split only as far as it looks
+    around = b.rsplit(b"\n", WRAP_SPAN + 1)[:-1][-WRAP_SPAN:] + a.split(b"\n", WRAP_SPAN + 1)[1:WRAP_SPAN + 1]
+    return any(len(x) >= width and len(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) >= width for x in around)
 
 
 def parse_line(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> Event | None:
