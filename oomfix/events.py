@@ -482,6 +482,7 @@ def _template(c: Candidate) -> tuple[tuple[int, ...], bytes] | None:
 
 
 _ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NOT_REPEAT_RX = re.compile(rb"\x1b|it/s|s/it")  # a line _amid_repeats never counts as a repeat
 
 
 def _amid_repeats(c: Candidate) -> bool:

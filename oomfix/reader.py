@@ -36,6 +36,7 @@ MAX_LINE = 16 << 10  # a candidate line is cut to this many bytes around its mar
 SNIFF = 64 << 10
 WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
 STATE_KEEP = 4  # state lines handed on before each candidate (events holds as many)
+RUN_EVERY = 50  # in a run of identical lines, one in this many is handed on (events.REPEAT_GAP: 100)
 
 
 class Candidate:
@@ -449,6 +450,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     owe_first = False  # the first state line after the last candidate is still to be handed on
 
     held: list[Candidate] = []  # the last state lines of earlier buffers, copied, not yet handed on
+    raw_of = [b""]  # the candidate line run_of looks at
 
     def make(start: int, raw: bytes, pats: object) -> Candidate:
         """The candidate for the line at buf[start:], numbered (lines are counted up to it)."""
@@ -517,6 +519,43 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             n -= 1
             pos = nxt
         return pos, n
+
+    from oomfix import events as _events  # (events imports this module)
+
+    def repeatable(pats: object) -> bool:
+        """Would events skip the copies of this line amid a run (events._template, _amid_repeats)? Then only some
+        of them need to be found."""
+        return bool(pats) and len(raw_of[0]) >= 16 and raw_of[0][:16].isascii() and \
+            not _events._NOT_REPEAT_RX.search(raw_of[0]) and \
+            all(p.role in _events.REPEATABLE and not _events._digit_sensitive(p) for p in pats)  # type: ignore[attr-defined]
+
+    def run_of(start: int, stop: int, raw: bytes, pats: object) -> Generator[Candidate, None, int]:
+        """The copies of the line buf[start:stop] that follow it, byte for byte (an error printed by every step or
+        every thread: 2M lines of "RuntimeError: boom" cost 40 s and 230 MB, issue 23): counted at C speed, one every
+        RUN_EVERY lines handed on and the last one (what events parses of such a run: events.REPEAT_GAP). Returns
+        where the run ends."""
+        pos = stop + 1
+        if buf[stop:pos] != b"\n":
+            return pos
+        line = bytes(buf[start:pos])
+        n = len(line)
+        block = line * RUN_EVERY
+        copies = 0
+        while True:
+            if pos + len(block) <= end and buf.startswith(block, pos):
+                nxt = pos + len(block)
+                # hand on the last copy of this block (one every RUN_EVERY lines)
+                copies += RUN_EVERY
+                yield make(nxt - n, raw, pats)
+                pos = nxt
+                continue
+            while pos + n <= end and buf.startswith(line, pos):
+                copies += 1
+                pos += n
+            break
+        if copies % RUN_EVERY:
+            yield make(pos - n, raw, pats)  # the last copy: events parses the end of a run
+        return pos
 
     def _rounds() -> Iterator[Candidate]:
         nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
@@ -593,6 +632,9 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     pos += 1  # the "\n" of a CRLF line
                 pos, follow_left = yield from follow(pos, n_follow)
                 last_stop = max(last_stop, pos)
+                raw_of[0] = raw
+                if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
+                    last_stop = yield from run_of(start, stop, raw, pats)
             yield from hand_on(last_stop, end, at_end=True)
             for hook in before_refill or ():
                 hook()
