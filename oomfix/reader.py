@@ -227,13 +227,13 @@ class Prefilter:
             lits = self._line_lits(raw)
         if self.plan.digit_matters(lits, head) or \
                 ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
-            return self.accept(raw, head, lits)
+            return _below_error(self.accept(raw, head, lits), raw)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)
         if got is None:
             if len(self._verdicts) >= 8192:
                 self._verdicts.clear()
-            got = self._verdicts[key] = self.accept(raw, head, lits)
+            got = self._verdicts[key] = _below_error(self.accept(raw, head, lits), raw)
         return got
 
     def accept(self, raw: bytes, head: bool, lits: set[bytes]) -> "tuple[Pattern, ...] | bool":
@@ -241,6 +241,59 @@ class Prefilter:
         plan = self.plan
         ids = plan.ids_for(raw, head, lits)
         return tuple(self.patterns[i] for i in ids) if ids else False
+
+
+def _lookahead(source: str) -> str | None:
+    """The leading negative lookahead of a regex source ("^(?!...)"), or None."""
+    if not source.startswith("^(?!"):
+        return None
+    depth, k, in_class = 0, 1, False
+    while k < len(source):
+        c = source[k]
+        if c == "\\":
+            k += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return source[:k + 1]
+        k += 1
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _gate(p: Pattern) -> "re.Pattern[str] | None":
+    """For a pattern that refuses lines of a lower severity by a leading lookahead (error_level: "^(?!.*INFO...)"),
+    that lookahead alone: the line is refused when it does not match."""
+    src = getattr(p.regex, "pattern", None)
+    head = _lookahead(src) if isinstance(src, str) else None
+    return re.compile(head, p.regex.flags) if head else None
+
+
+# What can make the text a pattern runs on differ from the raw line: records split out of it (two ranks' output,
+# a flattened log, an exception or glog header after a blank), colour codes, a tqdm bar glued before it.
+_SPLITTABLE = re.compile(rb"\[rank|\[default|Traceback|\x1b|it/s|s/it|\s(?:[A-Za-z_][\w.]*(?:Error|Exception): |"
+                         rb"\[?[IWEF]\d{3,4} \d\d:)")
+
+
+def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Pattern, ...] | bool":
+    """Structure before words: a line whose only possible patterns refuse its severity (an INFO or WARNING line that
+    says "error.json" or "indexing errors", printed every step) is no candidate, so it is dropped here rather than
+    parsed. Only when the line cannot turn into other records (events.records) or lose words when cleaned: the
+    lookahead then sees what the parser would see (the prefixes strip_prefixes removes hold no severity word)."""
+    if not pats or len(raw) > 400:
+        return pats
+    gates = [_gate(p) for p in pats]
+    if any(g is None for g in gates) or _SPLITTABLE.search(raw):
+        return pats
+    text = raw.decode("utf-8", "replace")
+    return False if all(g.match(text) is None for g in gates) else pats  # type: ignore[union-attr]
 
 
 def _second(item: tuple) -> int:
