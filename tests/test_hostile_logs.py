@@ -164,3 +164,17 @@ def test_regex_is_linear_on_pathological_lines(name: str, rx: re.Pattern, marker
                 if d > worst:
                     worst, what = d, repr(s[:30])
     assert worst < REGEX_LIMIT, f"{name}: {worst:.2f} s on {what}..."
+
+
+def test_check_on_a_small_hostile_log_is_quick(tmp_path: Path) -> None:
+    """`oomfix check` reads the project's logs with the same reader: a 3 KB log of blank lines and blank runs after
+    markers (which took `check` and `apply` about a minute, issue 23) is read in about a second."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "run.log").write_bytes(b"\n" * 1000 + b"ValueError:" + b" " * 1500 + b"x\n" +
+                                                b"{'loss':" + b" " * 500 + b"x\n" + b"  time      :" + b" " * 400 + b"x\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "oomfix", "check", str(tmp_path)], capture_output=True, env=env,
+                       timeout=TIME_LIMIT * 2)
+    assert p.returncode in (0, 1), p.stderr
+    assert time.perf_counter() - t < TIME_LIMIT
