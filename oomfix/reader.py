@@ -155,6 +155,11 @@ class Prefilter:
                 hits += self._find(buf, a, b, self.rest)
         return hits
 
+    def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
+                    last: bool = True) -> Iterator[list]:
+        """`find`'s hits in line-aligned blocks of buf[:end], in order (a line never spans two blocks)."""
+        yield self.find(buf, end, base, size, last)
+
     def _windows(self, buf: bytes, ahead: list[tuple[int, bytes]], lo: int, end: int, size: int,
                  last: bool) -> list[tuple[int, int]]:
         """The merged ranges of buf[lo:end] to search for every tail literal."""
@@ -576,10 +581,9 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     from oomfix import events as _events  # (events imports this module)
 
     def repeatable(pats: object) -> bool:
-        """Would events skip the copies of this line amid a run (events._template, _amid_repeats)? Then only some
-        of them need to be found."""
-        return bool(pats) and len(raw_of[0]) >= 16 and raw_of[0][:16].isascii() and \
-            not _events._NOT_REPEAT_RX.search(raw_of[0]) and \
+        """Would events skip the copies of this line amid a run (events._template)? Then only some of them need to be
+        found. (Byte-identical neighbours never join into one record, whatever their length: events._continues.)"""
+        return bool(pats) and not _events._NOT_REPEAT_RX.search(raw_of[0]) and \
             all(p.role in _events.REPEATABLE and not _events._digit_sensitive(p) for p in pats)  # type: ignore[attr-defined]
 
     def run_of(start: int, stop: int, raw: bytes, pats: object) -> Generator[Candidate, None, int]:
@@ -592,19 +596,21 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             return pos
         line = bytes(buf[start:pos])
         n = len(line)
-        block = line * RUN_EVERY
+        # RUN_EVERY copies compared at once, for lines short enough (a copy of a 4 MB line times 50 is 200 MB)
+        block = line * RUN_EVERY if n * RUN_EVERY <= 1 << 16 else None
         copies = 0
         while True:
-            if pos + len(block) <= end and buf.startswith(block, pos):
-                nxt = pos + len(block)
-                # hand on the last copy of this block (one every RUN_EVERY lines)
+            if block is not None and pos + len(block) <= end and buf.startswith(block, pos):
+                pos += len(block)
                 copies += RUN_EVERY
-                yield make(nxt - n, raw, pats)
-                pos = nxt
+                yield make(pos - n, raw, pats)  # the last copy of each block: one every RUN_EVERY lines
                 continue
-            while pos + n <= end and buf.startswith(line, pos):
-                copies += 1
+            if pos + n <= end and buf.startswith(line, pos):
                 pos += n
+                copies += 1
+                if block is None and copies % RUN_EVERY == 0:
+                    yield make(pos - n, raw, pats)
+                continue
             break
         if copies % RUN_EVERY:
             yield make(pos - n, raw, pats)  # the last copy: events parses the end of a run
@@ -653,41 +659,43 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line
             # yielded
             last_stop, follow_left = yield from follow(0, follow_left)
-            hits = sorted(prefilter.find(buf, end, base, size, eof))
-            k = 0
-            while k < len(hits):
-                hit, lit = hits[k]
-                k += 1
-                if hit < last_stop:
-                    continue  # same line as a hit already yielded
-                start, stop = _bounds(buf, hit, end)
-                lits = {lit}
-                while k < len(hits) and hits[k][0] < stop:
-                    lits.add(hits[k][1])  # the other hits of this line
+            # (the Hyperscan engine hands its hits over block by block: their number is bounded whatever the log holds)
+            for block in prefilter.find_blocks(buf, end, base, size, eof):
+                hits = sorted(block)
+                k = 0
+                while k < len(hits):
+                    hit, lit = hits[k]
                     k += 1
-                if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and \
-                        buf.find(b"      ", start, stop) == -1:
-                    continue  # found only for colour codes or padding, and the line has neither
-                raw = _cut(buf, start, stop, hit)
-                if state_rx.search(raw):
-                    lits |= prefilter.state_keys(raw)  # the line is also a state line
-                pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
-                if pats is False or all(id(p) in lazy_pats for p in pats):
-                    continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
-                yield from hand_on(last_stop, start)
-                yield make(start, raw, pats)
-                owe_first = True
-                last_stop = stop + 1
-                n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
-                # the lines after a trigger: the HF block, the summary table, the allocator's numbers
-                pos = last_stop
-                if pos < end and buf[pos:pos + 1] == b"\n":
-                    pos += 1  # the "\n" of a CRLF line
-                pos, follow_left = yield from follow(pos, n_follow)
-                last_stop = max(last_stop, pos)
-                raw_of[0] = raw
-                if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
-                    last_stop = yield from run_of(start, stop, raw, pats)
+                    if hit < last_stop:
+                        continue  # same line as a hit already yielded
+                    start, stop = _bounds(buf, hit, end)
+                    lits = {lit}
+                    while k < len(hits) and hits[k][0] < stop:
+                        lits.add(hits[k][1])  # the other hits of this line
+                        k += 1
+                    if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and \
+                            buf.find(b"      ", start, stop) == -1:
+                        continue  # found only for colour codes or padding, and the line has neither
+                    raw = _cut(buf, start, stop, hit)
+                    if state_rx.search(raw):
+                        lits |= prefilter.state_keys(raw)  # the line is also a state line
+                    pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
+                    if pats is False or all(id(p) in lazy_pats for p in pats):
+                        continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
+                    yield from hand_on(last_stop, start)
+                    yield make(start, raw, pats)
+                    owe_first = True
+                    last_stop = stop + 1
+                    n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
+                    # the lines after a trigger: the HF block, the summary table, the allocator's numbers
+                    pos = last_stop
+                    if pos < end and buf[pos:pos + 1] == b"\n":
+                        pos += 1  # the "\n" of a CRLF line
+                    pos, follow_left = yield from follow(pos, n_follow)
+                    last_stop = max(last_stop, pos)
+                    raw_of[0] = raw
+                    if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
+                        last_stop = yield from run_of(start, stop, raw, pats)
             yield from hand_on(last_stop, end, at_end=True)
             for hook in before_refill or ():
                 hook()

@@ -83,8 +83,12 @@ HOSTILE = {
     "one_8mb_line": lambda: [b"Error:", b" " * (8 << 20), b"\n", OOM.encode()],
     # 300,000 identical error lines: every one was a candidate (2M: 40 s)
     "identical_errors": lambda: [b"RuntimeError: boom\n" * 300_000],
+    # short ones (500,000: 12 s, 150 MB), and one 4 MB line of one error word (Hyperscan held every match: 330 MB)
+    "identical_short_errors": lambda: [b"Error: x\n" * 500_000],
+    "one_line_of_error_words": lambda: [b"Error " * ((4 << 20) // 6), b"\n", OOM.encode()],
 }
 EXPECTED = {"blank_lines_before_error": "python_exception", "identical_errors": "python_exception",
+            "identical_short_errors": "unknown",
             "blanks_after_valueerror": "python_exception"}
 
 
