@@ -95,6 +95,15 @@ def _stamp(month: str, day: str, hms: str, frac: str | None) -> str:
     return f"{month}{day} {hms}.{frac or '0'}"
 
 
+
+def _rich_trail(body: str) -> str:
+    """`body` without a rich box's right edge (`   ───╯`, `  │`): trailing blanks, the edge, the rule characters and
+    blanks before it. Unchanged when it does not end in an edge."""
+    t = body.rstrip()
+    if t and t[-1] in P.RICH_RIGHT_EDGE:
+        return t[:-1].rstrip(P.RICH_RULE).rstrip()
+    return body
+
 def strip_prefixes(text: str) -> Prefixes:
     """Strip, in any order and any number, what loggers, launchers and pasting put before a record: markdown quotes,
     wall-clock stamps, Ray actor tags, mpirun/accelerate tags, rank and host prefixes, glog headers, NCCL's
@@ -105,7 +114,7 @@ def strip_prefixes(text: str) -> Prefixes:
         body = P.RAY_REPEATED.sub("", body)
     first = body.lstrip()[:1]
     if first and first in P.RICH_BOX_CHARS:
-        body = P.RICH_TRAIL.sub("", P.RICH_LEAD.sub("", body, count=1), count=1)
+        body = _rich_trail(P.RICH_LEAD.sub("", body, count=1))
     for _ in range(8):
         before = body
         m = P.MARKDOWN_PREFIX.match(body)
@@ -190,9 +199,13 @@ WRAP_MIN = 80  # a terminal narrower than this is not worth guessing about
 WRAP_SPAN = 40  # physical lines of one wrapped record, at most, each way
 
 
-def _phys_lines(data: bytes) -> list[str]:
-    # what each line shows once a progress bar's "\r" redraws are done and a bar glued before it is gone
-    return [clean(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) for x in data.split(b"\n")]
+def _phys_lines(data: bytes, n: int, before: bool) -> list[str]:
+    """What each of the n whole physical lines nearest the candidate shows once a progress bar's "\r" redraws are done
+    and a bar glued before it is gone: the last n of `data` (the bytes before the candidate, without the candidate's
+    own line start), or the first n after the candidate's line (`data` starts with the rest of that line)."""
+    parts = data.split(b"\n", n + 1) if not before else data.rsplit(b"\n", n + 1)
+    parts = parts[:-1][-n:] if before else parts[1:n + 1]
+    return [clean(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) for x in parts]
 
 
 def unwrap(cand: Candidate, text: str) -> str:
@@ -200,7 +213,8 @@ def unwrap(cand: Candidate, text: str) -> str:
     the shorter line that ends the record. W is a width that recurs in the neighbourhood (one long line is just a long
     line). Joins are plain concatenation: a terminal cuts mid-word, wherever column W falls."""
     n = len(text)
-    before = _phys_lines(cand.before[-WRAP_MIN * WRAP_SPAN * 4:])[:-1][-WRAP_SPAN:] if cand.before else []
+    # split first, clean only the WRAP_SPAN lines kept (a window of short lines holds hundreds)
+    before = _phys_lines(cand.tail(WRAP_MIN * WRAP_SPAN * 4), WRAP_SPAN, True)
     prev = before[-1] if before else ""
     width = 0
     if len(prev) >= WRAP_MIN and len(prev) >= n:
@@ -211,7 +225,7 @@ def unwrap(cand: Candidate, text: str) -> str:
         return text
     after: list[str] = []
     if n == width:
-        after = _phys_lines(cand.after(width * WRAP_SPAN * 4 + 2))[1:WRAP_SPAN + 1]
+        after = _phys_lines(cand.after(width * WRAP_SPAN * 4 + 2), WRAP_SPAN, False)
     seq = before + [text] + after
     pairs = [(a, b) for a, b in zip(seq, seq[1:]) if len(a) == width and _continues(a, b)]
     if len(pairs) < 2 or not any(a[-1:].isalnum() and b[:1].isalnum() for a, b in pairs):
@@ -290,19 +304,38 @@ def records(text: str) -> list[str]:
 def parse_records(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...] = P.PATTERNS) -> list[Event]:
     """The events of one candidate line: one per record it holds that a pattern claims."""
     text = alone = clean(cand.raw)
-    if (len(text) >= WRAP_MIN or (cand.before and cand.before[-WRAP_MIN - 2:].count(b"\n") <= 1)) and \
+    if (len(text) >= WRAP_MIN or _few_breaks(cand.tail(WRAP_MIN + 2))) and \
             not (cand._buf and _amid_repeats(cand)) and _may_unwrap(cand, text):
         text = unwrap(cand, text)
     if cand.pats is not None and text == alone:
         # the line is read alone: only the patterns the prefilter found possible for it can match (in their order)
-        allowed = {id(p) for p in cand.pats}
-        patterns = tuple(p for p in patterns if id(p) in allowed)
+        # (cand.pats is in the prefilter's pattern order, which is this one's: only those still in use are kept)
+        live = _ids(patterns)
+        patterns = tuple(p for p in cand.pats if id(p) in live)
     out = []
     for rec in records(text):
         ev = _parse_text(cand, file, patterns, rec)
         if ev is not None:
             out.append(ev)
     return out
+
+
+_IDS: dict[int, tuple[tuple, frozenset[int]]] = {}
+
+
+def _ids(patterns: tuple[P.Pattern, ...]) -> frozenset[int]:
+    """The ids of a pattern tuple's members, computed once per tuple (not once per candidate line)."""
+    got = _IDS.get(id(patterns))
+    if got is None or got[0] is not patterns:
+        if len(_IDS) > 64:
+            _IDS.clear()
+        got = _IDS[id(patterns)] = (patterns, frozenset(map(id, patterns)))
+    return got[1]
+
+
+def _few_breaks(tail: bytes) -> bool:
+    """Is the line after these bytes maybe the rest of a line a terminal wrapped (one line break in them at most)?"""
+    return bool(tail) and tail.count(b"\n") <= 1
 
 
 def _phys(seg: bytes) -> str:
@@ -313,7 +346,7 @@ def _may_unwrap(cand: Candidate, text: str) -> bool:
     """Could `unwrap` change this line? Only when it continues the physical line before it or is continued by the one
     after it (its head or tail would be empty otherwise): decided on those two lines, not the eighty it reads."""
     n = len(text)
-    b = cand.before[-WRAP_MIN * WRAP_SPAN * 4:] if cand.before else b""
+    b = cand.tail(WRAP_MIN * WRAP_SPAN * 4)
     i = b.rfind(b"\n")
     prev = _phys(b[b.rfind(b"\n", 0, i) + 1:i]) if i != -1 else ""
     if len(prev) >= WRAP_MIN and len(prev) >= n:
@@ -322,19 +355,20 @@ def _may_unwrap(cand: Candidate, text: str) -> bool:
         width = n
     else:
         return False
-    a = cand.after(width * WRAP_SPAN * 4 + 2) if n == width else b""
+    joins = i != -1 and len(prev) == width and _continues(prev, text)
+    a = b""
+    if n == width:
+        a = cand.after(width * WRAP_SPAN * 4 + 2)
+        j = a.find(b"\n")
+        if not joins and j != -1:
+            k = a.find(b"\n", j + 1)
+            joins = _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
+    if not joins:
+        return False
     # a wrap recurs: unwrap needs a second line of the width around (its lines are at most as long in characters as
-    # their last "\r" segment is in bytes)
-    around = b.split(b"\n")[:-1][-WRAP_SPAN:] + a.split(b"\n")[1:WRAP_SPAN + 1]
-    if sum(len(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) >= width for x in around) < 1:
-        return False
-    if i != -1 and len(prev) == width and _continues(prev, text):
-        return True
-    j = a.find(b"\n")
-    if j == -1:
-        return False
-    k = a.find(b"\n", j + 1)
-    return _continues(text, _phys(a[j + 1:k if k != -1 else len(a)]))
+    # their last "\r" segment is in bytes, which are at most as long as the line); split only as far as it looks
+    around = b.rsplit(b"\n", WRAP_SPAN + 1)[:-1][-WRAP_SPAN:] + a.split(b"\n", WRAP_SPAN + 1)[1:WRAP_SPAN + 1]
+    return any(len(x) >= width and len(x.rstrip(b"\r").rsplit(b"\r", 1)[-1]) >= width for x in around)
 
 
 # (WEAK patterns may match code on purpose: `self._store = TCPStore(` is where a busy port surfaces)
@@ -380,9 +414,9 @@ def _parse_text(cand: Candidate, file: str, patterns: tuple[P.Pattern, ...], tex
                 rank = int(r["rank"])
         progress = frame = None
         if pat.role in _NEEDS_CONTEXT:
-            progress = _last_progress(cand.before + cand.raw)
+            progress = _last_progress(cand.tail(8192) + cand.raw)
             if pat.role in (P.EXCEPTION, P.CAUSE):
-                frame = _last_frame(cand.before)
+                frame = _last_frame(cand.tail(8192))
         return Event(pat.name, pat.role, pat.cls, pat.confidence, file, cand.line_no, text.strip()[:2000],
                      rank, host, time, data, progress, frame)
     return None
@@ -486,6 +520,7 @@ def _template(c: Candidate) -> tuple[tuple[int, ...], bytes] | None:
 
 
 _ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NOT_REPEAT_RX = re.compile(rb"\x1b|it/s|s/it")  # a line _amid_repeats never counts as a repeat
 
 
 def _amid_repeats(c: Candidate) -> bool:
@@ -539,6 +574,6 @@ def _detach(c: Candidate) -> Candidate:
             hi = buf.find(b"\n", nl + 1, c._valid) + 1
             return Candidate(c.line_no, c.offset, c.raw, bytes(buf[lo:hi]), start - lo)
     n = WRAP_MIN * WRAP_SPAN * 4
-    before = c.before[-n:] if start < n else bytes(buf[start - n:start])
+    before = c.tail(n)
     after = c.after(len(c.raw) * WRAP_SPAN * 4 + 2)
     return Candidate(c.line_no, c.offset, c.raw, before + c.raw + after, len(before))

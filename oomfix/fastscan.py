@@ -30,11 +30,15 @@ _STATE = -3  # the first state marker of a buffer (not a hit: it sets where stat
 # it wrongly routes to the cleaned-forms check gets the verdict the pure-Python engine gives it anyway
 _DIRT = rb"(?:\x1b|      )"
 _STATE_REACH = 256  # longest state match looked for across a block's start
+BLOCK = 1 << 20  # bytes of a buffer scanned at once (find_blocks)
 
 
 def _dirty(literals: tuple[bytes, ...]) -> bytes:
+    """A line with one of the literals and dirt. The match runs on to the line's end, so that it ends at one offset
+    per line: ended at the dirt, a run of spaces (an 8 MB line of them after "Error:") reported every offset of it,
+    millions of calls into Python and a list of their offsets (1.75 GB, issue 23)."""
     alt = b"(?:" + b"|".join(_escape(m) for m in literals) + b")"
-    return alt + rb"[^\r\n]*" + _DIRT + b"|" + _DIRT + rb"[^\r\n]*" + alt
+    return b"(?:" + alt + rb"[^\r\n]*" + _DIRT + b"|" + _DIRT + rb"[^\r\n]*" + alt + rb")[^\r\n]*(?:[\r\n]|$)"
 
 
 def _compile(expressions: list[bytes], single: int = 0) -> "hyperscan.Database":
@@ -125,28 +129,63 @@ class HyperscanPrefilter(Prefilter):
     def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,  # type: ignore[override]
              last: bool = True) -> list[tuple[int, int]]:
         """(offset, pattern id, or _HEAD/_TAIL for a line with colour codes or padding) of every match end."""
+        return [h for block in self.find_blocks(buf, end, base, size, last) for h in block]
+
+    def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,  # type: ignore[override]
+                    last: bool = True) -> Iterator[list[tuple[int, int]]]:
+        """`find` block by block: the buffer is scanned in line-aligned blocks of BLOCK bytes, so that the hits held
+        at once are bounded (a million short error lines in one buffer held 2M hits, 230 MB). A match never spans
+        two lines that matters: the line it ends in holds a match of its own (the loosened regexes run per line)."""
+        self._floor = 0
+        a = 0
+        while a < end:
+            b = end if end - a <= BLOCK else buf.rfind(b"\n", a, a + BLOCK) + 1
+            if b <= a:
+                b = buf.find(b"\n", a + BLOCK, end) + 1 or end  # one line longer than a block: scanned whole
+            hits = self._scan(buf, a, b, base)
+            yield hits
+            a = b
+
+    def _scan(self, buf: bytes, a: int, end: int, base: int) -> list[tuple[int, int]]:
+        """The hits in buf[a:end]; sets the floor of the state search (no state marker before it) as far as known."""
         hits: list[tuple[int, int]] = []
         append = hits.append
-        head = base < HEAD_BYTES
+        head = base + a < HEAD_BYTES
         keys = self._keys if head else self._tail_keys
 
         floor = [end]
+        # one hit per line and key: the reader wants a line's first hit and the set of its keys, and a line made of
+        # one word repeated (8 MB of "Error ") would otherwise hold millions of them
+        line_end = [-1]
+        seen: set[int] = set()
+        find = buf.find
 
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             key = keys[idx]
             if key == _STATE:
-                floor[0] = min(floor[0], max(0, to - _STATE_REACH))
-            else:
-                append((to - 1, key))
+                floor[0] = min(floor[0], max(0, a + to - _STATE_REACH))
+                return
+            pos = a + to - 1
+            if pos > line_end[0]:
+                nl = find(b"\n", pos, end)
+                nl = end if nl == -1 else nl
+                cr = find(b"\r", pos, nl)
+                line_end[0] = nl if cr == -1 else cr  # the logical line ends at its "\r" or "\n" (reader._bounds)
+                seen.clear()
+            elif key in seen:
+                return
+            seen.add(key)
+            append((pos, key))
 
         try:
-            (self._db if head else self._tail_db).scan(memoryview(buf)[:end], match_event_handler=on_match)
+            (self._db if head else self._tail_db).scan(memoryview(buf)[a:end], match_event_handler=on_match)
         except hyperscan.error as e:
             # a Ctrl-C that lands in the match callback comes back as Hyperscan's own error: it is an interrupt
             if isinstance(e.__context__, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt):
                 raise KeyboardInterrupt from None
             raise
-        self._floor = floor[0]
+        if self._floor == a:  # no state marker before this block: none before the first found in it, or its end
+            self._floor = floor[0]
         return hits
 
     def state_keys(self, raw: bytes) -> set:

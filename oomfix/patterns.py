@@ -86,7 +86,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"[Pp]rocess (?P<lr>\d+) terminated with (?:exit code (?P<code>-?\d+)|signal (?P<sig>SIG[A-Z]+))", DEATH),
     _p("table_field", [b"time      :", b"host      :", b"rank      :", b"exitcode  :", b"error_file:",
                        b"traceback :"],
-       r"^\s*(?P<field>time|host|rank|exitcode|error_file|traceback)\s*:\s?(?P<val>.*?)\s*$", TABLE),
+       # (?P<val>(?:.*\S)?): the value without its trailing blanks, found once (a lazy `.*?` before `\s*$` tried every
+       # length: a 16 KB line of blanks took seconds)
+       r"^\s*(?P<field>time|host|rank|exitcode|error_file|traceback)\s*:\s?(?P<val>(?:.*\S)?)\s*$", TABLE),
     _p("table_root", [b"Root Cause"], r"Root Cause", TABLE_SECTION),
     _p("table_failures", [b"Failures:"], r"^\s*Failures:", TABLE_SECTION),
 
@@ -316,7 +318,7 @@ PATTERNS: tuple[Pattern, ...] = (
     # fairseq's progress "gnorm=inf"
     _p("nan_loss", [b": nan", b"= nan", b"=nan", b"'nan'", b": NaN", b"= NaN", b": inf", b"= inf", b"=inf", b"'inf'",
                     b": Inf", b": -inf", b"=-inf", b": Infinity", b"is nan", b"is NaN", b"is inf", b"is Inf"],
-       r"(?i:(?:\b|_)(?:loss|grad[_ ]norm|gnorm)['\"]?\s*(?:[:=]|is)?\s*['\"]?[-+]?(?:nan|inf(?:inity)?)\b)", WEAK,
+       r"(?i:(?:\b|_)(?:loss|grad[_ ]norm|gnorm)['\"]?\s*(?:(?:[:=]|is)\s*)?['\"]?[-+]?(?:nan|inf(?:inity)?)\b)", WEAK,
        "nan_loss", "medium"),
     # a dynamic loss scale stuck at its floor: DeepSpeed (runtime/fp16/loss_scaler.py, min_loss_scale 1 by default)
     # "OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 1, reducing to 1"; fairseq "overflow detected, setting
@@ -336,7 +338,10 @@ PATTERNS: tuple[Pattern, ...] = (
     # (also "DUE TO PREEMPTION", "DUE TO JOB REQUEUE", "DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS")
     # "DUE TO TASK FAILURE" is not a stop from outside: srun cancels the step because one of its tasks failed
     _p("slurm_cancelled", [b"CANCELLED AT"],
-       r"CANCELLED AT \S+(?! DUE TO TASK FAILURE)(?: DUE TO (?P<why>[A-Z ]+?))?[\s,]*(?:SEE [A-Z ]+)?\*", CAUSE,
+       # the reason: words separated by one space (a lazy `[A-Z ]+?` next to `[\s,]*` and `SEE [A-Z ]+` made a line of
+       # blanks cubic)
+       r"CANCELLED AT \S+(?! DUE TO TASK FAILURE)(?: DUE TO (?P<why>[A-Z]+(?: (?!SEE )[A-Z]+)*))?[\s,]*(?:SEE [A-Z ]+)?\*",
+       CAUSE,
        "sigterm", "high"),
     _p("slurm_task_failure", [b"DUE TO TASK FAILURE"], r"CANCELLED AT \S+ DUE TO TASK FAILURE", ERROR_LEVEL),
     # IBM Spectrum LSF's job report (appended to the job's output): "TERM_MEMLIMIT: job killed after reaching LSF memory
@@ -383,7 +388,7 @@ PATTERNS: tuple[Pattern, ...] = (
        r"^(?P<exc>(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt)|Exception|StopIteration))"
        # Ray's RayTaskError(X) names the exception X the actor raised (python/ray/exceptions.py as_instanceof_cause)
        r"(?:\((?P<inner>[A-Za-z_][\w.]*)\))?"
-       r"(?::\s*(?P<msg>.*?))?\s*$", EXCEPTION),
+       r"(?::\s*(?P<msg>(?:.*\S)?))?\s*$", EXCEPTION),  # (the message without trailing blanks, found once: linear)
 
     # --- the run's parameters -----------------------------------------------------------------------
     _p("hf_micro_batch", [b"Instantaneous batch size per device"],
@@ -403,7 +408,9 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("launch_command", [b"torchrun ", b"llamafactory-cli ", b"torch.distributed.run", b"torch.distributed.launch",
                           b"accelerate launch", b"deepspeed "],
        r"(?:^|[\s+$>:=])(?P<cmd>(?:torchrun|llamafactory-cli|accelerate launch|deepspeed|"
-       r"\S*python\S*\s+(?:-u\s+)?-m\s+torch\.distributed\.(?:run|launch))\s.*)$", RUN),
+       # (a python token starts after a blank: a leftmost match starts there anyway, and a run of "=" or ":" is not
+       # tried from each of its characters)
+       r"(?<!\S)\S*python\S*\s+(?:-u\s+)?-m\s+torch\.distributed\.(?:run|launch))\s.*)$", RUN),
 
     # --- phases -------------------------------------------------------------------------------------
     _p("phase_preprocess", [b"Running tokenizer on dataset", b"Converting format of dataset"],
@@ -468,7 +475,8 @@ PATTERNS: tuple[Pattern, ...] = (
        # a program's own prefix: "error: x", "srun: error: x", "file.cpp:12:3: fatal error: x", "fatal: x"
        r"|(?:[\w.\-/]+(?::\d+)*: )?(?:[Ee]rror|[Ff]atal)(?: error)?: "
        r"|Fatal Python error"
-       r"|.*\bAssertion [`'\"].*\bfailed"
+       # (the first "Assertion" decides: the text before it cannot hold one, so a line of them is not tried pairwise)
+       r"|(?:[^A]|\BA|\bA(?!ssertion\b))*\bAssertion [`'\"].*\bfailed"
        r"|terminate called (?:after throwing|without an active exception)"
        # the shell's report of a job that died of a signal: "Aborted (core dumped)", "line 3: 123 Aborted  python x"
        r"|(?:.*\b\d+ )?Aborted(?:\s+\(core dumped\))?(?:\s*$|\s{2,}\S)|.*\(core dumped\))", ERROR_LEVEL),
@@ -519,7 +527,9 @@ FOLLOW: tuple[tuple[bytes, int], ...] = (
 # --- line cleaning --------------------------------------------------------------------------------------
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
 # a tqdm bar that another record got glued to: "... 3/6 [00:03<00:05,  1.00it/s][rank1]: Traceback"
-TQDM_PREFIX = re.compile(r"^.*?\d+/\d+ \[[^\]]*(?:it/s|s/it|\?it/s)\](?=\S)")
+# (linear: a count starts after a non-digit, and the bracket is searched only so far, a line of digits or of "1/1 ["
+# took seconds)
+TQDM_PREFIX = re.compile(r"^.*?(?<!\d)\d+/\d+ \[[^\]]{0,1000}?(?:it/s|s/it|\?it/s)\](?=\S)")
 # rank prefixes: torch >= 2.2 "[rank3]:", torchrun --tee "[default0]:", srun -l "0: ", pdsh "host: ", mpirun "[1,3]<stderr>:",
 # "[host:2]:"; markdown quotes from pasted logs
 PREFIX = re.compile(
@@ -540,7 +550,7 @@ PREFIX = re.compile(
 # - markdown from pasted logs: "> " quotes, "**" bold, a list "- " is NOT stripped (it is also YAML/diff text)
 RAY_PREFIX = re.compile(r"^\((?:[A-Za-z_][\w.\-]*(?: pid=\d+)?(?:, ip=[\w.:\-]+)?|pid=\d+(?:, ip=[\w.:\-]+)?|"
                         r"autoscaler[^)]*)\)\s?")
-RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray deduplicates[^)]*\))?\s*$")
+RAY_REPEATED = re.compile(r"(?<!\s)\s*\[repeated \d+x across cluster\](?: \(Ray deduplicates[^)]*\))?\s*$")
 CLOCK_PREFIX = re.compile(
     r"^\[?(?:(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d)[ T_])?(?P<hms>\d\d:\d\d:\d\d)(?:[.,](?P<f>\d+))?"
     r"(?:Z|[+-]\d\d:?\d\d)?\]?(?:\s+|(?=\[))")
@@ -548,7 +558,10 @@ CLOCK_PREFIX = re.compile(
 # border "╭──── Traceback (most recent call last) ────╮"), stripped so that the text inside reads like plain output
 RICH_BOX_CHARS = "│┃║╭╰╮╯├┤┝┥┠┨┣┫╞╡─━═"
 RICH_LEAD = re.compile(r"^\s*[│┃║╭╰├┝┠┣╞][─━═]*\s?")
-RICH_TRAIL = re.compile(r"\s*[─━═]*[│┃║╮╯┤┥┨┫╡]\s*$")
+# a box's right edge, and the rule characters and blanks before it (events._rich_trail strips it in linear time:
+# the regex form `\s*[─━═]*[│...]\s*$`, tried at every start, is quadratic on a long run of blanks or rules)
+RICH_RIGHT_EDGE = "│┃║╮╯┤┥┨┫╡"
+RICH_RULE = "─━═"
 MARKDOWN_PREFIX = re.compile(r"^(?:>\s?)+|^\*\*(?!\*)|^`+(?!`)")
 # glog, as c10 (c10/util/Logging.cpp) and torch's Python logging in glog style print it, with or without brackets,
 # pid and date: "E1127 19:02:18.114000 11226 api.py:1002] ", "[E429 13:55:49.384372190 ProcessGroupNCCL.cpp:1743] ",
@@ -563,8 +576,10 @@ NCCL_PREFIX = re.compile(r"^\s*(?P<host>[\w.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?
 RANK_IN_TEXT = re.compile(r"\[(?:PG (?:ID )?\d+(?: PG GUID \d+)?(?: ?\([^)]*\))? )?Rank (?P<rank>\d+)\]")
 DS_TIME = re.compile(r"^\[(?:\w+\|)?\d{4}-(?P<m>\d\d)-(?P<d>\d\d)[ _T](?P<hms>\d\d:\d\d:\d\d)(?:[,.](?P<f>\d+))?")
 TABLE_TIME = re.compile(r"\d{4}-(?P<m>\d\d)-(?P<d>\d\d)_(?P<hms>\d\d:\d\d:\d\d)")
+# Linear: the blanks before the bar stay on its line and are one run (adjacent `\s*` that also match newlines made
+# 2,000 blank lines before an error cost 20 s, issue 23).
 # a bar with no description ("Loading checkpoint shards: 8/8 ..." is not a training step): HF Trainer's
-PROGRESS = re.compile(rb"(?:^|[\r\n])\s*(?:\x1b\[[\d;]*m)?\s*\d+%(?:\x1b\[[\d;]*m)?\|[^|\r\n]*\|\s*(\d+)/(\d+) \[")
+PROGRESS = re.compile(rb"(?:^|[\r\n])[ \t]*(?:\x1b\[[\d;]*m[ \t]*)?\d+%(?:\x1b\[[\d;]*m)?\|[^|\r\n]*\|[ \t]*(\d+)/(\d+) \[")
 TRACEBACK_FRAME = re.compile(rb'File "([^"\n]+)", line (\d+), in ([^\n\r]+)')
 
 PATTERNS_BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}

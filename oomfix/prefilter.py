@@ -220,6 +220,16 @@ def loosen(source: str, flags: int = 0) -> str | None:
         return None
 
 
+def _with_level(loose: str, levels: str) -> str:
+    """A pattern that counts only on a glog line of some severities (`Pattern.levels`): its loosened regex also
+    requires such a header in the line (before or after its own match), as patterns.GLOG_ANY reads it: the severity
+    letter, then a date and time or a space (the source file may be the pattern's own match). A glog W or I line of the same source file (a warning
+    printed on every rank, every step) is then never a candidate, in either engine."""
+    lv = "".join(c for c in levels if c.isalpha())
+    head = f"[{lv}](?:\\d{{3,4}} \\d\\d:\\d\\d:\\d\\d| )"
+    return f"{head}[^\\r\\n]*(?:{loose})|(?:{loose})[^\\r\\n]*{head}"
+
+
 def _source(p: P.Pattern) -> tuple[str, int]:
     rx = p.regex
     if isinstance(rx, re.Pattern):
@@ -257,7 +267,7 @@ def _key(patterns: tuple[P.Pattern, ...], anchors: tuple[bytes, ...], everywhere
     h.update(repr((sys.version_info[:2], anchors, sorted(everywhere), sorted(lazy))).encode())
     for p in patterns:
         rx = p.regex
-        h.update(repr((p.name, p.markers, p.role, type(rx).__module__, getattr(rx, "pattern", None),
+        h.update(repr((p.name, p.markers, p.role, p.levels, type(rx).__module__, getattr(rx, "pattern", None),
                        getattr(rx, "flags", None))).encode())
     return h.hexdigest()[:32]
 
@@ -308,7 +318,8 @@ class Plan:
         self.loose: list[str | None] = []
         for p in patterns:
             src, fl = _source(p)
-            self.loose.append(loosen(src, fl) if src else None)
+            lo = loosen(src, fl) if src else None
+            self.loose.append(_with_level(lo, p.levels) if lo and p.levels else lo)
         # past the head, a pattern counts through its markers that contain an anchor ("everywhere" ones and state
         # patterns: all markers)
         self.head_markers: list[tuple[bytes, ...]] = [tuple(p.markers) for p in patterns]

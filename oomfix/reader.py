@@ -36,6 +36,7 @@ MAX_LINE = 16 << 10  # a candidate line is cut to this many bytes around its mar
 SNIFF = 64 << 10
 WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
 STATE_KEEP = 4  # state lines handed on before each candidate (events holds as many)
+RUN_EVERY = 50  # in a run of identical lines, one in this many is handed on (events.REPEAT_GAP: 100)
 
 
 class Candidate:
@@ -61,10 +62,15 @@ class Candidate:
 
     @property
     def before(self) -> bytes:
-        lo = max(0, self._start - CONTEXT)
-        out = self._buf[lo:self._start]
-        if len(out) < CONTEXT and self._prev:
-            out = self._prev[len(self._prev) - (CONTEXT - len(out)):] + out
+        return self.tail(CONTEXT)
+
+    def tail(self, n: int) -> bytes:
+        """The last `n` (at most CONTEXT) bytes before this line: a copy of only what the caller reads."""
+        n = min(n, CONTEXT)
+        lo = max(0, self._start - n)
+        out = bytes(self._buf[lo:self._start])
+        if len(out) < n and self._prev:
+            out = self._prev[len(self._prev) - (n - len(out)):] + out
         return out
 
     def __repr__(self) -> str:
@@ -90,6 +96,10 @@ class Prefilter:
         self.patterns = tuple(extra) + (PATTERNS if patterns is None else tuple(patterns))
         self.plan = _plan(self.patterns, len(extra))
         self.markers = self.plan.head_literals
+        # a literal that contains another is found through it (Plan._lit_markers maps each literal to every marker
+        # containing it): one bytes.find pass less over the head for each
+        from oomfix.prefilter import _minimal
+        self.head_find = _minimal(self.markers)
         self.anchors = self.plan.tail_literals
         self.longest = max(len(m) for m in self.markers)
         self._verdicts: dict[tuple, object] = {}
@@ -136,7 +146,7 @@ class Prefilter:
         head_end = min(end, max(0, HEAD_BYTES - base))
         hits: list[tuple[int, bytes]] = []
         if head_end > 0:
-            hits += self._find(buf, 0, min(end, head_end + self.longest), self.markers)
+            hits += self._find(buf, 0, min(end, head_end + self.longest), self.head_find)
         if head_end < end:
             lo = max(0, head_end - self.longest)
             ahead = self._find(buf, lo, max(end, size or end), self.always)
@@ -144,6 +154,11 @@ class Prefilter:
             for a, b in self._windows(buf, ahead, lo, end, max(end, size or end), last):
                 hits += self._find(buf, a, b, self.rest)
         return hits
+
+    def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
+                    last: bool = True) -> Iterator[list]:
+        """`find`'s hits in line-aligned blocks of buf[:end], in order (a line never spans two blocks)."""
+        yield self.find(buf, end, base, size, last)
 
     def _windows(self, buf: bytes, ahead: list[tuple[int, bytes]], lo: int, end: int, size: int,
                  last: bool) -> list[tuple[int, int]]:
@@ -217,13 +232,13 @@ class Prefilter:
             lits = self._line_lits(raw)
         if self.plan.digit_matters(lits, head) or \
                 ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
-            return self.accept(raw, head, lits)
+            return _below_error(self.accept(raw, head, lits), raw)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)
         if got is None:
             if len(self._verdicts) >= 8192:
                 self._verdicts.clear()
-            got = self._verdicts[key] = self.accept(raw, head, lits)
+            got = self._verdicts[key] = _below_error(self.accept(raw, head, lits), raw)
         return got
 
     def accept(self, raw: bytes, head: bool, lits: set[bytes]) -> "tuple[Pattern, ...] | bool":
@@ -231,6 +246,59 @@ class Prefilter:
         plan = self.plan
         ids = plan.ids_for(raw, head, lits)
         return tuple(self.patterns[i] for i in ids) if ids else False
+
+
+def _lookahead(source: str) -> str | None:
+    """The leading negative lookahead of a regex source ("^(?!...)"), or None."""
+    if not source.startswith("^(?!"):
+        return None
+    depth, k, in_class = 0, 1, False
+    while k < len(source):
+        c = source[k]
+        if c == "\\":
+            k += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return source[:k + 1]
+        k += 1
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _gate(p: Pattern) -> "re.Pattern[str] | None":
+    """For a pattern that refuses lines of a lower severity by a leading lookahead (error_level: "^(?!.*INFO...)"),
+    that lookahead alone: the line is refused when it does not match."""
+    src = getattr(p.regex, "pattern", None)
+    head = _lookahead(src) if isinstance(src, str) else None
+    return re.compile(head, p.regex.flags) if head else None
+
+
+# What can make the text a pattern runs on differ from the raw line: records split out of it (two ranks' output,
+# a flattened log, an exception or glog header after a blank), colour codes, a tqdm bar glued before it.
+_SPLITTABLE = re.compile(rb"\[rank|\[default|Traceback|\x1b|it/s|s/it|\s(?:[A-Za-z_][\w.]*(?:Error|Exception): |"
+                         rb"\[?[IWEF]\d{3,4} \d\d:)")
+
+
+def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Pattern, ...] | bool":
+    """Structure before words: a line whose only possible patterns refuse its severity (an INFO or WARNING line that
+    says "error.json" or "indexing errors", printed every step) is no candidate, so it is dropped here rather than
+    parsed. Only when the line cannot turn into other records (events.records) or lose words when cleaned: the
+    lookahead then sees what the parser would see (the prefixes strip_prefixes removes hold no severity word)."""
+    if not pats or len(raw) > 400:
+        return pats
+    gates = [_gate(p) for p in pats]
+    if any(g is None for g in gates) or _SPLITTABLE.search(raw):
+        return pats
+    text = raw.decode("utf-8", "replace")
+    return False if all(g.match(text) is None for g in gates) else pats  # type: ignore[union-attr]
 
 
 def _second(item: tuple) -> int:
@@ -447,6 +515,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     owe_first = False  # the first state line after the last candidate is still to be handed on
 
     held: list[Candidate] = []  # the last state lines of earlier buffers, copied, not yet handed on
+    raw_of = [b""]  # the candidate line run_of looks at
 
     def make(start: int, raw: bytes, pats: object) -> Candidate:
         """The candidate for the line at buf[start:], numbered (lines are counted up to it)."""
@@ -516,6 +585,44 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             pos = nxt
         return pos, n
 
+    from oomfix import events as _events  # (events imports this module)
+
+    def repeatable(pats: object) -> bool:
+        """Would events skip the copies of this line amid a run (events._template)? Then only some of them need to be
+        found. (Byte-identical neighbours never join into one record, whatever their length: events._continues.)"""
+        return bool(pats) and not _events._NOT_REPEAT_RX.search(raw_of[0]) and \
+            all(p.role in _events.REPEATABLE and not _events._digit_sensitive(p) for p in pats)  # type: ignore[attr-defined]
+
+    def run_of(start: int, stop: int, raw: bytes, pats: object) -> Generator[Candidate, None, int]:
+        """The copies of the line buf[start:stop] that follow it, byte for byte (an error printed by every step or
+        every thread: 2M lines of "RuntimeError: boom" cost 40 s and 230 MB, issue 23): counted at C speed, one every
+        RUN_EVERY lines handed on and the last one (what events parses of such a run: events.REPEAT_GAP). Returns
+        where the run ends."""
+        pos = stop + 1
+        if buf[stop:pos] != b"\n":
+            return pos
+        line = bytes(buf[start:pos])
+        n = len(line)
+        # RUN_EVERY copies compared at once, for lines short enough (a copy of a 4 MB line times 50 is 200 MB)
+        block = line * RUN_EVERY if n * RUN_EVERY <= 1 << 16 else None
+        copies = 0
+        while True:
+            if block is not None and pos + len(block) <= end and buf.startswith(block, pos):
+                pos += len(block)
+                copies += RUN_EVERY
+                yield make(pos - n, raw, pats)  # the last copy of each block: one every RUN_EVERY lines
+                continue
+            if pos + n <= end and buf.startswith(line, pos):
+                pos += n
+                copies += 1
+                if block is None and copies % RUN_EVERY == 0:
+                    yield make(pos - n, raw, pats)
+                continue
+            break
+        if copies % RUN_EVERY:
+            yield make(pos - n, raw, pats)  # the last copy: events parses the end of a run
+        return pos
+
     def _rounds() -> Iterator[Candidate]:
         nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
         nonlocal owe_first, held
@@ -559,38 +666,43 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             # lines owed to a trigger at the end of the previous buffer come first; last_stop: end of the last line
             # yielded
             last_stop, follow_left = yield from follow(0, follow_left)
-            hits = sorted(prefilter.find(buf, end, base, size, eof))
-            k = 0
-            while k < len(hits):
-                hit, lit = hits[k]
-                k += 1
-                if hit < last_stop:
-                    continue  # same line as a hit already yielded
-                start, stop = _bounds(buf, hit, end)
-                lits = {lit}
-                while k < len(hits) and hits[k][0] < stop:
-                    lits.add(hits[k][1])  # the other hits of this line
+            # (the Hyperscan engine hands its hits over block by block: their number is bounded whatever the log holds)
+            for block in prefilter.find_blocks(buf, end, base, size, eof):
+                hits = sorted(block)
+                k = 0
+                while k < len(hits):
+                    hit, lit = hits[k]
                     k += 1
-                if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and \
-                        buf.find(b"      ", start, stop) == -1:
-                    continue  # found only for colour codes or padding, and the line has neither
-                raw = _cut(buf, start, stop, hit)
-                if state_rx.search(raw):
-                    lits |= prefilter.state_keys(raw)  # the line is also a state line
-                pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
-                if pats is False or all(id(p) in lazy_pats for p in pats):
-                    continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
-                yield from hand_on(last_stop, start)
-                yield make(start, raw, pats)
-                owe_first = True
-                last_stop = stop + 1
-                n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
-                # the lines after a trigger: the HF block, the summary table, the allocator's numbers
-                pos = last_stop
-                if pos < end and buf[pos:pos + 1] == b"\n":
-                    pos += 1  # the "\n" of a CRLF line
-                pos, follow_left = yield from follow(pos, n_follow)
-                last_stop = max(last_stop, pos)
+                    if hit < last_stop:
+                        continue  # same line as a hit already yielded
+                    start, stop = _bounds(buf, hit, end)
+                    lits = {lit}
+                    while k < len(hits) and hits[k][0] < stop:
+                        lits.add(hits[k][1])  # the other hits of this line
+                        k += 1
+                    if lits == dirt_only and buf.find(b"\x1b", start, stop) == -1 and \
+                            buf.find(b"      ", start, stop) == -1:
+                        continue  # found only for colour codes or padding, and the line has neither
+                    raw = _cut(buf, start, stop, hit)
+                    if state_rx.search(raw):
+                        lits |= prefilter.state_keys(raw)  # the line is also a state line
+                    pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
+                    if pats is False or all(id(p) in lazy_pats for p in pats):
+                        continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
+                    yield from hand_on(last_stop, start)
+                    yield make(start, raw, pats)
+                    owe_first = True
+                    last_stop = stop + 1
+                    n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
+                    # the lines after a trigger: the HF block, the summary table, the allocator's numbers
+                    pos = last_stop
+                    if pos < end and buf[pos:pos + 1] == b"\n":
+                        pos += 1  # the "\n" of a CRLF line
+                    pos, follow_left = yield from follow(pos, n_follow)
+                    last_stop = max(last_stop, pos)
+                    raw_of[0] = raw
+                    if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
+                        last_stop = yield from run_of(start, stop, raw, pats)
             yield from hand_on(last_stop, end, at_end=True)
             for hook in before_refill or ():
                 hook()

@@ -320,3 +320,25 @@ def test_state_lines_handed_on_across_buffers_are_the_same_for_both_engines(chun
     names = [n for _l, _r, ps in got[0] for n in (ps or [])]
     # around each failure: the last state lines before it, the first after it; not every one of the file's 24
     assert 0 < sum(n.startswith("phase_") for n in names) <= 2 * (reader.STATE_KEEP + 1)
+
+
+@pytest.mark.parametrize("filler", [
+    # a glog W line of ProcessGroupNCCL.cpp (torch 2.4+ barrier warning, every rank): glog_nccl_failure wants E/F
+    b"[rank1]:[W1105 13:37:10.134661876 ProcessGroupNCCL.cpp:4715] [PG ID 0 PG GUID 0 Rank 1]  using GPU 1 to perform "
+    b"barrier as devices used by this process are currently unknown.\n",
+    # an INFO line whose words say "error" (torch elastic < 2.4): error_level refuses lower severities
+    b"INFO:torch.distributed.elastic.multiprocessing:Setting worker0 reply file to: /tmp/torchelastic_x/error.json\n",
+    b"[WARNING|2026-11-27 10:00:00] llamafactory.data.loader:52 >> Loading failed for one shard, retrying.\n",
+])
+def test_a_line_of_a_lower_severity_is_no_candidate_in_either_engine(filler):
+    """Structure before words (issue 16): repeated thousands of times, such lines cost a parse each."""
+    data = filler * 3 + b"x\n"
+    for pf in _engines():
+        for chunk in (1 << 20, 64):
+            assert _seen(data, pf, chunk) == []
+
+
+def test_a_lower_severity_word_does_not_hide_another_rank_s_error():
+    data = b"[rank0]: INFO starting [rank1]: fatal failure in the loader\n"
+    for pf in _engines():
+        assert [c[0] for c in _seen(data, pf, 1 << 20)] == [1]
