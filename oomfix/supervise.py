@@ -293,7 +293,7 @@ class Supervisor:
         if self.history:
             last = self.history[-1]
             self.remedies.restore(last)
-            self.term.say(f"oomfix run: run {self.run_id}: attempts 1..{len(events) and max(e.attempt for e in events)}"
+            self.term.say(f"oomfix run: run {self.run_id}: attempts {self.before + 1}..{max(e.attempt for e in events)}"
                           f" are in the ledger; the last ended {last.verdict or last.cls or 'unrecorded'}"
                           + (f", rule {last.rule}" if last.rule else ""))
         for s in ledger.unfinished(events):
