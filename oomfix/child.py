@@ -50,7 +50,8 @@ class Terminal:
     CHUNK = 4096  # PIPE_BUF: a pipe select() calls writable takes this much without blocking
     WAIT = 0.2  # how long one write may wait for a slow reader before the echo is dropped
 
-    def __init__(self, out_fd: int = 1, err_fd: int = 2) -> None:
+    def __init__(self, out_fd: int = 1, err_fd: int = 2, prog: str = "oomfix run") -> None:
+        self.prog = prog  # the command whose lines these are: `oomfix verdict --write` says what `run` would
         self.alive = True
         self.fds = (out_fd, err_fd)
         self.dropped = 0  # bytes of echo a stalled reader did not take (the log file has them all)
@@ -97,6 +98,9 @@ class Terminal:
 
     def say(self, text: str) -> None:
         """One line of the supervisor's own, on stderr."""
+        if self.prog != "oomfix run" and text.startswith("oomfix run:"):
+            # the remedies speak as `oomfix run`; under `oomfix verdict --write` the lines are that command's
+            text = self.prog + text[len("oomfix run"):]
         self._write(self.fds[1], (text if text.endswith("\n") else text + "\n").encode("utf-8", errors="replace"))
 
 

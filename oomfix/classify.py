@@ -884,7 +884,8 @@ def _diagnose(paths: Sequence[str], prefilter: Prefilter | None, extra: tuple[P.
         reason = "training finished" if finished else "no failure markers in the log"
         if not any(r.state.size for r in results):
             reason = "the log is empty"
-        return Diagnosis("none", "high" if finished else "medium", reason, RootCause(), run=run, files=files)
+        return Diagnosis("none", "high" if finished else "medium", reason, RootCause(), run=run, files=files,
+                         finished=finished)
     order = sorted(range(len(with_cause)),
                    key=lambda i: (_time_key(with_cause[i]) is None, _time_key(with_cause[i]) or "",
                                   _class_rank(with_cause[i].chosen), i))

@@ -426,10 +426,12 @@ def runs_cmd(fmt: str) -> None:
 @click.option("--run-id", "run_id", type=str, default=None, help="The run this log's attempt belongs to.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="At most this many relaunches of the run (counted in the ledger).")
+@click.option("--exit-code", "exit_code", type=click.IntRange(min=0, max=255), default=None,
+              help="The job's own exit status ($?), when known: 0 with no failure in the log is trained.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @handled
 def verdict_cmd(log: str, config: str | None, all_configs: bool, allow_semantic_changes: bool, write: bool,
-                run_id: str | None, retries: int, fmt: str) -> None:
+                run_id: str | None, retries: int, exit_code: int | None, fmt: str) -> None:
     """What a failed attempt's LOG means to a scheduler, as an exit code (docs/schedulers.md).
 
     \b
@@ -443,7 +445,7 @@ def verdict_cmd(log: str, config: str | None, all_configs: bool, allow_semantic_
     from oomfix.verdicts import render_text, verdict_of_log
 
     opts = RunOptions(("true",), config, all_configs, retries, None, allow_semantic_changes, run_id=run_id)
-    v = verdict_of_log(log, opts, write)
+    v = verdict_of_log(log, opts, write, exit_code=exit_code)
     if fmt == "json":
         click.echo(render_json(versioned(v.to_json())), nl=False)
     else:

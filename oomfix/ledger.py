@@ -49,6 +49,8 @@ class Attempt:
     host: str | None = None
     # canonical key -> [before, after] of the rule applied after it: the next attempt's log must not show "before"
     changed: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    # the SHA-256 of the log `oomfix verdict --write` recorded: the same log written again is not a new attempt
+    log_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ledger line (and `oomfix runs --format json`): the newer fields only when they are set."""
@@ -58,7 +60,7 @@ class Attempt:
         d["next_env"] = dict(self.next_env)
         d["changed"] = {k: list(v) for k, v in self.changed.items()}
         keys = ("attempt", "command", "started", "ended", "exit_code", "log", "class", "rule", "files", "stopped_by")
-        extra = tuple(k for k in ("run", "verdict", "host") if d[k] is not None)
+        extra = tuple(k for k in ("run", "verdict", "host", "log_sha256") if d[k] is not None)
         extra += tuple(k for k in ("next_env", "changed") if d[k])
         return {k: d[k] for k in keys + extra}
 
@@ -73,7 +75,7 @@ class Attempt:
                    _int(d["exit_code"]), _str(d["log"]), _opt(d.get("class")), _opt(d.get("rule")),
                    tuple(_str(f) for f in _list(d.get("files"))), _opt(d.get("stopped_by")), _opt(d.get("run")),
                    _opt(d.get("verdict")), {_str(k): _str(v) for k, v in env.items()}, _opt(d.get("host")),
-                   {_str(k): _pair(v) for k, v in changed.items()})
+                   {_str(k): _pair(v) for k, v in changed.items()}, _opt(d.get("log_sha256")))
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,10 @@ def runs(attempts: Sequence[Attempt]) -> list[list[Attempt]]:
     last: list[Attempt] | None = None  # the run of the last record without an id
     for a in attempts:
         if a.run is not None:
-            if a.run not in by_id:
+            ended = by_id.get(a.run)
+            if ended is None or (ended[-1].verdict == "trained"):
+                # a run that trained is over: a later attempt under its id (the same command again, outside a
+                # scheduler) starts a new one
                 by_id[a.run] = []
                 out.append(by_id[a.run])
             by_id[a.run].append(a)

@@ -95,6 +95,10 @@ class Diagnosis:
     advice: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # class `none` only: the log shows a clean finish (HF's 'train_runtime', "Training completed", ...; patterns.py's
+    # FINISHED role), not just the absence of a failure (an empty or cut log). Not in the JSON: the class, confidence
+    # ("high" only with a finish) and reason already say it there
+    finished: bool = False
 
     @property
     def is_memory(self) -> bool:

@@ -27,7 +27,7 @@ from oomfix.command import PORT_ENV, free_port, with_port
 from oomfix.errors import OomfixError
 from oomfix.ledger import Attempt
 from oomfix.model import MEMORY_CLASSES, Diagnosis
-from oomfix.verdicts import FIXED, NO_RUNG, PERMANENT, Verdict, for_class_without_remedy
+from oomfix.verdicts import FIXED, NO_RUNG, PERMANENT, Verdict, for_class_without_remedy, unexplained_end
 
 if TYPE_CHECKING:
     from oomfix.supervise import RunOptions
@@ -110,14 +110,19 @@ class Remedies:
     def _no_relaunch(self) -> str:
         return f"no relaunch left (--retries {self.opts.retries})"
 
-    def after(self, log: str, d: Diagnosis, relaunches_left: int, done: Sequence[Attempt]) -> Remedy:
+    def after(self, log: str, d: Diagnosis, relaunches_left: int, done: Sequence[Attempt],
+              status: int | None = None) -> Remedy:
         """Apply what makes the relaunch different, and say what this failure means to a scheduler. `done`: this
-        run's attempts so far, the ones earlier processes recorded first."""
+        run's attempts so far, the ones earlier processes recorded first; `status`: the job's exit status, when
+        known (a log with no failure in it, or only a bare SIGKILL, is judged by it: verdicts.unexplained_end)."""
         from oomfix.apply import plan_apply, write_plan
         from oomfix.report import Style, headline, render_plan_text
         from oomfix.rules import load_rules
 
         no_relaunch = self._no_relaunch()
+        unexplained = unexplained_end(d, status, done)
+        if unexplained is not None:  # no cause in the log: no fix; the verdict comes from how the job ended
+            return Remedy(None, (), unexplained[1], unexplained[0])
         if d.cls == "port_in_use":
             if relaunches_left <= 0:
                 return Remedy(None, (), no_relaunch, NO_RUNG)

@@ -111,9 +111,24 @@ def supervisor_log(base: str) -> str:
     return _beside(base, "supervisor")
 
 
-def default_run_id() -> str:
-    """The scheduler's job id, which survives its requeues (the next attempt continues this run), else 'default'."""
-    return next((os.environ[k] for k in RUN_ID_ENV if os.environ.get(k)), "default")
+def default_run_id(key: str | None = None) -> str:
+    """The scheduler's job id, which survives its requeues (the next attempt continues this run); outside a scheduler
+    `cmd-<hash>` of `key` (the command and its config: the same job run again continues its run, an unrelated
+    command is a run of its own), else 'default'."""
+    found = next((os.environ[k] for k in RUN_ID_ENV if os.environ.get(k)), None)
+    if found is not None:
+        return found
+    if key is None:
+        return "default"
+    import hashlib
+
+    return "cmd-" + hashlib.sha256(key.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
+
+
+def command_key(cmd: tuple[str, ...] | list[str], config: str | None) -> str:
+    """What names a `run --once` outside a scheduler: the command and the config it trains with (a fix edits the
+    config's contents, not its path, so the relaunch keeps the key)."""
+    return "\0".join(("run", *cmd, "\0", os.path.realpath(config) if config else ""))
 
 
 def validate(opts: RunOptions) -> RunOptions:
@@ -145,7 +160,7 @@ def validate(opts: RunOptions) -> RunOptions:
         opts = replace(opts, config=config_of_command(opts.cmd))
     if opts.once and opts.run_id is None:
         # the scheduler's job id survives its requeues: the next attempt continues this run
-        opts = replace(opts, run_id=default_run_id())
+        opts = replace(opts, run_id=default_run_id(command_key(opts.cmd, opts.config)))
     if opts.run_id is not None and not re.fullmatch(r"[\w.:@+-]{1,200}", opts.run_id):
         raise UsageError(f"--run-id {opts.run_id!r}: letters, digits and . _ - : @ + only")
     return opts
@@ -170,6 +185,7 @@ class Supervisor:
         # given (or the scheduler's job id under --once) spans processes: a requeued attempt continues the run
         self.run_id = opts.run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
         self.history: list[Attempt] = []  # this run's attempts that earlier processes recorded
+        self.before = 0  # attempts of this run id up to its last `trained` one: an earlier run of the same id
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_sig is None:
@@ -263,28 +279,52 @@ class Supervisor:
         except OomfixError as e:
             self.term.say(f"oomfix run: cannot read the ledger: {e}")
             return 0
+        last_n = max((e.attempt for e in events), default=0)
+        trained = [i for i, e in enumerate(events) if isinstance(e, Attempt) and e.verdict == verdicts.TRAINED.name]
+        if trained:
+            # a run that trained is over: this attempt starts a new run under the same id (the same command again);
+            # the numbering goes on, the earlier attempts count against nothing
+            self.before = max(e.attempt for e in events[:trained[-1] + 1])
+            events = events[trained[-1] + 1:]
+            if not events:
+                self.term.say(f"oomfix run: run {self.run_id}: attempt {self.before} trained; a new run starts "
+                              f"under the same id at attempt {self.before + 1}")
         self.history = [e for e in events if isinstance(e, Attempt)]
         if self.history:
             last = self.history[-1]
             self.remedies.restore(last)
-            self.term.say(f"oomfix run: run {self.run_id}: attempts 1..{len(events) and max(e.attempt for e in events)}"
+            self.term.say(f"oomfix run: run {self.run_id}: attempts {self.before + 1}..{max(e.attempt for e in events)}"
                           f" are in the ledger; the last ended {last.verdict or last.cls or 'unrecorded'}"
                           + (f", rule {last.rule}" if last.rule else ""))
         for s in ledger.unfinished(events):
             self.term.say(f"oomfix run: attempt {s.attempt} (started {s.started} on {s.host}, pid {s.pid}) has no end "
                           f"record: its supervisor was killed; counted as an attempt")
-        return max((e.attempt for e in events), default=0)
+        return last_n
 
-    def record_verdict(self, log: str, d: Diagnosis) -> tuple[Remedy, Attempt]:
+    def record_verdict(self, log: str, d: Diagnosis, status: int | None = None) -> tuple[Remedy, Attempt]:
         """`oomfix verdict --write`: the remedy for a log another process produced (the scheduler's own step),
-        applied exactly as `run --once` applies it, and recorded in the ledger as the run's next attempt."""
-        n = self._load_history()
-        self.remedies.current_env = dict(self.remedies.extra_env)
-        rem = self.remedies.after(log, d, self.opts.retries - n, [*self.history, *self.attempts])
-        self.remedies.flight_recorder_for(log)  # the scheduler's next attempt logs where this one did
-        rec = Attempt(n + 1, "(oomfix verdict)", _now(), _now(), 1, log, d.cls, rem.rule,
-                      tuple(os.path.relpath(f) for f in rem.files), verdict=rem.verdict.name)
-        return rem, self._record(rec)
+        applied exactly as `run --once` applies it, and recorded in the ledger as the run's next attempt. The same
+        log again (same bytes) is the attempt already recorded: its verdict, nothing applied or recorded twice."""
+        from oomfix.journal import file_sha256
+
+        digest = file_sha256(log)
+        with ledger.run_lock(self.run_id, self.root, on_wait=lambda: self.term.say(
+                f"oomfix run: another attempt of run {self.run_id} is in progress; waiting for it to end")):
+            n = self._load_history()
+            seen = next((a for a in reversed(self.history) if digest and a.log_sha256 == digest), None)
+            if seen is not None and seen.verdict in verdicts.BY_NAME:
+                why = (f"{log} was recorded as attempt {seen.attempt} of run {self.run_id} already "
+                       f"({seen.verdict}{', rule ' + seen.rule if seen.rule else ''}): nothing applied twice")
+                self.term.say(f"oomfix run: {why}")
+                return Remedy(seen.rule, seen.files, why, verdicts.BY_NAME[seen.verdict]), seen
+            self.remedies.current_env = dict(self.remedies.extra_env)
+            rem = self.remedies.after(log, d, self.opts.retries - (n - self.before),
+                                      [*self.history, *self.attempts], status)
+            self.remedies.flight_recorder_for(log)  # the scheduler's next attempt logs where this one did
+            rec = Attempt(n + 1, "(oomfix verdict)", _now(), _now(), 1 if status is None else status, log, d.cls,
+                          rem.rule, tuple(os.path.relpath(f) for f in rem.files), verdict=rem.verdict.name,
+                          log_sha256=digest)
+            return rem, self._record(rec)
 
     def _job_failed(self, status: int, job_log: str | None) -> tuple[int, Diagnosis | None]:
         """A script that backgrounds its job and `wait`s exits 0 whatever the job did: the job's own log decides."""
@@ -346,9 +386,9 @@ class Supervisor:
             rem = Remedy(None, (), "the log could not be diagnosed", verdicts.PERMANENT)
             if d is not None:
                 try:
-                    relaunches_left = self.opts.retries - (n - 1) if self.opts.once else \
+                    relaunches_left = self.opts.retries - (n - 1 - self.before) if self.opts.once else \
                         self.opts.retries - (n - first)
-                    rem = self.remedies.after(diag_log, d, relaunches_left, [*self.history, *self.attempts])
+                    rem = self.remedies.after(diag_log, d, relaunches_left, [*self.history, *self.attempts], status)
                 except KeyboardInterrupt:  # Ctrl-C while the journal held it: the transaction was rolled back
                     self.stop_sig = self.stop_sig or signal.SIGINT
                     rem = Remedy(None, (), "interrupted", verdicts.OUTSIDE)

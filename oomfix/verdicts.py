@@ -10,7 +10,9 @@ schedulers' own defaults already do the right thing:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import signal
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from oomfix.model import MEMORY_CLASSES, Diagnosis
 
 if TYPE_CHECKING:
     from oomfix.child import Terminal
+    from oomfix.ledger import Attempt
     from oomfix.supervise import RunOptions
 
 
@@ -35,9 +38,12 @@ TRAINED = Verdict("trained", 0, False, "the job finished; nothing to do")
 FIXED = Verdict("fixed", 138, True, "a fix was applied (the next rung of the ladder, a free master port, the Flight "
                                     "Recorder for an NCCL timeout): relaunch, the next attempt picks it up")
 OUTSIDE = Verdict("outside", 143, True, "stopped from outside (preemption, time limit, SIGTERM/SIGINT/SIGHUP to the "
-                                        "job or the supervisor): relaunch the same config, resuming if you can")
+                                        "job or the supervisor, a first bare SIGKILL), or a log that ends with "
+                                        "neither a finish nor a failure (stopped, or cut): relaunch the same config, "
+                                        "resuming if you can")
 PERMANENT = Verdict("permanent", 3, False, "a failure a relaunch cannot fix (a Python exception, a segfault, a CUDA "
-                                           "or NCCL error, an unknown failure): do not retry; fix the cause")
+                                           "or NCCL error, an unknown failure, a second bare SIGKILL in a row): do "
+                                           "not retry; fix the cause")
 NO_RUNG = Verdict("no-rung", 4, False, "a memory failure with no rung left on its ladder, or no relaunch left "
                                        "(--retries): do not retry; a person must decide (--allow-semantic-changes, "
                                        "more GPUs, a smaller model)")
@@ -63,6 +69,56 @@ def for_class_without_remedy(cls: str | None) -> Verdict:
     if cls in MEMORY_CLASSES or cls == "nan_loss":
         return NO_RUNG
     return PERMANENT
+
+
+# signals a person or a scheduler sends to stop a job (a time limit, a preemption, `scancel`, Ctrl-C, a closed
+# terminal, SLURM's --signal warning): a job killed by one of them was stopped from outside
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})
+SIGKILL_STATUS = 128 + signal.SIGKILL
+
+
+def _bare_sigkill(d: Diagnosis, status: int | None) -> bool:
+    """Killed with SIGKILL, and nothing in the log says by whom: classify.py's low-confidence host_oom (a bare
+    SIGKILL, no OOM-killer line), or a job whose own exit status is 137 with no failure in its log."""
+    return (d.cls == "host_oom" and d.confidence == "low") or (d.cls == "none" and status == SIGKILL_STATUS)
+
+
+def _was_bare_sigkill(a: Attempt) -> bool:
+    return a.verdict == OUTSIDE.name and (a.exit_code == SIGKILL_STATUS or a.cls == "host_oom")
+
+
+def unexplained_end(d: Diagnosis, status: int | None, done: Sequence[Attempt] = ()) -> tuple[Verdict, str] | None:
+    """The verdict of an attempt whose log names no cause: no failure in it (class `none`), or only a bare SIGKILL.
+    `status`: the job's own exit status when oomfix ran it (`run`) or was told it (`verdict --exit-code`), else None;
+    `done`: the run's attempts before this one. None: the class decides.
+
+    `trained` needs evidence of a finish: the log's clean-finish marker, or exit status 0. A log with neither (empty,
+    or cut before the end) is not a finished job."""
+    if d.cls == "none" and (d.finished or status == 0):
+        return TRAINED, "training finished" if d.finished else "the job exited 0 and its log shows no failure"
+    if _bare_sigkill(d, status):
+        # who sends a bare SIGKILL: the kernel's or a cgroup's OOM killer (Kubernetes OOMKilled), a scheduler at the
+        # end of its grace period, a person. Not a cause a relaunch cannot fix, and not proof of a memory failure
+        # (no memory edit on it): one relaunch of the same config; killed that way twice in a row, a person decides
+        if done and _was_bare_sigkill(done[-1]):
+            return PERMANENT, ("killed with SIGKILL again, and the log does not say by whom (no OOM-killer line): "
+                               "check `dmesg -T | grep -i 'killed process'`, the scheduler's record and the job's "
+                               "memory limit (a cgroup limit: Kubernetes OOMKilled) before relaunching")
+        return OUTSIDE, ("killed with SIGKILL, and the log does not say by whom (the OOM killer, a scheduler's time "
+                         "limit, a person): relaunch the same config once, resuming; a second SIGKILL in a row stops "
+                         "the run (verdict permanent)")
+    if d.cls != "none":
+        return None
+    if status is None:
+        what = "the log is empty" if d.reason == "the log is empty" else \
+            "the log ends without a finish or a failure"
+        return OUTSIDE, (f"{what}: the job was stopped before it finished, or the log was cut; relaunch the same "
+                         "config, resuming (a cut log: diagnose the whole of it)")
+    if status > 128 and status - 128 in STOP_SIGNALS:
+        name = signal.Signals(status - 128).name
+        return OUTSIDE, f"the job was killed by {name} (exit {status}) and its log shows no failure: stopped from " \
+                        "outside; relaunch the same config, resuming"
+    return PERMANENT, f"the job exited {status} and its log shows no failure: read its output; fix the cause"
 
 
 def render_table_markdown() -> str:
@@ -94,6 +150,12 @@ class LogVerdict:
                 "reason": self.reason, "next_env": dict(self.next_env)}
 
 
+def log_key(log: str, config: str | None) -> str:
+    """What names the run of `oomfix verdict LOG` outside a scheduler: the log and the config (the scheduler's step
+    that writes the same log each attempt continues one run; another job's log is another run)."""
+    return "\0".join(("verdict", os.path.realpath(log), os.path.realpath(config) if config else ""))
+
+
 def render_text(v: LogVerdict) -> str:
     """`oomfix verdict`'s text: the verdict, the class, and why."""
     return (f"verdict: {v.verdict.name} (exit {v.verdict.exit_code}, retry: {'yes' if v.verdict.retry else 'no'})\n"
@@ -101,10 +163,11 @@ def render_text(v: LogVerdict) -> str:
 
 
 def verdict_of_log(log: str, opts: RunOptions, write: bool = False, root: str = ".",
-                   term: Terminal | None = None) -> LogVerdict:
+                   term: Terminal | None = None, exit_code: int | None = None) -> LogVerdict:
     """Diagnose LOG and say what it means to a scheduler. Dry run by default (the verdict the fix would give); with
     `write` the fix is applied exactly as `run --once` applies it, and the verdict is recorded in the ledger under
-    the run id (so that the next attempt sets what it must, e.g. a free port or the Flight Recorder)."""
+    the run id (so that the next attempt sets what it must, e.g. a free port or the Flight Recorder); the same log
+    written twice is recorded and fixed once. `exit_code`: the job's own exit status, when the caller knows it."""
     from oomfix import flightrec
     from oomfix.apply import plan_apply
     from oomfix.child import Terminal
@@ -113,15 +176,18 @@ def verdict_of_log(log: str, opts: RunOptions, write: bool = False, root: str = 
     from oomfix.supervise import Supervisor, default_run_id
 
     d = diagnose_logs([log], config=opts.config, rules_dir=opts.rules_dir)
-    if d.cls == "none":
-        return LogVerdict(TRAINED, d, "the log shows no failure")
+    unexplained = unexplained_end(d, exit_code)
+    if unexplained is not None and unexplained[0] is TRAINED:
+        return LogVerdict(TRAINED, d, unexplained[1])
     if opts.run_id is None:
-        opts = replace(opts, run_id=default_run_id())
+        opts = replace(opts, run_id=default_run_id(log_key(log, opts.config)))
     if write:
-        sup = Supervisor(replace(opts, once=True), root, term or Terminal(2, 2))
-        rem, rec = sup.record_verdict(log, d)
-        return LogVerdict(rem.verdict, d, rem.why or f"applied {rem.rule}", rem.rule, rec.files, bool(rem.files),
+        sup = Supervisor(replace(opts, once=True), root, term or Terminal(2, 2, prog="oomfix verdict"))
+        rem, rec = sup.record_verdict(log, d, exit_code)
+        return LogVerdict(rem.verdict, d, rem.why or f"applied {rem.rule}", rem.rule, rec.files, True,
                           dict(rec.next_env))
+    if unexplained is not None:
+        return LogVerdict(unexplained[0], d, unexplained[1])
     if d.cls == "port_in_use":
         return LogVerdict(FIXED, d, "relaunch on a free port (`--write` records MASTER_PORT for the next attempt)")
     if d.cls == "nccl_timeout":

@@ -153,3 +153,16 @@ def test_a_huge_ledger_is_read_from_its_end(tmp_path, monkeypatch):
     got = ledger.read(tmp_path)
     assert got[-1].attempt == 199 and 0 < len(got) < 199
     assert [a.attempt for a in got] == list(range(got[0].attempt, 200))
+
+
+def test_a_run_that_trained_is_over_a_later_attempt_of_its_id_is_a_new_run():
+    a = [Attempt(1, "job", "t0", "t1", 0, "a1.log", "none", run="cmd-x", verdict="trained"),
+         Attempt(2, "job", "t2", "t3", 1, "a2.log", "python_exception", run="cmd-x", verdict="permanent"),
+         Attempt(3, "job", "t4", "t5", 1, "a3.log", "python_exception", run="cmd-x", verdict="permanent")]
+    assert [[x.attempt for x in r] for r in ledger.runs(a)] == [[1], [2, 3]]
+
+
+def test_the_log_sha256_of_oomfix_verdict_round_trips_and_is_absent_otherwise():
+    a = Attempt(1, "(oomfix verdict)", "t0", "t1", 1, "p.log", "port_in_use", run="r", log_sha256="ab" * 32)
+    assert Attempt.from_json(json.loads(json.dumps(a.to_json()))) == a
+    assert "log_sha256" not in Attempt(1, "job", "t0", "t1", 0, "a.log", "none").to_json()

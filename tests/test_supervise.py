@@ -645,6 +645,50 @@ def test_same_run_attempts_wait_for_each_other(tmp_path):
         ("Started", 1), ("Attempt", 1), ("Started", 2), ("Attempt", 2)]
 
 
+def _no_scheduler_env() -> dict[str, str]:
+    env = _env()
+    for k in ("OOMFIX_RUN_ID", "SLURM_JOB_ID", "SKYPILOT_TASK_ID"):
+        env.pop(k, None)
+    return env
+
+
+def test_once_a_job_killed_by_sigterm_is_outside(tmp_path):
+    # the job itself got SIGTERM (a scheduler's, a person's), not the supervisor: its log is empty
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    r = _once(tmp_path, "--run-id", "r2", "--", sys.executable, "-c", kill)
+    assert r.returncode == 143, r.stderr
+    assert "killed by SIGTERM" in r.stderr and "verdict: outside (exit 143)" in r.stderr
+    (a,) = ledger.read(tmp_path)
+    assert (a.exit_code, a.cls, a.verdict, a.rule) == (143, "none", "outside", None)
+
+
+def test_once_a_bare_sigkill_is_outside_once_then_permanent(tmp_path):
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    codes = [_once(tmp_path, "--run-id", "k", "--", sys.executable, "-c", kill).returncode for _ in range(2)]
+    assert codes == [143, 3]
+    assert [(a.exit_code, a.verdict) for a in ledger.read(tmp_path)] == [(137, "outside"), (137, "permanent")]
+
+
+def test_once_unrelated_commands_are_runs_of_their_own_outside_a_scheduler(tmp_path):
+    env = _no_scheduler_env()
+    fail = "import sys; sys.exit(1)"
+    for job in ("print('a')", fail, "print('c')"):
+        _once(tmp_path, "--", sys.executable, "-c", job, env=env)
+    attempts = ledger.read(tmp_path)
+    assert [a.attempt for a in attempts] == [1, 1, 1]
+    assert len({a.run for a in attempts}) == 3 and all(a.run.startswith("cmd-") for a in attempts)
+    # the same failing command again continues its run (a relaunch); the same command after it trained is a new run
+    _once(tmp_path, "--", sys.executable, "-c", fail, env=env)
+    r = _once(tmp_path, "--", sys.executable, "-c", "print('a')", env=env)
+    assert r.returncode == 0 and "a new run starts under the same id at attempt 2" in r.stderr
+    attempts = ledger.read(tmp_path)
+    assert [(a.attempt, a.verdict) for a in attempts if a.run == attempts[1].run] == [(1, "permanent"),
+                                                                                       (2, "permanent")]
+    out = subprocess.run([*OOMFIX, "runs"], cwd=tmp_path, capture_output=True, text=True, env=env).stdout
+    assert out.count("\nrun ") + out.startswith("run ") == 4, out  # a, the failing one (2 attempts), c, a again
+    assert "1 attempt, trained" in out and "2 attempts, failed" in out
+
+
 def test_verdict_of_a_log_dry_run_then_write_and_a_second_log_of_the_same_oom(tmp_path):
     cfg = tmp_path / "sft.yaml"
     cfg.write_text(LF_CONFIG.format(micro=4, accum=2, steps=2))

@@ -3,6 +3,8 @@
 checked against the table."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import shutil
@@ -200,3 +202,98 @@ def test_verdicts_of_the_genuine_llamafactory_logs(log, code):
     r = subprocess.run([sys.executable, "-m", "oomfix", "verdict", str(GENUINE_LF / log)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == code, r.stdout + r.stderr
+
+
+# --- `trained` needs evidence of a finish; a death by signal with no failure in the log ----------------------------
+
+def _diag(cls: str, confidence: str = "medium", finished: bool = False, reason: str | None = None):
+    from oomfix.model import Diagnosis, RootCause
+
+    return Diagnosis(cls, confidence, reason, RootCause(), finished=finished)
+
+
+def _attempt(verdict: str, exit_code: int, cls: str | None):
+    from oomfix.ledger import Attempt
+
+    return Attempt(1, "job", "t0", "t1", exit_code, "a.log", cls, verdict=verdict)
+
+
+def test_trained_needs_a_finish_or_exit_status_zero():
+    u = verdicts.unexplained_end
+    assert u(_diag("none", "high", finished=True), None)[0] is verdicts.TRAINED
+    assert u(_diag("none"), 0)[0] is verdicts.TRAINED  # the job's own exit status 0
+    # no finish and no exit status: an empty or cut log is not a finished job
+    assert u(_diag("none"), None)[0] is verdicts.OUTSIDE
+    assert u(_diag("none", reason="the log is empty"), None)[1].startswith("the log is empty")
+    assert u(_diag("none"), 1)[0] is verdicts.PERMANENT
+    assert u(_diag("cuda_oom", "high"), None) is None  # a cause in the log: its class decides
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1"])
+def test_a_job_killed_by_a_stop_signal_is_outside(sig):
+    import signal
+
+    v, why = verdicts.unexplained_end(_diag("none"), 128 + signal.Signals[sig])
+    assert v is verdicts.OUTSIDE and sig in why
+
+
+def test_a_bare_sigkill_is_outside_once_then_permanent():
+    u = verdicts.unexplained_end
+    low = _diag("host_oom", "low")  # classify.py's bare SIGKILL: no OOM-killer line
+    assert u(low, None)[0] is verdicts.OUTSIDE and u(_diag("none"), 137)[0] is verdicts.OUTSIDE
+    assert u(low, 1, [_attempt("outside", 137, "none")])[0] is verdicts.PERMANENT
+    assert u(_diag("none"), 137, [_attempt("outside", 1, "host_oom")])[0] is verdicts.PERMANENT
+    # a SIGTERM before it is not a SIGKILL in a row; an OOM-killer line is evidence: the memory ladder decides
+    assert u(low, None, [_attempt("outside", 143, "none")])[0] is verdicts.OUTSIDE
+    assert u(_diag("host_oom", "high"), 137) is None
+
+
+CLEAN_LF = GENUINE_LF / "clean_job_a.log"
+
+
+def _verdict(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("OOMFIX_RUN_ID", "SLURM_JOB_ID", "SKYPILOT_TASK_ID")}
+    return subprocess.run([sys.executable, "-m", "oomfix", "verdict", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd, env=env)
+
+
+def test_a_cut_or_empty_log_is_not_trained(tmp_path):
+    from conftest import shared_or_skip
+
+    shared_or_skip(CLEAN_LF)
+    lines = CLEAN_LF.read_bytes().splitlines(keepends=True)
+    step10 = next(i for i, line in enumerate(lines) if b" 10/160 [" in line)
+    (tmp_path / "cut.log").write_bytes(b"".join(lines[:step10 + 1]))  # the genuine log cut at step 10 of 160
+    (tmp_path / "empty.log").write_bytes(b"")
+    for name in ("cut.log", "empty.log"):
+        r = _verdict(str(tmp_path / name), "--format", "json")
+        out = json.loads(r.stdout)
+        assert r.returncode == 143 and out["verdict"] == "outside" and out["class"] == "none", r.stdout
+    assert "the log is empty" in _verdict(str(tmp_path / "empty.log")).stdout
+    assert _verdict(str(CLEAN_LF)).returncode == 0  # the whole log: its finish is there
+    r = _verdict(str(tmp_path / "cut.log"), "--exit-code", "0")  # the job said it finished
+    assert r.returncode == 0 and "trained" in r.stdout
+    assert _verdict(str(tmp_path / "empty.log"), "--exit-code", "143").returncode == 143
+
+
+def test_verdict_write_twice_records_and_fixes_once(tmp_path):
+    from conftest import shared_or_skip
+
+    from oomfix import ledger
+
+    shared_or_skip(GENUINE_LF / "port_in_use.log")
+    (tmp_path / "p.log").write_bytes((GENUINE_LF / "port_in_use.log").read_bytes())
+    runs = [_verdict("p.log", "--write", "--format", "json", cwd=tmp_path) for _ in range(2)]
+    assert [r.returncode for r in runs] == [138, 138], runs[0].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["written"] and second["written"]
+    assert first["next_env"]["MASTER_PORT"] == second["next_env"]["MASTER_PORT"]  # one free port, not two
+    assert len(ledger.read(tmp_path)) == 1 and "nothing applied twice" in second["reason"]
+    err = [line for r in runs for line in r.stderr.splitlines() if line.strip()]
+    assert err and all(line.startswith("oomfix verdict:") for line in err), err
+    # a new log (the next attempt's, at the same path) is a new attempt of the same run
+    (tmp_path / "p.log").write_bytes((GENUINE_LF / "port_in_use.log").read_bytes() + b"\n")
+    third = json.loads(_verdict("p.log", "--write", "--format", "json", cwd=tmp_path).stdout)
+    attempts = ledger.read(tmp_path)
+    assert [a.attempt for a in attempts] == [1, 2] and attempts[0].run == attempts[1].run
+    assert third["verdict"] == "fixed" and "nothing applied twice" not in third["reason"]
