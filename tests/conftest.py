@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 FIXTURES = ROOT / "fixtures"
+DEMO = ROOT / "oomfix" / "demo_data"
 
 
 def pytest_addoption(parser):
@@ -31,6 +33,16 @@ def regen(request):
 def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)
     return ROOT
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A copy of the bundled demo project (two LLaMA-Factory siblings; job_a died of a CUDA OOM, job_b of a SIGHUP),
+    the current directory for the test. Modules that need another project define their own."""
+    dst = tmp_path / "proj"
+    shutil.copytree(DEMO, dst)
+    monkeypatch.chdir(dst)
+    return dst
 
 
 def shared_or_skip(path):

@@ -1,6 +1,5 @@
 """The documented Python API, used the way a script would: only names exported by `oomfix` itself."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +9,6 @@ import pytest
 import oomfix
 
 DEMO = Path(oomfix.__file__).resolve().parent / "demo_data"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    dst = tmp_path / "proj"
-    shutil.copytree(DEMO, dst)
-    monkeypatch.chdir(dst)
-    return dst
 
 
 def test_diagnose_returns_the_frozen_diagnosis(project):

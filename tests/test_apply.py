@@ -11,14 +11,6 @@ from oomfix.cli import main
 DEMO = Path(__file__).resolve().parent.parent / "oomfix" / "demo_data"
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    dst = tmp_path / "proj"
-    shutil.copytree(DEMO, dst)
-    monkeypatch.chdir(dst)
-    return dst
-
-
 def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -3,7 +3,6 @@ progress, --quiet. (Each test is one bug a user hit, or one promise of the READM
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,14 +28,6 @@ import make  # noqa: E402  (the constructed-log generator)
 
 def run(*args, **kw):
     return CliRunner().invoke(main, list(args), **kw)
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    dst = tmp_path / "proj"
-    shutil.copytree(DEMO, dst)
-    monkeypatch.chdir(dst)
-    return dst
 
 
 @pytest.fixture

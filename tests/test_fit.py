@@ -6,7 +6,6 @@
     not needed here: the measurements are data.
 """
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -273,14 +272,6 @@ def test_sweep_simulated_ooms_first_proposed_rung_fits():
 
 
 # --- the command -----------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    dst = tmp_path / "proj"
-    shutil.copytree(DEMO, dst)
-    monkeypatch.chdir(dst)
-    return dst
-
 
 def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
