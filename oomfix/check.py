@@ -653,10 +653,15 @@ def _run_together(d: str, group: list[Launcher]) -> dict[tuple[str, str], str]:
             any(not (sets[a.path] & sets[b.path]) for a, b in combinations(pinned, 2)):
         for a, b in combinations(pinned, 2):
             pair(a, b, "the scripts in this directory split the GPUs between them, to run at once")
-    # a port split: scripts naming different master ports
+    # a port split: every script names master ports no other script uses (one odd port among scripts that mostly
+    # share one says nothing: they take turns, and one of them was edited once)
     ported = [lau for lau in group if lau.jobs and all(j.master_port_explicit for j in lau.jobs)]
     ports = {lau.path: {j.master_port for j in lau.jobs} for lau in ported}
-    if len(ported) == len(group) and any(not (ports[a.path] & ports[b.path]) for a, b in combinations(ported, 2)):
+    port_claims: dict[object, int] = {}
+    for ps in ports.values():
+        for port in ps:
+            port_claims[port] = port_claims.get(port, 0) + 1
+    if len(ported) == len(group) and port_claims and max(port_claims.values()) == 1:
         for a, b in combinations(ported, 2):
             pair(a, b, "the scripts in this directory give their jobs different master ports, to run at once")
     # a README or Makefile beside them (or one level up) that starts two of them in parallel

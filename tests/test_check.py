@@ -499,6 +499,21 @@ def test_sibling_collision_needs_a_plan_the_whole_directory_takes_part_in(tree):
     assert list(check_sibling_launchers(discover([str(tree / "s")]))) == []
 
 
+def test_one_odd_port_among_scripts_that_share_one_is_no_plan_to_run_together(tree):
+    from oomfix.check import check_sibling_launchers, discover
+
+    # constructed: scripts that take turns on one GPU set and one port (29500), one of them edited to 29599 once;
+    # they all truncate the same log. A port split needs every script on a port of its own.
+    gpus = "CUDA_VISIBLE_DEVICES=0,1,2,3"
+    make(tree, {f"s/{n}.sh": f"{gpus} torchrun --master_port {p} t.py | tee out/train.log\n"
+                for n, p in (("a", 29500), ("b", 29500), ("c", 29500), ("d", 29599))})
+    assert [f for f in check_sibling_launchers(discover([str(tree / "s")])) if f.line is not None] == []
+    # near miss: every script on a port of its own is a plan to run them at once
+    make(tree, {f"s/{n}.sh": f"{gpus} torchrun --master_port {p} t.py | tee out/train.log\n"
+                for n, p in (("a", 29500), ("b", 29501), ("c", 29502), ("d", 29599))})
+    assert [f for f in check_sibling_launchers(discover([str(tree / "s")])) if f.line is not None]
+
+
 @pytest.mark.parametrize("files,severity", [
     # constructed to the measured behaviour (issue 21 item 8): a script that starts `nohup ... &` and exits
     ({"l.sh": "nohup torchrun t.py > a.log 2>&1 &\n"}, "warning"),

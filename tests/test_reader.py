@@ -339,6 +339,6 @@ def test_a_line_of_a_lower_severity_is_no_candidate_in_either_engine(filler):
 
 
 def test_a_lower_severity_word_does_not_hide_another_rank_s_error():
-    data = b"[rank0]: INFO starting [rank1]: fatal failure in the loader\n"
+    data = b"[rank0]: INFO starting [rank1]: ERROR failure in the loader\n"  # (a level field: an error by structure)
     for pf in _engines():
         assert [c[0] for c in _seen(data, pf, 1 << 20)] == [1]
