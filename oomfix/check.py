@@ -95,10 +95,15 @@ def discover(paths: Sequence[str]) -> Tree:
     for p in paths:
         if not os.path.exists(p):
             raise UsageError(f"{p}: no such file or directory")
+    # a file named on the command line is read whatever its name (`oomfix check slurm-2859.out train_log.txt`): a
+    # log the user points at is not passed over because it does not end in .log
+    named = {os.path.abspath(p) for p in paths if os.path.isfile(p)}
     for f in walk(paths):
         name = f.name
         if not name.endswith((".log", ".log.gz", ".sh", ".yaml", ".yml", ".json")):
-            continue
+            if os.path.abspath(f) not in named:
+                continue
+            name += ".log"  # (read as a log below)
         try:
             regular = stat.S_ISREG(os.stat(f).st_mode)
         except OSError:

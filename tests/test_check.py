@@ -555,3 +555,12 @@ def test_framework_presets_are_resolved_as_the_framework_does(tree):
     # near miss: any other missing file is an error
     make(tree, {"c/lf.yaml": lf("x", extra="deepspeed: examples/deepspeed/ds_z3_config.json")})
     assert any(x.id == "deepspeed-mismatch" and x.severity == "error" for x in ids(tree)[1].findings)
+
+
+def test_a_file_named_on_the_command_line_is_read_as_a_log_whatever_its_name(tree):
+    from oomfix.check import discover
+
+    # constructed: SLURM's default output name; a directory walk keeps to *.log, a named file is read
+    make(tree, {"slurm-2859.out": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n"})
+    assert discover([str(tree)]).logs == []
+    assert [os.path.basename(x) for x in discover([str(tree / "slurm-2859.out")]).logs] == ["slurm-2859.out"]
