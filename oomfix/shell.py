@@ -1178,6 +1178,14 @@ class Walker:
                     return True
             cap.append(Value.lit(r + "\n"))
             return True
+        # `$(which torchrun)`, `$(command -v deepspeed)`, `$(type -P accelerate)`: the path of that program, which
+        # the text cannot tell; its name is what runs, and what a launcher is recognised by
+        if base in ("which", "command", "type") and (base == "which" or (texts[:1] in (["-v"], ["-P"], ["-p"]))):
+            names = [t for t in texts if t is not None and not t.startswith("-")]
+            if len(names) == 1 and len(names) == len([a for a in args if not (a.text or "").startswith("-")]) \
+                    and re.fullmatch(r"[\w.+-]+", names[0]):
+                cap.append(Value.lit(names[0] + "\n"))
+                return True
         if base == "seq" and 1 <= len(args) <= 3 and all(t is not None and re.fullmatch(r"-?\d+", t) for t in texts):
             nums = [int(t) for t in texts]  # type: ignore[arg-type]
             first, step, last = (1, 1, nums[0]) if len(nums) == 1 else \

@@ -248,3 +248,12 @@ def test_sbatch_of_a_batch_script_in_the_tree_runs_it_under_the_scheduler(tmp_pa
     assert (j.kind, j.nproc, j.config, j.protected_by) == ("torchrun", 4, "c.yaml", "sbatch")
     # near miss: a batch script that is not in the tree is not guessed at
     assert jobs(tmp_path, "sbatch -p gpu other.slurm\n") == ()
+
+
+def test_a_program_found_by_which_or_command_v_is_that_program(tmp_path):
+    # constructed: `$(which torchrun)` prints torchrun's path; what runs is torchrun
+    j = one(tmp_path, "TORCHRUN=$(which torchrun)\nnohup ${TORCHRUN} --nproc_per_node 4 t.py > a.log 2>&1 &\n")
+    assert j.kind == "torchrun" and j.nproc == 4 and j.log == "a.log"
+    assert one(tmp_path, "$(command -v deepspeed) --num_gpus 2 t.py\n").kind == "deepspeed"
+    # near miss: an unknown program's output is not a command name
+    assert not jobs(tmp_path, "$(cat launcher.txt) --nproc_per_node 4 t.py\n")
