@@ -2,7 +2,7 @@
 
 (a) Published figures, each with its source in the test.
 (b) tests/data/fit_cpu_sweep.json: 30 genuine training settings of two tiny HF decoders measured on this CPU machine
-    by tools/fit_cpu_sweep.py (torch 2.13, transformers 5.x; torch.profiler's allocator events). transformers is
+    by tests/benchmarks/fit_cpu_sweep.py (torch 2.13, transformers 5.x; torch.profiler's allocator events). transformers is
     not needed here: the measurements are data.
 """
 import json

@@ -9,7 +9,7 @@ allocated, the CPU counterpart of torch.cuda.memory_allocated). It also keeps, f
 that set a new high ("record highs": allocated before it, and its size), so a test can replay a simulated OOM at any
 capacity below the peak exactly as the caching allocator would report it (allocated + requested > capacity).
 
-    /tmp/venv/bin/python tools/fit_cpu_sweep.py > tests/data/fit_cpu_sweep.json
+    /tmp/venv/bin/python tests/benchmarks/fit_cpu_sweep.py > tests/data/fit_cpu_sweep.json
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def main() -> None:
               file=sys.stderr, flush=True)
     import transformers
 
-    json.dump({"how": "tools/fit_cpu_sweep.py: torch.profiler profile_memory=True, running sum of the CPU allocator's "
+    json.dump({"how": "tests/benchmarks/fit_cpu_sweep.py: torch.profiler profile_memory=True, running sum of the CPU allocator's "
                       "[memory] events from before the model is built; fp32 (and pure bf16 points: dtype bf16), AdamW "
                       "(foreach), SDPA, gradient accumulation 2, two optimizer steps",
                "torch": torch.__version__, "transformers": transformers.__version__,
