@@ -37,6 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fixtures" / "constructed"))
 
 import make  # noqa: E402
+from line_kinds import _t  # noqa: E402
+# the ordinary kinds the mixture benchmark shares (line_kinds.py holds their producers' wording)
+from line_kinds import ds_memory as k_memory, ds_overflow as k_overflow, hf_loss as k_loss  # noqa: E402
+from line_kinds import hf_tokenizer as k_tokenizer, nccl_channel as k_nccl_info  # noqa: E402
 from oomfix.patterns import MARKERS  # noqa: E402
 
 HEAD = make.lf_header("configs/qwen3_14b_a.yaml", world=8, micro=1, accum=16, steps=30000)
@@ -91,11 +95,7 @@ def generate(path: Path, size_mb: int, variant: str = "end") -> None:
 
 
 # --- the ordinary lines of a long run (producers: transformers trainer.py / LLaMA-Factory logging, DeepSpeed
-# runtime/utils.py see_memory_usage and runtime/fp16/loss_scaler.py, tokenization_utils_base.py, NCCL debug.cc) ---
-def _t(i: int) -> str:
-    return f"2026-11-27 {10 + i // 3600 % 12:02d}:{i // 60 % 60:02d}:{i % 60:02d},{i * 37 % 1000:03d}"
-
-
+# runtime/utils.py, tokenization_utils_base.py, NCCL debug.cc); the kinds the mixtures share come from line_kinds.py ---
 def k_checkpoint(i: int) -> str:
     return (f"[INFO|trainer.py:3705] {_t(i)} >> Saving model checkpoint to saves/qwen3-14b/lora/sft/"
             f"checkpoint-{i * 500}\n")
@@ -110,35 +110,6 @@ def k_eval_block(i: int) -> str:
 def k_eval_loss(i: int) -> str:
     return (f"{{'eval_loss': {1 + i % 997 / 1000:.4f}, 'eval_runtime': {12 + i % 13:.4f}, 'eval_samples_per_second': "
             f"{81 + i % 9:.3f}, 'eval_steps_per_second': {10 + i % 5:.3f}, 'epoch': {i / 3000:.2f}}}\n")
-
-
-def k_tokenizer(i: int) -> str:
-    return (f"Token indices sequence length is longer than the specified maximum sequence length for this model "
-            f"({2049 + i % 5000} > 2048). Running this sequence through the model will result in indexing errors\n")
-
-
-def k_memory(i: int) -> str:
-    t = f"[{_t(i)}] [INFO] [utils.py:"
-    return (f"{t}781:see_memory_usage] After forward step {i}\n"
-            f"{t}782:see_memory_usage] MA {12 + i % 7 / 10:.2f} GB         Max_MA {14 + i % 3 / 10:.2f} GB         "
-            f"CA {15 + i % 5 / 10:.2f} GB         Max_CA 16 GB \n"
-            f"{t}789:see_memory_usage] CPU Virtual Memory:  used = {47 + i % 11 / 10:.2f} GB, percent = "
-            f"{9 + i % 4 / 10:.1f}%\n")
-
-
-def k_overflow(i: int) -> str:
-    return (f"[{_t(i)}] [INFO] [loss_scaler.py:183:update_scale] [deepspeed] OVERFLOW! Rank {i % 8} Skipping step. "
-            f"Attempted loss scale: {2 ** (16 - i % 4)}, reducing to {2 ** (15 - i % 4)}\n")
-
-
-def k_nccl_info(i: int) -> str:
-    return (f"gpu-node-01:{4100 + i % 8}:{5200 + i % 8} [{i % 8}] NCCL INFO Channel {i % 32:02d}/0 : {i % 8}[{i % 8}] "
-            f"-> {(i + 1) % 8}[{(i + 1) % 8}] via P2P/IPC/read\n")
-
-
-def k_loss(i: int) -> str:
-    return (f"{{'loss': {1.0 + (i % 17) / 10:.4f}, 'grad_norm': {0.5 + i % 31 / 100:.4f}, 'learning_rate': "
-            f"{9.1e-06 - i * 1e-12:.4e}, 'epoch': {i / 30000:.2f}}}\n")
 
 
 KINDS = {"checkpoint save": k_checkpoint, "Running Evaluation": k_eval_block, "eval_loss dict": k_eval_loss,
