@@ -5,18 +5,7 @@ colossalai's CLI, swift's and LLaMA-Factory's launchers."""
 import textwrap
 
 from oomfix.launcher import parse_launcher
-
-
-def jobs(tmp_path, text, name="l.sh"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return parse_launcher(p).jobs
-
-
-def one(tmp_path, text):
-    js = jobs(tmp_path, text)
-    assert len(js) == 1, js
-    return js[0]
+from test_launcher import jobs, one  # the same two helpers: a script's jobs, and its only job
 
 
 def test_a_number_before_a_spaced_redirection_is_an_argument(tmp_path):
