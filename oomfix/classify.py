@@ -392,7 +392,7 @@ def _analyze(evs: Iterable[Event], file: str) -> _FileState:
             section = "root" if ev.pattern == "table_root" else "failures"
             st.failure_seen = True
         elif role == P.TABLE:
-            f, v = ev.data["field"], ev.data["val"]
+            f, v = ev.data["field"].rstrip(), ev.data["val"]
             if f == "time" or entry is None:
                 entry = {}
                 table_entries.append((section, entry, ev))

@@ -92,6 +92,11 @@ class HyperscanPrefilter(Prefilter):
         plan = self.plan
         exprs: list[bytes] = []
         self._keys: list[int] = []
+        # past the head, a pattern counts only through its tail markers (Plan.tail_markers): one that has none there
+        # (a run parameter: "Process rank: 0, world size: 8", the HF block) is left out of the tail database, or
+        # Hyperscan would report every such line of a multi-GB log for Python to drop (issue 16)
+        texprs: list[bytes] = []
+        tkeys: list[int] = []
         state: list[bytes] = []
         self._state_keys: list[int] = []
         for i, p in enumerate(self.patterns):
@@ -101,25 +106,37 @@ class HyperscanPrefilter(Prefilter):
                 # state patterns have their own small database, searched around the candidates only (reader.scan)
                 (state if i in plan.lazy else exprs).append(e)
                 (self._state_keys if i in plan.lazy else self._keys).append(i)
+                if i not in plan.lazy and plan.tail_markers[i]:
+                    texprs.append(e)
+                    tkeys.append(i)
         def chunks(lits: tuple[bytes, ...]) -> list[tuple[bytes, ...]]:
             return [lits[k:k + 32] for k in range(0, len(lits), 32)]  # Hyperscan limits an expression's length
 
         # lines with colour codes or padding past the head: found through the anchors (the failure patterns' own
         # regexes above find their clean text in the raw bytes; colour codes sit around a message, not inside it).
-        # The anchors are reported as plain literals and `check` drops a clean line at once: a "dirt anywhere in the
-        # line" expression costs Hyperscan more than the few anchor lines cost Python, in logs where aligned columns
-        # (six spaces) or colour codes are on every line.
-        tail = [_escape(m) for m in plan.tail_literals if m in ANCHORS]
+        # An anchor is reported only in a line that also holds dirt: reported as a plain literal, every line of an
+        # ordinary kind that says "exit" or "Kill" (torch's "process group has NOT been destroyed before we exit" on
+        # every rank) was a call into Python and a line for `check` to drop (issue 16). In the head the head literals
+        # (which include the anchors) do the same. "Anchor and dirt in one line" costs Hyperscan a look along the line
+        # at every anchor (4x grep where every line says "exit"), so past the head a block is scanned with these
+        # expressions only when it holds a colour code (_scan): padding alone ("segment          ation", a progress
+        # bar drawn over a line) is looked for in the head only.
+        tail = [_dirty(c) for c in chunks(tuple(m for m in plan.tail_literals if m in ANCHORS))]
         tail_keys = [_TAIL] * len(tail)
         head = [_dirty(c) for c in chunks(plan.head_literals)]
         head_keys = [_HEAD] * len(head)
         # the first state marker of a buffer (one report per marker and buffer): where the state search may stop
         first = [_escape(m) for m in plan.state_literals]
         # past the head the head-only literals drop out: a smaller database for the gigabytes after it
-        self._tail_keys = self._keys + tail_keys + [_STATE] * len(first)
-        self._tail_db = _database(exprs + tail + first, len(first))
-        self._keys = self._keys + tail_keys + head_keys + [_STATE] * len(first)
-        self._db = _database(exprs + tail + head + first, len(first))
+        self._tail_keys = tkeys + tail_keys + [_STATE] * len(first)
+        self._tail_db = _database(texprs + tail + first, len(first))
+        self._clean_keys = tkeys + [_STATE] * len(first)  # a tail block without colour codes
+        self._clean_db = _database(texprs + first, len(first))
+        self._head_clean_keys = self._keys + [_STATE] * len(first)  # a head block without colour codes or padding
+        self._head_clean_db = _database(exprs + first, len(first))
+        self._dirt_db = _database([rb"\x1b|[\w\x80-\xff]      "], 1)
+        self._keys = self._keys + head_keys + [_STATE] * len(first)
+        self._db = _database(exprs + head + first, len(first))
         self._floor = 0  # no state marker before this offset of the current buffer
         self.dirt_only = {_TAIL}
         self.window = 0  # every expression is searched everywhere, in one pass: no read-ahead, no windows
@@ -151,7 +168,14 @@ class HyperscanPrefilter(Prefilter):
         hits: list[tuple[int, int]] = []
         append = hits.append
         head = base + a < HEAD_BYTES
-        keys = self._keys if head else self._tail_keys
+        if head:
+            # (the head literals with dirt cost a look along the line at each of them: only where dirt is)
+            db, keys = (self._db, self._keys) if _padded(self._dirt_db, buf, a, end) else \
+                (self._head_clean_db, self._head_clean_keys)
+        elif buf.find(b"\x1b", a, end) != -1:
+            db, keys = self._tail_db, self._tail_keys
+        else:
+            db, keys = self._clean_db, self._clean_keys
 
         floor = [end]
         # one hit per line and key: the reader wants a line's first hit and the set of its keys, and a line made of
@@ -178,7 +202,7 @@ class HyperscanPrefilter(Prefilter):
             append((pos, key))
 
         try:
-            (self._db if head else self._tail_db).scan(memoryview(buf)[a:end], match_event_handler=on_match)
+            db.scan(memoryview(buf)[a:end], match_event_handler=on_match)
         except hyperscan.error as e:
             # a Ctrl-C that lands in the match callback comes back as Hyperscan's own error: it is an interrupt
             if isinstance(e.__context__, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt):
@@ -187,6 +211,10 @@ class HyperscanPrefilter(Prefilter):
         if self._floor == a:  # no state marker before this block: none before the first found in it, or its end
             self._floor = floor[0]
         return hits
+
+    def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:
+        quiet = frozenset(i for i, p in enumerate(self.patterns) if p.role in roles and i not in self.plan.lazy)
+        return quiet, quiet
 
     def state_keys(self, raw: bytes) -> set:
         return {i for i, ms in self._state_markers if any(m in raw for m in ms)}
@@ -240,6 +268,23 @@ class HyperscanPrefilter(Prefilter):
         else:
             ids = plan.ids(raw, head, {k for k in lits if k >= 0})
         return tuple(self.patterns[i] for i in ids) if ids else False
+
+
+def _padded(db: "hyperscan.Database", buf: bytes, a: int, b: int) -> bool:
+    """Does buf[a:b] hold a colour code or a progress bar's padding between two word characters (prefilter.PADDED_B)?
+    One Hyperscan pass that stops at the first."""
+    found = []
+
+    def on_match(*_args: object) -> bool:
+        found.append(True)
+        return True  # (stop scanning)
+
+    try:
+        db.scan(memoryview(buf)[a:b], match_event_handler=on_match)
+    except hyperscan.error:
+        if not found:  # (stopping the scan reports as an error in some versions of the wheel)
+            raise
+    return bool(found)
 
 
 def _escape(m: bytes) -> bytes:

@@ -88,7 +88,10 @@ PATTERNS: tuple[Pattern, ...] = (
                        b"traceback :"],
        # (?P<val>(?:.*\S)?): the value without its trailing blanks, found once (a lazy `.*?` before `\s*$` tried every
        # length: a 16 KB line of blanks took seconds)
-       r"^\s*(?P<field>time|host|rank|exitcode|error_file|traceback)\s*:\s?(?P<val>(?:.*\S)?)\s*$", TABLE),
+       # torchrun's fields are padded to ten columns (torch/distributed/elastic/multiprocessing/errors/__init__.py,
+       # _FAILURE_FORMAT_TEMPLATE), as the markers say: the regex says so too, so that its loosened form does not take
+       # every "Process rank: 3" or "host: x" line of a log for a table row (issue 16). classify strips the padding.
+       r"^\s*(?P<field>(?:time|host|rank) {6}|exitcode  |error_file|traceback ):\s?(?P<val>(?:.*\S)?)\s*$", TABLE),
     _p("table_root", [b"Root Cause"], r"Root Cause", TABLE_SECTION),
     _p("table_failures", [b"Failures:"], r"^\s*Failures:", TABLE_SECTION),
 

@@ -37,6 +37,7 @@ SNIFF = 64 << 10
 WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
 STATE_KEEP = 4  # state lines handed on before each candidate (events holds as many)
 RUN_EVERY = 50  # in a run of identical lines, one in this many is handed on (events.REPEAT_GAP: 100)
+SETTLED_KEEP = 200  # run-parameter lines handed on in a stretch with no other candidate, before only the last counts
 
 
 class Candidate:
@@ -198,6 +199,14 @@ class Prefilter:
             got = self._lits_seen[key] = frozenset(m for m in self._line_lits_of if m in raw)
         return set(got)
 
+    def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:
+        """The hit keys (here: literals) through which only patterns of these roles can match a line: in the head,
+        past it."""
+        plan = self.plan
+        return tuple(frozenset(lit for lit, ids in table.items() if ids and lit not in self.state_literals and
+                               all(self.patterns[i].role in roles for i in ids))
+                     for table in (plan.head_lit_pats, plan.tail_lit_pats))  # type: ignore[return-value]
+
     def state_keys(self, raw: bytes) -> set:
         """The keys (here: literals) through which a state search would find this line."""
         return {lit for lit in self.state_literals if lit in raw}
@@ -301,6 +310,10 @@ def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Patte
     return False if all(g.match(text) is None for g in gates) else pats  # type: ignore[union-attr]
 
 
+def _first(item: tuple) -> int:
+    return item[0]
+
+
 def _second(item: tuple) -> int:
     return item[1]
 
@@ -308,6 +321,9 @@ def _second(item: tuple) -> int:
 _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
 _ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
 
+
+# candidates whose repeats carry nothing but their first and last values (reader.scan: SETTLED_KEEP)
+_SETTLED = frozenset({_P.RUN, _P.FINISHED})
 
 # the lines that end a failure: the pure-Python engine searches every literal in a WINDOW above them
 _ENDS = frozenset({_P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION, _P.EXCEPTION, _P.TRACEBACK})
@@ -623,9 +639,59 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             yield make(pos - n, raw, pats)  # the last copy: events parses the end of a run
         return pos
 
+    def emit(last_stop: int, start: int, stop: int, raw: bytes, pats: object) -> Generator[Candidate, None, int]:
+        """Hand on the candidate buf[start:stop], the state lines before it and the lines that follow it; returns
+        the end of what was handed on."""
+        nonlocal owe_first, follow_left
+        yield from hand_on(last_stop, start)
+        yield make(start, raw, pats)
+        owe_first = True
+        last_stop = stop + 1
+        n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
+        # the lines after a trigger: the HF block, the summary table, the allocator's numbers
+        pos = last_stop
+        if pos < end and buf[pos:pos + 1] == b"\n":
+            pos += 1  # the "\n" of a CRLF line
+        pos, follow_left = yield from follow(pos, n_follow)
+        last_stop = max(last_stop, pos)
+        raw_of[0] = raw
+        if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
+            last_stop = yield from run_of(start, stop, raw, pats)
+        return last_stop
+
+    # Run parameters and clean finishes (`_SETTLED`) matter through their first and last values (classify: the first
+    # launch command, the last micro batch), not through their number: a log that prints "Process rank: N, world
+    # size: M" on every line would otherwise cost a full parse per line (issue 16). In a stretch of such lines with
+    # no other candidate, the first SETTLED_KEEP are handed on; after them only the last line of each pattern is,
+    # held here until the stretch ends (another candidate, the buffer's end) and then handed on in its place.
+    settled: dict[tuple[int, ...], tuple[int, int, bytes, object]] = {}
+    settled_run = 0
+    # past SETTLED_KEEP, a hit through which only such patterns can match is not even cut out: the last one per key
+    # is noted here, and only it is read when the stretch ends
+    late: dict[object, int] = {}
+    quiet_head, quiet_tail = prefilter.settled_keys(_SETTLED)
+
+    def flush(last_stop: int) -> Generator[Candidate, None, int]:
+        for key, pos in late.items():
+            start, stop = _bounds(buf, pos, end)
+            raw = _cut(buf, start, stop, pos)
+            pats = prefilter.check(raw, base + start < HEAD_BYTES, {key})
+            if pats is False or not all(p.role in _SETTLED for p in pats):
+                continue
+            ident = tuple(map(id, pats))
+            if ident not in settled or settled[ident][0] < start:
+                settled[ident] = (start, stop, raw, pats)
+        late.clear()
+        held_back = sorted(settled.values(), key=_first)
+        settled.clear()
+        for start, stop, raw, pats in held_back:
+            if start >= last_stop:  # (else a trigger's FOLLOW lines above took it in)
+                last_stop = yield from emit(last_stop, start, stop, raw, pats)
+        return last_stop
+
     def _rounds() -> Iterator[Candidate]:
         nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
-        nonlocal owe_first, held
+        nonlocal owe_first, held, settled_run
         while not eof:
             if pending is not None:
                 n = pending.result()
@@ -675,6 +741,10 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     k += 1
                     if hit < last_stop:
                         continue  # same line as a hit already yielded
+                    if settled_run >= SETTLED_KEEP and lit in (quiet_head if base + hit < HEAD_BYTES else quiet_tail) \
+                            and (k == len(hits) or hits[k][1] == lit or buf.find(b"\n", hit, hits[k][0]) != -1):
+                        late[lit] = hit  # (alone on its line, or with more of the same)
+                        continue
                     start, stop = _bounds(buf, hit, end)
                     lits = {lit}
                     while k < len(hits) and hits[k][0] < stop:
@@ -689,20 +759,19 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
                     if pats is False or all(id(p) in lazy_pats for p in pats):
                         continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
-                    yield from hand_on(last_stop, start)
-                    yield make(start, raw, pats)
-                    owe_first = True
-                    last_stop = stop + 1
-                    n_follow = max((n for trig, n in FOLLOW if trig in raw), default=0) if _FOLLOW_RX.search(raw) else 0
-                    # the lines after a trigger: the HF block, the summary table, the allocator's numbers
-                    pos = last_stop
-                    if pos < end and buf[pos:pos + 1] == b"\n":
-                        pos += 1  # the "\n" of a CRLF line
-                    pos, follow_left = yield from follow(pos, n_follow)
-                    last_stop = max(last_stop, pos)
-                    raw_of[0] = raw
-                    if not n_follow and last_stop < end and (start == 0 or buf[start - 1] == 10) and repeatable(pats):
-                        last_stop = yield from run_of(start, stop, raw, pats)
+                    if all(p.role in _SETTLED for p in pats):
+                        if settled_run >= SETTLED_KEEP:
+                            # past the first SETTLED_KEEP of a stretch: only the last line of each pattern counts
+                            settled[tuple(map(id, pats))] = (start, stop, raw, pats)
+                            continue
+                        settled_run += 1
+                    else:
+                        settled_run = 0
+                    if settled or late:
+                        last_stop = yield from flush(last_stop)
+                    last_stop = yield from emit(last_stop, start, stop, raw, pats)
+            if settled or late:
+                last_stop = yield from flush(last_stop)  # (they point into this buffer)
             yield from hand_on(last_stop, end, at_end=True)
             for hook in before_refill or ():
                 hook()
