@@ -26,9 +26,10 @@ from oomfix.reader import Prefilter
 # only for lines in the head), _TAIL: with an anchor.
 _HEAD, _TAIL = -1, -2
 _STATE = -3  # the first state marker of a buffer (not a hit: it sets where state lines may start)
-# a superset of "colour code or padding between words" (any six spaces) with literal factors: fast to find; a line
-# it wrongly routes to the cleaned-forms check gets the verdict the pure-Python engine gives it anyway
-_DIRT = rb"(?:\x1b|      )"
+# a colour code, or padding between two word characters (prefilter.PADDED_B): any six spaces were cheaper to find, but
+# a table drawn with aligned columns ("|     PyTorch CUDA memory summary      |") then sent each of its lines to
+# Python for the cleaned-forms check (issue 16)
+_DIRT = rb"(?:\x1b|[\w\x80-\xff] {6,}[\w\x80-\xff])"
 _STATE_REACH = 256  # longest state match looked for across a block's start
 BLOCK = 1 << 20  # bytes of a buffer scanned at once (find_blocks)
 
@@ -134,7 +135,7 @@ class HyperscanPrefilter(Prefilter):
         self._clean_db = _database(texprs + first, len(first))
         self._head_clean_keys = self._keys + [_STATE] * len(first)  # a head block without colour codes or padding
         self._head_clean_db = _database(exprs + first, len(first))
-        self._dirt_db = _database([rb"\x1b|[\w\x80-\xff]      "], 1)
+        self._dirt_db = _database([_DIRT], 1)
         self._keys = self._keys + head_keys + [_STATE] * len(first)
         self._db = _database(exprs + head + first, len(first))
         self._floor = 0  # no state marker before this offset of the current buffer
@@ -184,8 +185,14 @@ class HyperscanPrefilter(Prefilter):
         seen: set[int] = set()
         find = buf.find
 
+        muted = self.muted
+        last: dict[int, int] = {}
+
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             key = keys[idx]
+            if key in muted:
+                last[key] = a + to - 1
+                return
             if key == _STATE:
                 floor[0] = min(floor[0], max(0, a + to - _STATE_REACH))
                 return
@@ -210,6 +217,7 @@ class HyperscanPrefilter(Prefilter):
             raise
         if self._floor == a:  # no state marker before this block: none before the first found in it, or its end
             self._floor = floor[0]
+        hits += [(pos, key) for key, pos in last.items()]  # (the last hit of each muted key: the reader wants no other)
         return hits
 
     def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:

@@ -242,9 +242,10 @@ def _source(p: P.Pattern) -> tuple[str, int]:
 
 
 def _digit_sensitive(source: str) -> bool:
-    """Does the regex name a specific non-zero digit (outside a {m,n} quantifier)? Then lines that differ only in such
-    digits may parse differently, and a parse result cannot be shared by a template."""
-    return re.search(r"(?<![\\{,])[1-9]", re.sub(r"\{\d*,?\d*\}|\\x[0-9a-fA-F]{2}|\\\d", "", source)) is not None
+    """Does the regex name a specific digit (outside a {m,n} quantifier: "to 0", "reducing to 1")? Then lines that
+    differ only in such digits may parse differently, and a parse result cannot be shared by a template (a line with
+    its digits masked)."""
+    return re.search(r"(?<![\\{,])[0-9]", re.sub(r"\{\d*,?\d*\}|\\x[0-9a-fA-F]{2}|\\\d", "", source)) is not None
 
 
 class _Compiled:
@@ -347,7 +348,7 @@ class Plan:
         self.head_lit_markers = self._lit_markers(self.head_literals + self.state_literals, self.head_markers)
         self.tail_lit_markers = self._lit_markers(self.tail_literals + self.state_literals, self.tail_markers)
         self.digit_sensitive = frozenset(i for i, p in enumerate(patterns) if _digit_sensitive(_source(p)[0]) or
-                                         any(re.search(rb"[1-9]", m) for m in p.markers))
+                                         any(re.search(rb"[0-9]", m) for m in p.markers))
         self.digit_markers = tuple(sorted({m for i in self.digit_sensitive for m in patterns[i].markers}))
         self._lit_sensitive = {(head, lit): any(i in self.digit_sensitive for i in table[lit])
                                for head, table in ((True, self.head_lit_pats), (False, self.tail_lit_pats))

@@ -37,7 +37,6 @@ SNIFF = 64 << 10
 WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
 STATE_KEEP = 4  # state lines handed on before each candidate (events holds as many)
 RUN_EVERY = 50  # in a run of identical lines, one in this many is handed on (events.REPEAT_GAP: 100)
-SETTLED_KEEP = 200  # run-parameter lines handed on in a stretch with no other candidate, before only the last counts
 
 
 class Candidate:
@@ -104,6 +103,9 @@ class Prefilter:
         self.anchors = self.plan.tail_literals
         self.longest = max(len(m) for m in self.markers)
         self._verdicts: dict[tuple, object] = {}
+        # keys of which the reader wants only the last hit of each block (scan: settled lines); an engine that
+        # reports hits block by block honours it, this one reports them all
+        self.muted: set = set()
         self.state_literals = self.plan.state_literals
         self.dirt_only: set = set()  # the keys of a hit that counts only on a line with colour codes or padding
         self.lazy_pats = frozenset(id(self.patterns[i]) for i in self.plan.lazy)
@@ -116,10 +118,22 @@ class Prefilter:
         self.window = WINDOW
         self.always = tuple(m for m in self.anchors if m in ANCHORS)
         self.rest = tuple(m for m in self.anchors if m not in ANCHORS)
-        self._line_lits_of = plan.tail_literals + plan.state_literals
-        self._lits_seen: dict[bytes, frozenset[bytes]] = {}
-        # the cache key masks digits 1-9: exact only while no literal holds one
-        self._lits_cacheable = not any(re.search(rb"[1-9]", m) for m in self._line_lits_of)
+        # In the head too (a hundred and fifty passes over 4 MB cost more than the 16 MB after it, issue 16): the
+        # anchors and the markers of the patterns that count only in the head (run parameters) are searched
+        # everywhere, the other literals in the windows.
+        failure = frozenset(i for i, p in enumerate(self.patterns) if i < len(extra) or p.role in _FAILURE_ROLES)
+        head_only = {m for i, p in enumerate(self.patterns) if i not in failure and i not in plan.lazy
+                     for m in p.markers}
+        self.head_always = _minimal(tuple(sorted(set(self.always) | head_only)))
+        self.head_rest = tuple(m for m in self.head_find if m not in self.head_always)
+        # every literal of a line (tail, head), for lines found through one of them
+        self._line_lits_of = (plan.tail_literals + plan.state_literals, plan.head_literals + plan.state_literals)
+        self._lits_seen: tuple[dict[bytes, frozenset[bytes]], ...] = ({}, {})
+        self._shapes: tuple[dict[bytes, object], ...] = ({}, {})  # (check) a line's digits masked -> its verdict
+        # the cache key masks digits: exact for a line that holds no literal naming a digit ("reducing to 0"), that
+        # is none of their parts before the digit
+        self._digit_stems = tuple(tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
+                                  for lits in self._line_lits_of)
         self._ends = frozenset(m for m in self.always if any(
             self.patterns[i].role in _ENDS for i in plan.tail_lit_pats[m]))
 
@@ -141,19 +155,23 @@ class Prefilter:
 
     def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
              last: bool = True) -> list[tuple[int, bytes]]:
-        """(offset, literal) of the literal hits in buf[:end]: every marker in the head; past it the anchors, and the
-        other tail literals in the windows above the lines that end a failure and at the end of the log (`last`: the
-        buffer ends the log). buf[end:size] is read ahead for such lines, whose windows reach back before `end`."""
+        """(offset, literal) of the literal hits in buf[:end]: the anchors everywhere and the head-only markers in
+        the head; every other literal in the windows above the lines that end a failure and at the end of the log
+        (`last`: the buffer ends the log). buf[end:size] is read ahead for such lines, whose windows reach back before
+        `end`."""
         head_end = min(end, max(0, HEAD_BYTES - base))
-        hits: list[tuple[int, bytes]] = []
+        size = max(end, size or end)
+        ahead: list[tuple[int, bytes]] = []
         if head_end > 0:
-            hits += self._find(buf, 0, min(end, head_end + self.longest), self.head_find)
-        if head_end < end:
-            lo = max(0, head_end - self.longest)
-            ahead = self._find(buf, lo, max(end, size or end), self.always)
-            hits += [h for h in ahead if h[0] < end]
-            for a, b in self._windows(buf, ahead, lo, end, max(end, size or end), last):
-                hits += self._find(buf, a, b, self.rest)
+            ahead += self._find(buf, 0, min(size, head_end + self.longest), self.head_always)
+        if head_end < size:
+            ahead += self._find(buf, max(0, head_end - self.longest), size, self.always)
+        hits = [h for h in ahead if h[0] < end]
+        for a, b in self._windows(buf, ahead, 0, end, size, last):
+            if a < head_end:
+                hits += self._find(buf, a, min(b, head_end + self.longest), self.head_rest)
+            if b > head_end:
+                hits += self._find(buf, max(a, head_end - self.longest), b, self.rest)
         return hits
 
     def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
@@ -186,25 +204,27 @@ class Prefilter:
                 out.append((a, b))
         return out
 
-    def _line_lits(self, raw: bytes) -> set[bytes]:
-        """Every tail literal of a line: a line found through one anchor gets every pattern its other literals
-        allow, as Hyperscan reports every pattern that matches."""
-        if not self._lits_cacheable:
-            return {m for m in self._line_lits_of if m in raw}
+    def _line_lits(self, raw: bytes, head: bool) -> set[bytes]:
+        """Every literal of a line (head or tail ones): a line found through one anchor gets every pattern its
+        other literals allow, as Hyperscan reports every pattern that matches."""
+        lits = self._line_lits_of[head]
+        if any(m in raw for m in self._digit_stems[head]):
+            return {m for m in lits if m in raw}
         key = raw.translate(_ONES)
-        got = self._lits_seen.get(key)
+        seen = self._lits_seen[head]
+        got = seen.get(key)
         if got is None:
-            if len(self._lits_seen) >= 8192:
-                self._lits_seen.clear()
-            got = self._lits_seen[key] = frozenset(m for m in self._line_lits_of if m in raw)
+            if len(seen) >= 8192:
+                seen.clear()
+            got = seen[key] = frozenset(m for m in lits if m in raw)
         return set(got)
 
     def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:
-        """The hit keys (here: literals) through which only patterns of these roles can match a line: in the head,
-        past it."""
+        """The hit keys (here: literals) through which only one pattern, of one of these roles, can match a line: in
+        the head, past it."""
         plan = self.plan
-        return tuple(frozenset(lit for lit, ids in table.items() if ids and lit not in self.state_literals and
-                               all(self.patterns[i].role in roles for i in ids))
+        return tuple(frozenset(lit for lit, ids in table.items() if len(ids) == 1 and lit not in self.state_literals
+                               and self.patterns[ids[0]].role in roles and ids[0] not in plan.lazy)
                      for table in (plan.head_lit_pats, plan.tail_lit_pats))  # type: ignore[return-value]
 
     def state_keys(self, raw: bytes) -> set:
@@ -237,8 +257,24 @@ class Prefilter:
     def check(self, raw: bytes, head: bool, lits: set) -> "tuple[Pattern, ...] | bool":
         """`accept`, once per template: a line like one checked before but for its digits (a per-step line) gets the
         same verdict, when no pattern that could match it names a digit."""
-        if not head and self.window:
-            lits = self._line_lits(raw)
+        if self.window:
+            # this engine tests every literal of the line, whatever found it: the verdict is the template's (when
+            # no literal names a digit), found in one lookup (a line kind that says "errors" on every line
+            # reaches here a million times)
+            if not any(m in raw for m in self._digit_stems[head]):
+                shape = raw.translate(_ONES)
+                got = self._shapes[head].get(shape)
+                if got is not None:
+                    return got
+                lits = self._line_lits(raw, head)
+                if self.plan.digit_matters(lits, head) or \
+                        ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
+                    return _below_error(self.accept(raw, head, lits), raw)
+                if len(self._shapes[head]) >= 8192:
+                    self._shapes[head].clear()
+                got = self._shapes[head][shape] = _below_error(self.accept(raw, head, lits), raw)
+                return got
+            lits = self._line_lits(raw, head)
         if self.plan.digit_matters(lits, head) or \
                 ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
             return _below_error(self.accept(raw, head, lits), raw)
@@ -319,11 +355,14 @@ def _second(item: tuple) -> int:
 
 
 _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
-_ONES = bytes.maketrans(b"123456789", b"111111111")  # "0" kept: a pattern may name it ("0x", "to 0")
+# a line's digits masked (its template), for the patterns that name no digit (prefilter._digit_sensitive): "0" is masked
+# too, or every time stamp and step count with zeros in new places made a new template
+_ONES = bytes.maketrans(b"0123456789", b"1111111111")
 
 
-# candidates whose repeats carry nothing but their first and last values (reader.scan: SETTLED_KEEP)
-_SETTLED = frozenset({_P.RUN, _P.FINISHED})
+# candidates whose repeats carry nothing but their first and last lines (reader.scan); a PHASE candidate is a
+# FOLLOW trigger (the others are state lines): with it go its FOLLOW lines
+_SETTLED = frozenset({_P.RUN, _P.FINISHED, _P.PHASE})
 
 # the lines that end a failure: the pure-Python engine searches every literal in a WINDOW above them
 _ENDS = frozenset({_P.DEATH, _P.AGENT_SIGNAL, _P.CLOSING, _P.TABLE_SECTION, _P.EXCEPTION, _P.TRACEBACK})
@@ -526,6 +565,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
     end = counted = size = 0
 
     lazy_pats = prefilter.lazy_pats
+    window = prefilter.window
     dirt_only = prefilter.dirt_only
     state_rx = prefilter.state_rx
     owe_first = False  # the first state line after the last candidate is still to be handed on
@@ -659,17 +699,20 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             last_stop = yield from run_of(start, stop, raw, pats)
         return last_stop
 
-    # Run parameters and clean finishes (`_SETTLED`) matter through their first and last values (classify: the first
-    # launch command, the last micro batch), not through their number: a log that prints "Process rank: N, world
-    # size: M" on every line would otherwise cost a full parse per line (issue 16). In a stretch of such lines with
-    # no other candidate, the first SETTLED_KEEP are handed on; after them only the last line of each pattern is,
-    # held here until the stretch ends (another candidate, the buffer's end) and then handed on in its place.
+    # Run parameters, phase starts and clean finishes (`_SETTLED`) matter through their first and last lines
+    # (classify: the first launch command, the last micro batch, the last phase before a failure), not through their
+    # number: a log that prints "Process rank: N, world size: M" or an HF block on every few lines would otherwise
+    # cost a full parse per line (issue 16). In a stretch of such lines with no other candidate, the first line of
+    # each pattern set is handed on, and the last one, held here until the stretch ends (another candidate, the
+    # buffer's end) and then handed on in its place.
     settled: dict[tuple[int, ...], tuple[int, int, bytes, object]] = {}
-    settled_run = 0
-    # past SETTLED_KEEP, a hit through which only such patterns can match is not even cut out: the last one per key
-    # is noted here, and only it is read when the stretch ends
+    # a hit through a key (a literal, a pattern) of one such pattern, seen before in the stretch, is not even cut
+    # out: the last one per key is noted here, and only it is read when the stretch ends
+    seen: set[tuple[int, ...]] = set()  # the pattern sets handed on in this stretch
+    seen_keys: set[object] = set()  # the keys of their lines
     late: dict[object, int] = {}
     quiet_head, quiet_tail = prefilter.settled_keys(_SETTLED)
+    muted = prefilter.muted
 
     def flush(last_stop: int) -> Generator[Candidate, None, int]:
         for key, pos in late.items():
@@ -691,7 +734,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
     def _rounds() -> Iterator[Candidate]:
         nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
-        nonlocal owe_first, held, settled_run
+        nonlocal owe_first, held
         while not eof:
             if pending is not None:
                 n = pending.result()
@@ -733,6 +776,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             # yielded
             last_stop, follow_left = yield from follow(0, follow_left)
             # (the Hyperscan engine hands its hits over block by block: their number is bounded whatever the log holds)
+            muted.clear()
             for block in prefilter.find_blocks(buf, end, base, size, eof):
                 hits = sorted(block)
                 k = 0
@@ -741,7 +785,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     k += 1
                     if hit < last_stop:
                         continue  # same line as a hit already yielded
-                    if settled_run >= SETTLED_KEEP and lit in (quiet_head if base + hit < HEAD_BYTES else quiet_tail) \
+                    if lit in seen_keys and lit in (quiet_head if base + hit < HEAD_BYTES else quiet_tail) \
                             and (k == len(hits) or hits[k][1] == lit or buf.find(b"\n", hit, hits[k][0]) != -1):
                         late[lit] = hit  # (alone on its line, or with more of the same)
                         continue
@@ -754,22 +798,29 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                             buf.find(b"      ", start, stop) == -1:
                         continue  # found only for colour codes or padding, and the line has neither
                     raw = _cut(buf, start, stop, hit)
-                    if state_rx.search(raw):
-                        lits |= prefilter.state_keys(raw)  # the line is also a state line
+                    if not window and state_rx.search(raw):
+                        lits |= prefilter.state_keys(raw)  # the line is also a state line (the window engine's check
+                        # tests every literal, the state ones too)
                     pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
                     if pats is False or all(id(p) in lazy_pats for p in pats):
                         continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
                     if all(p.role in _SETTLED for p in pats):
-                        if settled_run >= SETTLED_KEEP:
-                            # past the first SETTLED_KEEP of a stretch: only the last line of each pattern counts
-                            settled[tuple(map(id, pats))] = (start, stop, raw, pats)
+                        ident = tuple(map(id, pats))
+                        seen_keys.update(lits)
+                        if ident in seen:
+                            settled[ident] = (start, stop, raw, pats)  # the last so far
                             continue
-                        settled_run += 1
+                        seen.add(ident)
                     else:
-                        settled_run = 0
+                        seen.clear()
+                        seen_keys.clear()
                     if settled or late:
                         last_stop = yield from flush(last_stop)
                     last_stop = yield from emit(last_stop, start, stop, raw, pats)
+                # the next block: of a key seen in this stretch, only its last hit matters (its copies are not even
+                # handed over from the engine)
+                muted.clear()
+                muted.update(k for k in seen_keys if k in quiet_head and k in quiet_tail)
             if settled or late:
                 last_stop = yield from flush(last_stop)  # (they point into this buffer)
             yield from hand_on(last_stop, end, at_end=True)
