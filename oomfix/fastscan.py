@@ -156,10 +156,16 @@ class HyperscanPrefilter(Prefilter):
         two lines that matters: the line it ends in holds a match of its own (the loosened regexes run per line)."""
         self._floor = 0
         a = 0
+        # the head's database runs on the lines that start in the head, the tail's on the others: a block ends at
+        # the head's last line (a block that crossed it reported a run parameter's last copy past the head, which
+        # then counted for nothing, in place of the head's last one)
+        head_end = HEAD_BYTES - base
         while a < end:
             b = end if end - a <= BLOCK else buf.rfind(b"\n", a, a + BLOCK) + 1
             if b <= a:
                 b = buf.find(b"\n", a + BLOCK, end) + 1 or end  # one line longer than a block: scanned whole
+            if a < head_end < b:
+                b = max(a + 1, buf.find(b"\n", head_end - 1, b) + 1 or b)  # (the line that holds the boundary: head)
             hits = self._scan(buf, a, b, base)
             yield hits
             a = b
@@ -186,12 +192,16 @@ class HyperscanPrefilter(Prefilter):
         find = buf.find
 
         muted = self.muted
-        last: dict[int, int] = {}
+        self.muted_hits = quiet = {}  # type: ignore[var-annotated]
 
         def on_match(idx: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             key = keys[idx]
             if key in muted:
-                last[key] = a + to - 1
+                got = quiet.get(key)
+                if got is None:
+                    quiet[key] = [a + to - 1]
+                else:
+                    got.append(a + to - 1)
                 return
             if key == _STATE:
                 floor[0] = min(floor[0], max(0, a + to - _STATE_REACH))
@@ -217,7 +227,6 @@ class HyperscanPrefilter(Prefilter):
             raise
         if self._floor == a:  # no state marker before this block: none before the first found in it, or its end
             self._floor = floor[0]
-        hits += [(pos, key) for key, pos in last.items()]  # (the last hit of each muted key: the reader wants no other)
         return hits
 
     def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:

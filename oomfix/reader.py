@@ -9,6 +9,7 @@ Memory is bounded by the buffer size, whatever the log's size or line length.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import gzip
 import io
@@ -103,9 +104,10 @@ class Prefilter:
         self.anchors = self.plan.tail_literals
         self.longest = max(len(m) for m in self.markers)
         self._verdicts: dict[tuple, object] = {}
-        # keys of which the reader wants only the last hit of each block (scan: settled lines); an engine that
-        # reports hits block by block honours it, this one reports them all
+        # keys whose hits the reader takes in bulk (scan: settled lines): an engine that reports hits block by block
+        # hands their positions over in muted_hits instead of one hit each; this one reports them all
         self.muted: set = set()
+        self.muted_hits: dict = {}  # the muted keys' hit positions in the block last reported, per key
         self.state_literals = self.plan.state_literals
         self.dirt_only: set = set()  # the keys of a hit that counts only on a line with colour codes or padding
         self.lazy_pats = frozenset(id(self.patterns[i]) for i in self.plan.lazy)
@@ -144,13 +146,20 @@ class Prefilter:
         return type(self)(patterns[n_user:], patterns[:n_user])
 
     def _find(self, buf: bytes, start: int, end: int, literals: tuple[bytes, ...]) -> list[tuple[int, bytes]]:
+        """(offset, literal) of the first hit of each literal in each logical line of buf[start:end] (the reader
+        reads a line once, whatever it holds: "exit" twice in every line of torch's process-group warning was two
+        hits a line)."""
         hits = []
         find = buf.find
         for m in literals:
             i = find(m, start, end)
             while i != -1:
                 hits.append((i, m))
-                i = find(m, i + 1, end)
+                nl = find(b"\n", i, end)
+                if nl == -1:
+                    break
+                cr = find(b"\r", i, nl)  # (a logical line ends at a "\r" too: reader._bounds)
+                i = find(m, (nl if cr == -1 else cr) + 1, end)
         return hits
 
     def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
@@ -184,8 +193,9 @@ class Prefilter:
         """The merged ranges of buf[lo:end] to search for every tail literal."""
         spans = []
         done = -1
-        for pos, lit in sorted(ahead):
-            if lit not in self._ends or pos <= done:
+        ends = self._ends
+        for pos, lit in sorted(h for h in ahead if h[1] in ends):
+            if pos <= done:
                 continue
             start, stop = _bounds(buf, pos, size)
             done = stop
@@ -494,11 +504,15 @@ def open_log(path: str) -> tuple[BinaryIO, str]:
     return buffered, name
 
 
+_CONTROLS = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27, 8))  # control bytes no text log holds
+
+
 def _looks_binary(sample: bytes) -> bool:
     if not sample:
         return False
-    controls = sum(1 for b in sample[:SNIFF] if b < 32 and b not in (9, 10, 12, 13, 27, 8))
-    return sample.count(0) > 16 or controls > len(sample[:SNIFF]) // 10
+    head = sample[:SNIFF]
+    controls = len(head) - len(head.translate(None, _CONTROLS))  # (at C speed: it runs on every log)
+    return sample.count(0) > 16 or controls > len(head) // 10
 
 
 def _size_hint(stream: BinaryIO) -> int | None:
@@ -779,6 +793,18 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             muted.clear()
             for block in prefilter.find_blocks(buf, end, base, size, eof):
                 hits = sorted(block)
+                # the positions of the muted keys' hits in this block (in order): what the fast path below would have
+                # noted one by one, taken in bulk (quiet_upto) before each flush
+                quiet_hits = prefilter.muted_hits
+                quiet_done = dict.fromkeys(quiet_hits, 0)
+
+                def quiet_upto(pos: int) -> None:
+                    for key, at in quiet_hits.items():
+                        i = bisect.bisect_left(at, pos, quiet_done[key])
+                        if i > quiet_done[key]:
+                            late[key] = at[i - 1]
+                            quiet_done[key] = i
+
                 k = 0
                 while k < len(hits):
                     hit, lit = hits[k]
@@ -804,6 +830,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     pats = prefilter.check(raw, base + start < HEAD_BYTES, lits)
                     if pats is False or all(id(p) in lazy_pats for p in pats):
                         continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
+                    reset = False
                     if all(p.role in _SETTLED for p in pats):
                         ident = tuple(map(id, pats))
                         seen_keys.update(lits)
@@ -814,11 +841,23 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                     else:
                         seen.clear()
                         seen_keys.clear()
+                        reset = True
+                    if quiet_hits:
+                        quiet_upto(start)
                     if settled or late:
                         last_stop = yield from flush(last_stop)
+                        if start < last_stop:
+                            continue  # a FOLLOW line of a trigger just handed on
                     last_stop = yield from emit(last_stop, start, stop, raw, pats)
+                    if reset and quiet_hits:
+                        # a new stretch: the muted keys' later hits count as any hit does (the first one is handed on)
+                        rest = [(pos, key) for key, at in quiet_hits.items() for pos in at[quiet_done[key]:]]
+                        hits[k:] = sorted(hits[k:] + rest)
+                        quiet_hits = {}
+                if quiet_hits:
+                    quiet_upto(end + 1)
                 # the next block: of a key seen in this stretch, only its last hit matters (its copies are not even
-                # handed over from the engine)
+                # handed over from the engine one by one)
                 muted.clear()
                 muted.update(k for k in seen_keys if k in quiet_head and k in quiet_tail)
             if settled or late:

@@ -7,7 +7,8 @@ table as in fixtures/constructed/lf_cuda_oom_rank2.log and shared/corpus/genuine
 torch's ProcessGroupNCCL exit warning as in tests/benchmarks/line_kinds.py): thousands of copies of a settled line
 around what must still be read (the last value, the first command, a relaunch, a failure's phase, a padded table
 row, a coloured failure past the 4 MB head). Each test runs with both engines: Hyperscan and the pure-Python one.
-Tests marked xfail (strict) record bugs found in the reader at the time of writing; each reason says which.
+Three of them found reader bugs when written (a Hyperscan block across the head boundary lost the head's last run
+parameter; muting kept one hit per block and lost a trigger above a failure; a flush re-handed FOLLOW lines).
 """
 import pytest
 
@@ -193,25 +194,16 @@ def _last_line_in_head(path) -> int:
     return data.count(b"\n", 0, data.rfind(b"\n", 0, HEAD_BYTES) + 1) + 1
 
 
-def test_the_last_run_parameter_line_of_the_head_is_handed_on(tmp_path, engine, request):
+def test_the_last_run_parameter_line_of_the_head_is_handed_on(tmp_path, engine):
     # run parameters count in the head only (patterns.HEAD_BYTES); the last one there is the run's last value
-    if engine == "hyperscan":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "Hyperscan's block that straddles HEAD_BYTES starts in the head and is scanned with the head database; "
-            "its last (muted) hit of the key lies past the head, replaces the in-head one in `late` and is then "
-            "refused by check(head=False): the head's last run-parameter line is lost")))
     path = _ranks_log(tmp_path)
     cands = _scan(path)
     assert cands[-1].line_no == _last_line_in_head(path)
 
 
-def test_a_relaunchs_world_size_straddling_the_head_boundary_is_the_runs(tmp_path, engine, request):
+def test_a_relaunchs_world_size_straddling_the_head_boundary_is_the_runs(tmp_path, engine):
     """Job 1 (16 ranks) finishes; job 2 (8 ranks) starts right at the 4 MB boundary, its rank lines on both sides of
     it, then runs out of memory: the run used 8 ranks (the last world size the head shows)."""
-    if engine == "hyperscan":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the in-head rank lines of job 2 sit in the Hyperscan block that straddles HEAD_BYTES with the key muted: "
-            "only the block's last hit (past the head) is reported, then refused; world_size comes out 16, job 1's")))
     job1 = (LAUNCH + LF_START.replace("8 distributed", "16 distributed")
             + "".join(lf_rank(i).replace("world size: 8", "world size: 16") for i in range(16))
             + hf_block(1, 16, "160") + "".join(loss(i) for i in range(100)) + FINISH)
@@ -299,15 +291,10 @@ RESTART = ("I1127 10:03:13.000000 4100 torch/distributed/elastic/agent/server/ap
            "FAILED. 1/1 attempts left; will restart worker group\n")
 
 
-def test_the_phase_holds_when_the_job_restarts_in_the_same_block(tmp_path, engine, request):
+def test_the_phase_holds_when_the_job_restarts_in_the_same_block(tmp_path, engine):
     """A two-stage script under torchrun --max-restarts 1: stage 1 trains (over 1 MB of loss lines) and finishes,
     stage 2 loads its model, trains and runs out of memory at step 3; the agent restarts the script, which loads and
     starts training again within the same MB. The failure happened in training, not in model loading."""
-    if engine == "hyperscan":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "fastscan reports only the last hit of a muted key per 1 MB block: the '***** Running training *****' "
-            "above the OOM is dropped because the restart prints another one below it in the same block, so the "
-            "last phase before the OOM is the 'Loading checkpoint shards' state line: phase 'model loading'")))
     stage1 = LOAD + hf_block(2, 8, "500") + "".join(loss(i) for i in range(15000)) + FINISH
     path = _write(tmp_path, LAUNCH, LF_START, stage1, LOAD, hf_block(1, 16, "51"), BAR, OOM_CASCADE, RESTART,
                   LOAD, hf_block(2, 8, "500"), "  0%|          | 0/500 [00:00<?, ?it/s]\n")
@@ -317,11 +304,6 @@ def test_the_phase_holds_when_the_job_restarts_in_the_same_block(tmp_path, engin
     assert d.root_cause.phase == "training step 3/51"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reader.scan's main loop calls flush() and then emit() for the current candidate without checking that the flushed "
-    "trigger's 14 FOLLOW lines already took it in (start < last_stop); emit then hands it on again and sets last_stop "
-    "back to its end, so the lines after it (accumulation, steps, the OOM, ...) are handed on a second time, out of "
-    "order, with stale line numbers (both engines)"))
 def test_each_line_is_handed_on_once_in_order_at_its_line_number(tmp_path, engine):
     """Two HF blocks 20 lines apart (a second trainer.train(), a restarted script), then the failure: the second
     trigger is held back as the stretch's last copy; its micro-batch line, never seen as a candidate before (the first
