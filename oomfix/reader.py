@@ -274,27 +274,31 @@ class Prefilter:
             if not any(m in raw for m in self._digit_stems[head]):
                 shape = raw.translate(_ONES)
                 got = self._shapes[head].get(shape)
-                if got is not None:
+                if got is None:
+                    lits = self._line_lits(raw, head)
+                    if len(self._shapes[head]) >= 8192:
+                        self._shapes[head].clear()
+                    got = self._shapes[head][shape] = _SENSITIVE if self._sensitive(raw, head, lits) else \
+                        _below_error(self.accept(raw, head, lits), raw)
+                if got is not _SENSITIVE:
                     return got
-                lits = self._line_lits(raw, head)
-                if self.plan.digit_matters(lits, head) or \
-                        ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
-                    return _below_error(self.accept(raw, head, lits), raw)
-                if len(self._shapes[head]) >= 8192:
-                    self._shapes[head].clear()
-                got = self._shapes[head][shape] = _below_error(self.accept(raw, head, lits), raw)
-                return got
             lits = self._line_lits(raw, head)
-        if self.plan.digit_matters(lits, head) or \
-                ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw)):
-            return _below_error(self.accept(raw, head, lits), raw)
+        # (whether the digits matter depends on the literals and on the template: both are in the key)
         key = (head, frozenset(lits), raw.translate(_ONES))
         got = self._verdicts.get(key)
         if got is None:
             if len(self._verdicts) >= 8192:
                 self._verdicts.clear()
-            got = self._verdicts[key] = _below_error(self.accept(raw, head, lits), raw)
+            got = self._verdicts[key] = _SENSITIVE if self._sensitive(raw, head, lits) else \
+                _below_error(self.accept(raw, head, lits), raw)
+        if got is _SENSITIVE:
+            return _below_error(self.accept(raw, head, lits), raw)
         return got
+
+    def _sensitive(self, raw: bytes, head: bool, lits: set) -> bool:
+        """Can the line's digits change its verdict (a pattern that names a digit may match it)?"""
+        return self.plan.digit_matters(lits, head) or \
+            ((b"\x1b" in raw or b"      " in raw) and self.plan.digits_in_variants(raw))
 
     def accept(self, raw: bytes, head: bool, lits: set[bytes]) -> "tuple[Pattern, ...] | bool":
         """The patterns (in PATTERNS order) a line found through `lits` can match; False: not a candidate."""
@@ -354,6 +358,9 @@ def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Patte
         return pats
     text = raw.decode("utf-8", "replace")
     return False if all(g.match(text) is None for g in gates) else pats  # type: ignore[union-attr]
+
+
+_SENSITIVE = object()  # (Prefilter.check) a template whose verdict depends on its digits: not cached
 
 
 def _first(item: tuple) -> int:
