@@ -172,9 +172,9 @@ class Prefilter:
         size = max(end, size or end)
         ahead: list[tuple[int, bytes]] = []
         if head_end > 0:
-            ahead += self._find(buf, 0, min(size, head_end + self.longest), self.head_always)
+            ahead += self._find_candidates(buf, 0, min(size, head_end + self.longest), self.head_always, base, size)
         if head_end < size:
-            ahead += self._find(buf, max(0, head_end - self.longest), size, self.always)
+            ahead += self._find_candidates(buf, max(0, head_end - self.longest), size, self.always, base, size)
         hits = [h for h in ahead if h[0] < end]
         for a, b in self._windows(buf, ahead, 0, end, size, last):
             if a < head_end:
@@ -182,6 +182,30 @@ class Prefilter:
             if b > head_end:
                 hits += self._find(buf, max(a, head_end - self.longest), b, self.rest)
         return hits
+
+    def _find_candidates(self, buf: bytes, lo: int, hi: int, literals: tuple[bytes, ...], base: int,
+                         size: int) -> list[tuple[int, bytes]]:
+        """`_find`, keeping only the hits whose line is a candidate (check: one lookup per template after the
+        first): a line kind that says "exit" or "errors" on every line is dropped here, once, rather than by the
+        window search and the reader each. (This engine's check tests every literal of the line, whichever found
+        it.) The line's bounds are those of reader._bounds."""
+        out = []
+        find, rfind = buf.find, buf.rfind
+        lazy = self.lazy_pats
+        check = self.check
+        for m in literals:
+            i = find(m, lo, hi)
+            while i != -1:
+                ln = rfind(b"\n", 0, i)
+                start = max(ln, rfind(b"\r", ln + 1, i)) + 1
+                nl = find(b"\n", i, size)
+                cr = find(b"\r", i, size if nl == -1 else nl)
+                stop = cr if cr != -1 else (nl if nl != -1 else size)
+                pats = check(_cut(buf, start, stop, i), base + start < HEAD_BYTES, {m})
+                if pats and not all(id(p) in lazy for p in pats):
+                    out.append((i, m))
+                i = find(m, stop + 1, hi) if stop < hi else -1
+        return out
 
     def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
                     last: bool = True) -> Iterator[list]:
