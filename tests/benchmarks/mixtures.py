@@ -2,11 +2,12 @@
 """Mixture benchmark: what a diagnosis costs on logs made of random mixtures of real line kinds (not a unit test).
 
 usage: python tests/benchmarks/mixtures.py [--mb 20] [--mixtures 30] [--seed 1] [--engines hyperscan,python]
-                                           [--reps 1] [--all] [--big] [--keep DIR] [--only 3,17]
+                                           [--reps 1] [--all] [--big] [--keep DIR] [--only 3,17] [--set base]
 
 The cost of a diagnosis must not depend on which ordinary line kinds meet in a log (issue 16). Each mixture takes 1
 to 4 kinds of line_kinds.KINDS (seeded: mixture 0 is the pair issue 16 reported, the next ones cover every kind once,
-the rest are random draws), with random weights, and draws every line from one of them at random until
+the rest are random draws; --set more draws from line_kinds_more.KINDS, 40 kinds collected by another session, all
+from both), with random weights, and draws every line from one of them at random until
 the log has --mb MB; then a CUDA OOM and torchrun's cascade end the log (the class must stay cuda_oom). Per mixture
 and engine it reports (oomfix diagnose time - start-up) / (grep -c -E time over the markers oomfix looks for), both
 measured on the same file in the same run (best of --reps), the peak RSS, and the class; then the worst five. The
@@ -28,7 +29,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
-from line_kinds import KINDS  # noqa: E402
+import line_kinds  # noqa: E402
+import line_kinds_more  # noqa: E402
+
+SETS = {"base": line_kinds.KINDS, "more": line_kinds_more.KINDS,
+        "all": {**line_kinds.KINDS, **line_kinds_more.KINDS}}
+KINDS = SETS["base"]  # (main() switches it with --set)
 
 EXPECTED = "cuda_oom"
 TAIL = bench._tail(2500)
@@ -56,7 +62,7 @@ def mixture(k: int, seed: int) -> tuple[list[str], list[float]]:
     that cover every kind, then random draws of 1 to 4 kinds."""
     rng = random.Random(seed * 100003 + k)
     cover = _cover(seed)
-    if k == 0:
+    if k == 0 and all(x in KINDS for x in FIRST):
         kinds = FIRST
     elif k <= len(cover):
         kinds = cover[k - 1]
@@ -118,7 +124,11 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated mixture numbers to run")
     ap.add_argument("--all", action="store_true", help="print every mixture, not only the worst five")
     ap.add_argument("--keep", default=None, help="generate into this directory and keep the files")
+    ap.add_argument("--set", default="base", choices=sorted(SETS),
+                    help="line kinds: base (line_kinds.py, 31), more (line_kinds_more.py, 40), all")
     a = ap.parse_args()
+    global KINDS
+    KINDS = SETS[a.set]
     size = 200 if a.big else a.mb
     engines = a.engines.split(",")
     tmp = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="oomfix-mix-"))
