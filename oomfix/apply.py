@@ -1,8 +1,6 @@
 """The `apply` use case: from a diagnosis to the next rung of its ladder, planned for every sibling config."""
 from __future__ import annotations
 
-import dataclasses
-
 import os
 import re
 import shlex

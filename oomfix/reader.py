@@ -779,7 +779,6 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
     def _rounds() -> Iterator[Candidate]:
         nonlocal buf, cur, pending, carry_len, prev_tail, base, line_no, first, eof, follow_left, end, counted, size
-        nonlocal owe_first, held
         while not eof:
             if pending is not None:
                 n = pending.result()

@@ -67,3 +67,20 @@ try:
         _hsettings.load_profile("ci")
 except ImportError:  # pragma: no cover
     pass
+
+
+@pytest.fixture(params=["hyperscan", "python"])
+def engine(request, monkeypatch):
+    """Each engine in turn, chosen as a user does (OOMFIX_ENGINE), for what `default_prefilter` and so
+    `oomfix.diagnose` use; the Hyperscan case is skipped where its wheel is not installed."""
+    from oomfix import reader
+
+    if request.param == "hyperscan":
+        pytest.importorskip("hyperscan")
+        monkeypatch.delenv("OOMFIX_ENGINE", raising=False)
+    else:
+        monkeypatch.setenv("OOMFIX_ENGINE", "python")
+    reader.default_prefilter.cache_clear()
+    assert reader.default_prefilter().name == request.param
+    yield request.param
+    reader.default_prefilter.cache_clear()

@@ -28,16 +28,6 @@ KINDS = {**line_kinds.KINDS, **line_kinds_more.KINDS}
 LINES = 3000  # copies of each kind: up to a few MB
 
 
-@pytest.fixture(params=["hyperscan", "python"])
-def engine(request, monkeypatch):
-    if request.param == "hyperscan":
-        pytest.importorskip("hyperscan")
-        monkeypatch.delenv("OOMFIX_ENGINE", raising=False)
-    else:
-        monkeypatch.setenv("OOMFIX_ENGINE", "python")
-    reader.default_prefilter.cache_clear()
-    yield request.param
-    reader.default_prefilter.cache_clear()
 
 
 def _candidates(data: bytes) -> list:

@@ -1,7 +1,6 @@
 """The reader: sources, dirt, and bounds."""
 import gzip
 import io
-import re
 
 import pytest
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, ROOT, oomfix_cmd
+from conftest import FIXTURES, oomfix_cmd
 from oomfix.classify import diagnose
 from oomfix.editor import ValueEdit, edit_text, load_yaml_safely
 from oomfix.errors import InputError

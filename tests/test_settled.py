@@ -17,18 +17,6 @@ from oomfix import reader
 from oomfix.patterns import HEAD_BYTES
 
 
-@pytest.fixture(params=["hyperscan", "python"])
-def engine(request, monkeypatch):
-    """The engine `default_prefilter` (and so `oomfix.diagnose`) uses, chosen as a user does: OOMFIX_ENGINE."""
-    if request.param == "hyperscan":
-        pytest.importorskip("hyperscan")
-        monkeypatch.delenv("OOMFIX_ENGINE", raising=False)
-    else:
-        monkeypatch.setenv("OOMFIX_ENGINE", "python")
-    reader.default_prefilter.cache_clear()
-    assert reader.default_prefilter().name == request.param
-    yield request.param
-    reader.default_prefilter.cache_clear()
 
 
 def _write(tmp_path, *parts, name="train.log"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from line_kinds import _bar  # (the same tqdm bar)
+
 
 def _t(i: int) -> str:
     return f"2026-11-28 {10 + i // 3600 % 12:02d}:{i // 60 % 60:02d}:{i % 60:02d},{i * 37 % 1000:03d}"
@@ -19,13 +21,6 @@ def _t(i: int) -> str:
 def _g(i: int) -> str:
     """glog time: MMDD HH:MM:SS.micro (c10/util/Logging.cpp; torch >= 2.4 prints nanoseconds)"""
     return f"1128 {10 + i // 3600 % 12:02d}:{i // 60 % 60:02d}:{i % 60:02d}.{i * 7919 % 10**9:09d}"
-
-
-def _bar(n: int, total: int, unit: str = "it") -> str:
-    pct = n * 100 // total
-    full = pct // 10
-    return (f"{pct:3d}%|{'█' * full}{' ' * (10 - full)}| {n}/{total} [00:{n % 60:02d}<01:{(total - n) % 60:02d},  "
-            f"{1 + n % 7}.{n % 100:02d}{unit}/s]")
 
 
 # --- PyTorch Lightning ------------------------------------------------------------------------------------------------
