@@ -19,7 +19,7 @@ import hyperscan
 from oomfix import cache
 from oomfix.patterns import ANCHORS, HEAD_BYTES, Pattern
 from oomfix.prefilter import PADDED_B
-from oomfix.reader import Prefilter
+from oomfix.pyscan import Prefilter
 
 # A line with a colour code or a progress bar's padding between two words, that also holds a literal the pure-Python
 # engine looks for (so that it finds the line too): confirmed on its cleaned forms. _HEAD: with a head literal (counts
@@ -211,7 +211,7 @@ class HyperscanPrefilter(Prefilter):
                 nl = find(b"\n", pos, end)
                 nl = end if nl == -1 else nl
                 cr = find(b"\r", pos, nl)
-                line_end[0] = nl if cr == -1 else cr  # the logical line ends at its "\r" or "\n" (reader._bounds)
+                line_end[0] = nl if cr == -1 else cr  # the logical line ends at its "\r" or "\n" (pyscan._bounds)
                 seen.clear()
             elif key in seen:
                 return

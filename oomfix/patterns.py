@@ -505,13 +505,13 @@ MARKERS: tuple[bytes, ...] = tuple(sorted({m for p in PATTERNS for m in p.marker
 # --- what the reader looks for, where ---------------------------------------------------------------------------
 # The first HEAD_BYTES of a log (start-up: launch command, run parameters, preprocessing) are searched for every
 # marker. Past the head, a log is gigabytes of progress bars: a pattern that reports a failure still counts through
-# every marker it has (reader._plan: a failure is found wherever it is), while run-parameter patterns (the HF block,
+# every marker it has (pyscan._plan: a failure is found wherever it is), while run-parameter patterns (the HF block,
 # the OOM's numbers) count only through markers that contain one of the ANCHORS below, or in the lines that FOLLOW a
 # trigger: the HF Trainer block after "***** Running training", the summary table after ChildFailedError, the
 # allocator's numbers after a CUDA OOM. State lines (phases) are looked for around the candidates (reader.scan).
 HEAD_BYTES = 4 << 20
 # The pure-Python engine searches only the anchors everywhere past the head (the other literals in a window above a
-# failure's end, reader.Prefilter.find), and each anchor is a bytes.find pass, so the list is short: "rror" also finds
+# failure's end, pyscan.Prefilter.find), and each anchor is a bytes.find pass, so the list is short: "rror" also finds
 # "Fatal Python error: Segmentation fault", SLURM's "error: Detected 1 oom_kill event" and the "DistNetworkError" of
 # a busy port; "xit" finds "exitcode", "exits with return code" and DeepSpeed's "loss scale ... Exiting run".
 # Memory wordings are anchored on " memory"/"memory " and two spellings rather than "emory", which every DeepSpeed

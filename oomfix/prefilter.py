@@ -1,7 +1,7 @@
 """The precise prefilter: which patterns can match a raw line, derived from PATTERNS themselves.
 
 A line is a candidate when it contains one of a pattern's markers (every marker in the head of a log; past it, every
-marker of a failure pattern, and for the others the markers that contain an ANCHOR: reader._plan) AND a loosened
+marker of a failure pattern, and for the others the markers that contain an ANCHOR: pyscan._plan) AND a loosened
 form of that pattern's own regex matches its raw bytes. State patterns (phases) are not searched for candidates: the
 reader looks for their lines around the candidates, through `state_literals`. The loosened regex is a superset of the pattern (anchors, lookarounds and backreferences dropped, `\\w`/`\\s` widened to non-ASCII
 bytes, bounded repeats widened for multi-byte characters, nullable ends trimmed), so it never rejects a line the
