@@ -165,6 +165,17 @@ def strip_prefixes(text: str) -> Prefixes:
 _PADDING = re.compile(r"(?<=\w) {6,}(?=\w)")
 
 
+_STR_MARKERS: dict[int, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+
+
+def _str_markers(pat: P.Pattern) -> tuple[str, ...]:
+    """A pattern's markers as text, decoded once (not once per pattern per line)."""
+    got = _STR_MARKERS.get(id(pat))
+    if got is None or got[0] is not pat.markers:
+        got = _STR_MARKERS[id(pat)] = (pat.markers, tuple(m.decode() for m in pat.markers))
+    return got[1]
+
+
 def _matches(patterns: tuple[P.Pattern, ...], text: str, body: str, lead: str,
              level: str | None) -> Iterator[tuple[P.Pattern, Any]]:
     """The first pattern that matches the line (at most one), tried on the squeezed text if the plain one fails."""
@@ -182,7 +193,7 @@ def _matches(patterns: tuple[P.Pattern, ...], text: str, body: str, lead: str,
                 target = text
             else:
                 target = lead if pat.role in (P.EXCEPTION, P.TABLE, P.OOM_DETAIL) else body
-            if not any(mk.decode() in target for mk in pat.markers):
+            if not any(mk in target for mk in _str_markers(pat)):
                 continue
             mm = pat.regex.search(target)
             if mm:

@@ -78,6 +78,7 @@ class Prefilter:
         self._line_lits_of = (plan.tail_literals + plan.state_literals, plan.head_literals + plan.state_literals)
         self._lits_seen: tuple[dict[bytes, frozenset[bytes]], ...] = ({}, {})
         self._shapes: tuple[dict[bytes, object], ...] = ({}, {})  # (check) a line's digits masked -> its verdict
+        self._follow_shapes: dict[bytes, object] = {}  # (line_pats) the same for FOLLOW lines
         # the cache key masks digits: exact for a line that holds no literal naming a digit ("reducing to 0"), that
         # is none of their parts before the digit
         self._digit_stems = tuple(tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
@@ -198,6 +199,24 @@ class Prefilter:
                 seen.clear()
             got = seen[key] = frozenset(m for m in lits if m in raw)
         return set(got)
+
+    def line_pats(self, raw: bytes) -> "tuple[Pattern, ...]":
+        """The patterns a line read without a hit (a FOLLOW line) can match, every marker counting as in the head;
+        once per template unless a pattern that names a digit may match it."""
+        plan = self.plan
+        if any(m in raw for m in self._digit_stems[True]):  # (a marker that names a digit may be there)
+            return tuple(self.patterns[i] for i in plan.ids(raw, True))
+        shape = raw.translate(_ONES)
+        got = self._follow_shapes.get(shape)
+        if got is None:
+            if len(self._follow_shapes) >= 8192:
+                self._follow_shapes.clear()
+            # (no literal with a digit in the line: whether a digit-naming pattern may match is the template's)
+            got = self._follow_shapes[shape] = _SENSITIVE if plan.digits_in_variants(raw) else \
+                tuple(self.patterns[i] for i in plan.ids(raw, True))
+        if got is _SENSITIVE:
+            return tuple(self.patterns[i] for i in plan.ids(raw, True))
+        return got  # type: ignore[return-value]
 
     def settled_keys(self, roles: frozenset) -> tuple[frozenset, frozenset]:
         """The hit keys (here: literals) through which only one pattern, of one of these roles, can match a line: in

@@ -239,6 +239,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
 
     lazy_pats = prefilter.lazy_pats
     window = prefilter.window
+    line_pats = prefilter.line_pats
     dirt_only = prefilter.dirt_only
     state_rx = prefilter.state_rx
     owe_first = False  # the first state line after the last candidate is still to be handed on
@@ -308,8 +309,13 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             seg, fstop, nxt = _line_at(buf, pos, end)
             line_no += buf.count(b"\n", counted, pos)
             counted = pos
-            yield Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail,
-                            size)
+            cand = Candidate(line_no, base + seg, bytes(buf[seg:min(fstop, seg + MAX_LINE)]), buf, seg, prev_tail,
+                             size)
+            # the patterns it can match, as for a line found through a marker (tried with every pattern, the 600
+            # lines after each ChildFailedError of a job restarted 400 times cost 15 s)
+            cand.pats = line_pats(cand.raw)  # type: ignore[assignment]
+            if cand.pats:
+                yield cand  # (a line no pattern can match is nothing to read: the 600 after a ChildFailedError)
             n -= 1
             pos = nxt
         return pos, n

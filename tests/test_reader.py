@@ -159,6 +159,22 @@ def test_a_64_worker_summary_table_past_the_head_is_read_whole(tmp_path):
     assert d.cls == "shm_bus_error" and d.root_cause.rank == 0 and len(d.cascade) == 63
 
 
+def test_follow_lines_that_no_pattern_can_match_are_not_handed_on(engine):
+    # (constructed) a ChildFailedError reads the 600 lines after it for its summary table: the table rows are handed
+    # on with the patterns they can match, the ordinary lines after the table are not (a job restarted 400 times
+    # cost 6 s, each of those lines parsed with every pattern)
+    table = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n" + "=" * 60 + "\ntrain.py FAILED\n"
+             "Root Cause (first observed failure):\n[0]:\n  time      : 2026-11-27_10:00:00\n  host      : node0\n"
+             "  rank      : 0 (local_rank: 0)\n  exitcode  : -7 (pid: 100)  (SIGBUS)\n" + "=" * 60 + "\n")
+    after = "".join(f"{{'loss': 1.{i % 97:02d}, 'grad_norm': 0.53, 'learning_rate': 9.1e-06, 'epoch': 0.{i % 100:02d}}}\n"
+                    for i in range(700))
+    cands = list(scan(io.BytesIO((table + after).encode()), "t.log", reader.default_prefilter()))
+    rows = [c for c in cands if c.pats and any(p.name == "table_field" for p in c.pats)]
+    assert len(rows) == 4
+    assert all(c.pats for c in cands)
+    assert len(cands) <= 10
+
+
 def test_memory_stays_bounded_when_a_failure_line_repeats_and_the_diagnosis_does_not_change(tmp_path):
     # a device assert printed by every CUDA thread, then the rank dies: the state keeps the start, the end and one
     # line every CLUSTER_GAP lines of the run, and the diagnosis is the one of the whole log
