@@ -76,7 +76,6 @@ class Prefilter:
         self.head_rest = tuple(m for m in self.head_find if m not in self.head_always)
         # every literal of a line (tail, head), for lines found through one of them
         self._line_lits_of = (plan.tail_literals + plan.state_literals, plan.head_literals + plan.state_literals)
-        self._lits_seen: tuple[dict[bytes, frozenset[bytes]], ...] = ({}, {})
         self._shapes: tuple[dict[bytes, object], ...] = ({}, {})  # (check) a line's digits masked -> its verdict
         self._follow_shapes: dict[bytes, object] = {}  # (line_pats) the same for FOLLOW lines
         # the cache key masks digits: exact for a line that holds no literal naming a digit ("reducing to 0"), that
@@ -135,19 +134,15 @@ class Prefilter:
         """`_find`, keeping only the hits whose line is a candidate (check: one lookup per template after the
         first): a line kind that says "exit" or "errors" on every line is dropped here, once, rather than by the
         window search and the reader each. (This engine's check tests every literal of the line, whichever found
-        it.) The line's bounds are those of pyscan._bounds."""
+        it.)"""
         out = []
-        find, rfind = buf.find, buf.rfind
+        find = buf.find
         lazy = self.lazy_pats
         check = self.check
         for m in literals:
             i = find(m, lo, hi)
             while i != -1:
-                ln = rfind(b"\n", 0, i)
-                start = max(ln, rfind(b"\r", ln + 1, i)) + 1
-                nl = find(b"\n", i, size)
-                cr = find(b"\r", i, size if nl == -1 else nl)
-                stop = cr if cr != -1 else (nl if nl != -1 else size)
+                start, stop = _bounds(buf, i, size)
                 pats = check(_cut(buf, start, stop, i), base + start < HEAD_BYTES, {m})
                 if pats and not all(id(p) in lazy for p in pats):
                     out.append((i, m))
@@ -188,17 +183,7 @@ class Prefilter:
     def _line_lits(self, raw: bytes, head: bool) -> set[bytes]:
         """Every literal of a line (head or tail ones): a line found through one anchor gets every pattern its
         other literals allow, as Hyperscan reports every pattern that matches."""
-        lits = self._line_lits_of[head]
-        if any(m in raw for m in self._digit_stems[head]):
-            return {m for m in lits if m in raw}
-        key = raw.translate(_ONES)
-        seen = self._lits_seen[head]
-        got = seen.get(key)
-        if got is None:
-            if len(seen) >= 8192:
-                seen.clear()
-            got = seen[key] = frozenset(m for m in lits if m in raw)
-        return set(got)
+        return {m for m in self._line_lits_of[head] if m in raw}  # (check caches the verdict of a template)
 
     def line_pats(self, raw: bytes) -> "tuple[Pattern, ...]":
         """The patterns a line read without a hit (a FOLLOW line) can match, every marker counting as in the head;
