@@ -177,7 +177,7 @@ class HyperscanPrefilter(Prefilter):
         head = base + a < HEAD_BYTES
         if head:
             # (the head literals with dirt cost a look along the line at each of them: only where dirt is)
-            db, keys = (self._db, self._keys) if _padded(self._dirt_db, buf, a, end) else \
+            db, keys = (self._db, self._keys) if _has_dirt(self._dirt_db, buf, a, end) else \
                 (self._head_clean_db, self._head_clean_keys)
         elif buf.find(b"\x1b", a, end) != -1:
             db, keys = self._tail_db, self._tail_keys
@@ -287,7 +287,7 @@ class HyperscanPrefilter(Prefilter):
         return tuple(self.patterns[i] for i in ids) if ids else False
 
 
-def _padded(db: "hyperscan.Database", buf: bytes, a: int, b: int) -> bool:
+def _has_dirt(db: "hyperscan.Database", buf: bytes, a: int, b: int) -> bool:
     """Does buf[a:b] hold a colour code or a progress bar's padding between two word characters (prefilter.PADDED_B)?
     One Hyperscan pass that stops at the first."""
     found = []
