@@ -144,16 +144,22 @@ def _stub(bin_dir: Path, name: str, body: str) -> None:
     p.chmod(0o755)
 
 
-@pytest.mark.parametrize("code,requeued", [(0, False), (138, True), (143, True), (3, False), (4, False), (2, False)])
-def test_sbatch_script_requeues_exactly_on_the_retryable_verdicts(tmp_path, code, requeued):
-    # the script itself, run by bash with stand-ins for `oomfix` (exits with a verdict) and `scontrol`
+def _slurm_env(tmp_path: Path, oomfix_body: str, job_id: str) -> dict[str, str]:
+    """The environment the sbatch script runs in: stand-ins for `oomfix` (given its body) and `scontrol` (which
+    records its arguments), a SLURM job id."""
     if not shutil.which("bash"):
         pytest.skip("no bash")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _stub(bin_dir, "oomfix", f"echo \"$@\" > {tmp_path}/oomfix.args\nexit {code}\n")
+    _stub(bin_dir, "oomfix", oomfix_body)
     _stub(bin_dir, "scontrol", f"echo \"$@\" > {tmp_path}/scontrol.args\n")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": job_id, "SLURM_SUBMIT_DIR": str(tmp_path)}
+
+
+@pytest.mark.parametrize("code,requeued", [(0, False), (138, True), (143, True), (3, False), (4, False), (2, False)])
+def test_sbatch_script_requeues_exactly_on_the_retryable_verdicts(tmp_path, code, requeued):
+    # the script itself, run by bash with stand-ins for `oomfix` (exits with a verdict) and `scontrol`
+    env = _slurm_env(tmp_path, f"echo \"$@\" > {tmp_path}/oomfix.args\nexit {code}\n", "4242")
     r = subprocess.run(["bash", str(SNIPPETS / "slurm.sbatch")], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == code
     assert (tmp_path / "scontrol.args").exists() == requeued
@@ -165,13 +171,7 @@ def test_sbatch_script_requeues_exactly_on_the_retryable_verdicts(tmp_path, code
 def test_sbatch_script_forwards_slurms_warning_signal(tmp_path):
     # --signal=B:USR1@T: SLURM signals the batch shell; the script passes USR1 on to oomfix, which stops the job and
     # exits 143 (outside), and the job is requeued
-    if not shutil.which("bash"):
-        pytest.skip("no bash")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _stub(bin_dir, "oomfix", f"trap 'exit 143' USR1\ntouch {tmp_path}/started\nwhile :; do sleep 0.05; done\n")
-    _stub(bin_dir, "scontrol", f"echo \"$@\" > {tmp_path}/scontrol.args\n")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    env = _slurm_env(tmp_path, f"trap 'exit 143' USR1\ntouch {tmp_path}/started\nwhile :; do sleep 0.05; done\n", "7")
     p = subprocess.Popen(["bash", str(SNIPPETS / "slurm.sbatch")], env=env)
     import time
 
