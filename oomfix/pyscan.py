@@ -80,8 +80,9 @@ class Prefilter:
         self._follow_shapes: dict[bytes, object] = {}  # (line_pats) the same for FOLLOW lines
         # the cache key masks digits: exact for a line that holds no literal naming a digit ("reducing to 0"), that
         # is none of their parts before the digit
-        self._digit_stems = tuple(tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
-                                  for lits in self._line_lits_of)
+        self._digit_stems = tuple(
+            tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
+            for lits in self._line_lits_of)
         self._ends = frozenset(m for m in self.always if any(
             self.patterns[i].role in _ENDS for i in plan.tail_lit_pats[m]))
 

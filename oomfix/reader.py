@@ -1,11 +1,12 @@
 """Read logs as streams of bytes and hand out only the lines that can matter.
 
-A multi-GB log is mostly tqdm bars and loss dicts. The reader never decodes or splits those: a prefilter
-finds, in large binary buffers, the lines that one of the patterns can match (oomfix.prefilter: a marker and the
-pattern's loosened regex; oomfix.pyscan and oomfix.fastscan: the two engines that find them), and only those lines
-are cut out, decoded and cleaned, each with the patterns it can match. State lines (checkpoint saves, evaluation markers: thousands in a long run) are not candidates: the reader
-looks for them around each candidate and hands on only the first after it and the last few before the next one.
-Memory is bounded by the buffer size, whatever the log's size or line length.
+A multi-GB log is mostly tqdm bars and loss dicts. The reader never decodes or splits those: a prefilter finds, in
+large binary buffers, the lines that one of the patterns can match (oomfix.prefilter: a marker and the pattern's
+loosened regex; oomfix.pyscan and oomfix.fastscan: the two engines that find them), and only those lines are cut
+out, decoded and cleaned, each with the patterns it can match. State lines (checkpoint saves, evaluation markers:
+thousands in a long run) are not candidates: the reader looks for them around each candidate and hands on only the
+first after it and the last few before the next one. Memory is bounded by the buffer size, whatever the log's size
+or line length.
 """
 from __future__ import annotations
 
