@@ -8,7 +8,10 @@ lines. `reader.scan` drives either over a log's buffers.
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import functools
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from oomfix.prefilter import Plan
 
 MAX_LINE = 16 << 10  # a candidate line is cut to this many bytes around its marker
+BLOCK = 1 << 20  # the pure-Python engine's templates are taken per block of about this many bytes (Prefilter.find)
+KNOWN_BYTES = 8 << 20  # the templates it keeps, at most (the cache is emptied past this)
 WINDOW = 1 << 20  # the pure-Python engine's full search above the end of a failure (Prefilter.find)
 
 
@@ -83,6 +88,13 @@ class Prefilter:
         self._digit_stems = tuple(
             tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
             for lits in self._line_lits_of)
+        # (find) the templates seen, per head flag: their literal hits, or None (no candidate); and the literals as
+        # they read in a template (every literal, the anchors and head-only markers) per head flag
+        self._known: tuple[dict[bytes, object], dict[bytes, object]] = ({}, {})
+        self._known_bytes = 0
+        self._template_lits = tuple(tuple(tuple(m for m in lits if not _DIGIT.search(m)) for lits in pair)
+                                    for pair in ((self.anchors, self.always), (self.head_find, self.head_always)))
+        self._digit_lits = tuple(tuple(m for m in lits if _DIGIT.search(m)) for lits in (self.anchors, self.head_find))
         self._ends = frozenset(m for m in self.always if any(
             self.patterns[i].role in _ENDS for i in plan.tail_lit_pats[m]))
 
@@ -111,24 +123,150 @@ class Prefilter:
 
     def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
              last: bool = True) -> list[tuple[int, bytes]]:
-        """(offset, literal) of the literal hits in buf[:end]: the anchors everywhere and the head-only markers in
-        the head; every other literal in the windows above the lines that end a failure and at the end of the log
-        (`last`: the buffer ends the log). buf[end:size] is read ahead for such lines, whose windows reach back before
-        `end`."""
+        """(offset, literal) of the literal hits of the candidate lines in buf[:end]: every literal (the head's in the
+        head), found once per template (`_templates`); in a block of mostly new templates (lines that differ by more
+        than their digits), the anchors and the head-only markers, and every other literal in the windows above the
+        lines that end a failure and at the end of the log (`last`: the buffer ends the log). buf[end:size] is read
+        ahead for such lines, whose windows reach back before `end`."""
         head_end = min(end, max(0, HEAD_BYTES - base))
         size = max(end, size or end)
-        ahead: list[tuple[int, bytes]] = []
-        if head_end > 0:
-            ahead += self._find_candidates(buf, 0, min(size, head_end + self.longest), self.head_always, base, size)
-        if head_end < size:
-            ahead += self._find_candidates(buf, max(0, head_end - self.longest), size, self.always, base, size)
-        hits = [h for h in ahead if h[0] < end]
-        for a, b in self._windows(buf, ahead, 0, end, size, last):
-            if a < head_end:
-                hits += self._find(buf, a, min(b, head_end + self.longest), self.head_rest)
-            if b > head_end:
-                hits += self._find(buf, max(a, head_end - self.longest), b, self.rest)
+        hits: list[tuple[int, bytes]] = []
+        partial: list[tuple[int, int, bool]] = []  # the blocks searched for the anchors alone
+        lo = 0
+        while lo < end:
+            # ~1 MB blocks of whole lines; the head's last block ends with the line that holds the head's last byte
+            hi = min(end, lo + BLOCK, head_end) if lo < head_end else min(end, lo + BLOCK)
+            nl = buf.find(b"\n", hi - 1, end) if hi < end else -1
+            hi = end if nl == -1 else nl + 1
+            head = base + lo < HEAD_BYTES
+            if not self._templates(buf, lo, hi, head, hits):
+                partial.append((lo, hi, head))
+            lo = hi
+        if partial:
+            ahead = hits
+            if size > end:
+                lits = self.head_always if base + end < HEAD_BYTES else self.always
+                ahead = hits + self._find_candidates(buf, end, size, lits, base, size)
+            for a, b in self._windows(buf, ahead, 0, end, size, last):
+                for plo, phi, head in partial:
+                    if plo < b and a < phi:
+                        hits += self._find(buf, max(a, plo), min(b, phi), self.head_rest if head else self.rest)
         return hits
+
+    def _templates(self, buf: bytes, lo: int, hi: int, head: bool, hits: list[tuple[int, bytes]]) -> bool:
+        """Add to `hits` the literal hits of the candidate lines of buf[lo:hi] (whole lines), found once per template:
+        a log repeats a few dozen line kinds that differ by their digits, so the block's distinct templates (digits
+        masked, C speed: translate, split, set) are searched instead of the block, and a template's verdict is kept.
+        Returns False when the new templates were too many to search for every literal (lines that differ by words:
+        generated text, hashes): then only the anchors (and the head-only markers) were searched, in them."""
+        # the literals that name a digit ("reducing to 0") are searched in the block itself: its templates hold a
+        # "1" for every digit
+        if self._digit_lits[head]:
+            hits += self._find(buf, lo, hi, self._digit_lits[head])
+        block = bytes(buf[lo:hi].translate(_TEMPLATE))  # (the same length: offsets carry over)
+        lines = block.split(b"\n")
+        known = self._known[head]
+        uniq = set(lines)
+        new = uniq.difference(known)
+        full = True
+        pending: dict[bytes, tuple[tuple[int, bytes], ...]] = {}
+        if new:
+            order = list(new)
+            blob = b"\n".join(order)
+            everything, anchors = self._template_lits[head]
+            # one pass per literal over the new templates; when they are many, the anchors only (a pass over them
+            # for every literal would cost more than the anchors over the whole block, issue 16)
+            full = len(blob) * len(everything) <= (hi - lo) * len(anchors)
+            starts = list(itertools.accumulate((len(u) + 1 for u in order[:-1]), initial=0))
+            found: dict[int, dict[bytes, int]] = {}
+            find = blob.find
+            for lit in (everything if full else anchors):
+                i = find(lit)
+                while i != -1:
+                    j = bisect.bisect_right(starts, i) - 1
+                    found.setdefault(j, {}).setdefault(lit, i - starts[j])
+                    i = find(lit, starts[j] + len(order[j]) + 1)  # (the first hit in each template)
+            for j, u in enumerate(order):
+                got = found.get(j)
+                if got is not None:
+                    pending[u] = tuple(sorted((off, lit) for lit, off in got.items()))
+                elif full:
+                    self._keep(head, u, None)
+        emit = {u: v for u in uniq if (v := known.get(u))}
+        emit.update(pending)
+        if not emit:
+            return full
+        pos = lo
+        for line in lines:
+            got = emit.get(line)
+            if got is not None:
+                if line in pending:
+                    del pending[line]  # (the template's verdict, from its first line)
+                    got = emit[line] = self._verdict(buf, pos, line, got, head) or ()
+                if type(got) is _ByDigits:
+                    raw = buf[pos:pos + len(line)]
+                    for rx in got.rxs:
+                        if rx.search(raw):
+                            got = got.hits
+                            break
+                    else:
+                        got = ()
+                for off, lit in got:  # type: ignore[union-attr]
+                    hits.append((pos + off, lit))
+            pos += len(line) + 1
+        return full
+
+    def _verdict(self, buf: bytes, start: int, line: bytes, got: tuple[tuple[int, bytes], ...],
+                 head: bool) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
+        """What to do with the lines of a template (its first line at buf[start:], its literal hits `got`), kept
+        (`_known`): hand each on (`got`: a candidate, or one whose verdict check does not keep), none (None), or
+        those whose digits make a pattern that names one match (`_ByDigits`: DeepSpeed's "OVERFLOW! ... reducing to
+        N" on every step is a candidate only when the scale reaches 1)."""
+        off, lit = got[0]
+        raw = _cut(buf, start, start + len(line), start + off)
+        pats = self.check(raw, head, {lit})
+        keep = bool(pats) and not all(id(p) in self.lazy_pats for p in pats)  # type: ignore[union-attr]
+        if len(line) > MAX_LINE:
+            return got
+        if any(m in raw for m in self._digit_stems[head]):
+            # (a line with a stem of a literal that names a digit, "reducing to ": check keeps its verdict by its
+            # literals; the lines that hold the literal itself are found apart, _templates)
+            if any(m in raw for m in self._digit_lits[head]):
+                return got  # (not kept: the template's verdict waits for a line without the literal)
+            verdict = self._verdicts.get((head, frozenset(self._line_lits(raw, head)), line))
+        else:
+            verdict = self._shapes[head].get(line)
+        if verdict is not _SENSITIVE:
+            entry: "tuple[tuple[int, bytes], ...] | _ByDigits | None" = got if keep else None
+        elif b"\x1b" in raw or b"      " in raw:
+            entry = got  # (its cleaned forms may differ by more than digits: each line is read)
+        else:
+            # the patterns that name no digit give the template's verdict; a line is read when one that names a digit
+            # matches it
+            plan = self.plan
+            table = plan.head_lit_pats if head else plan.tail_lit_pats
+            hinted = {i for m in self._line_lits(raw, head) for i in table.get(m, ())}
+            digit = hinted & plan.digit_sensitive
+            fixed = _below_error(tuple(self.patterns[i] for i in plan.ids(raw, head, hinted - digit)) or False, raw)
+            rxs = tuple(plan.prx[i] for i in sorted(digit))
+            if (fixed and not all(id(p) in self.lazy_pats for p in fixed)) or \
+                    any(rx is None for rx in rxs):  # type: ignore[union-attr]
+                entry = got
+            else:
+                entry = _ByDigits(got, rxs)
+        self._keep(head, line, entry)
+        return entry
+
+    def _keep(self, head: bool, template: bytes, got: "tuple[tuple[int, bytes], ...] | _ByDigits | None") -> None:
+        """Note a template's literal hits (None: its lines are no candidates), within a memory bound."""
+        if len(template) > MAX_LINE:
+            return
+        self._known_bytes += len(template)
+        if self._known_bytes > KNOWN_BYTES:
+            self._known[0].clear()
+            self._known[1].clear()
+            self._known_bytes = len(template)
+        self._known[head][template] = got
 
     def _find_candidates(self, buf: bytes, lo: int, hi: int, literals: tuple[bytes, ...], base: int,
                          size: int) -> list[tuple[int, bytes]]:
@@ -338,6 +476,14 @@ def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Patte
 _SENSITIVE = object()  # (Prefilter.check) a template whose verdict depends on its digits: not cached
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ByDigits:
+    """(Prefilter._verdict) A template whose lines are read when one of these regexes (patterns that name a digit)
+    matches them; their literal hits."""
+    hits: tuple[tuple[int, bytes], ...]
+    rxs: tuple
+
+
 def _second(item: tuple) -> int:
     return item[1]
 
@@ -345,6 +491,9 @@ def _second(item: tuple) -> int:
 # a line's digits masked (its template), for the patterns that name no digit (prefilter._digit_sensitive): "0" is masked
 # too, or every time stamp and step count with zeros in new places made a new template
 _ONES = bytes.maketrans(b"0123456789", b"1111111111")
+_DIGIT = re.compile(rb"[0-9]")
+# the same for a block of lines, whose "\r" end lines too (pyscan._bounds): split on "\n", a block gives its templates
+_TEMPLATE = bytes.maketrans(b"0123456789\r", b"1111111111\n")
 
 
 # the lines that end a failure: the pure-Python engine searches every literal in a WINDOW above them

@@ -2,6 +2,8 @@
 import gzip
 import io
 
+import random
+
 import pytest
 
 from oomfix import reader
@@ -308,13 +310,30 @@ def test_a_cause_without_an_anchor_above_a_death_mid_log_is_found_whatever_the_b
     assert [c[2][0] for c in got[0]] == ["nccl_heartbeat", "worker_failed"]
 
 
-def test_the_pure_python_engine_reads_no_window_where_nothing_ended():
-    # the same heartbeat with no death after it and the log going on: only Hyperscan, which searches every
-    # literal everywhere, sees it; the pure-Python engine keeps to its windows (README: Performance)
+def test_the_pure_python_engine_finds_every_literal_in_lines_that_repeat():
+    # a heartbeat with no death after it and the log going on: the pure-Python engine searches a log's templates
+    # (its lines with their digits masked), not the log, for every literal, as Hyperscan searches the log
     noise = b"{'loss': 1.2, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.5}\n" * 1000
     data = noise * ((HEAD_BYTES + (1 << 20)) // len(noise)) + HEARTBEAT + noise * ((2 << 20) // len(noise))
+    got = [_seen(data, pf, reader.CHUNK) for pf in _engines()]
+    assert all(g == got[0] for g in got)
+    assert [c[2][0] for c in got[0]] == ["nccl_heartbeat"]
+
+
+def test_the_pure_python_engine_reads_no_window_where_nothing_ended_in_lines_that_differ_by_words():
+    # lines that differ by more than their digits (hashes, generated text) give as many templates as lines: there
+    # the pure-Python engine searches the anchors alone, and the other literals in windows (README: Performance)
+    rng = random.Random(5)
+    noise = b"".join(f"sample {rng.getrandbits(64):x}: {' '.join(rng.choice(WORDS) for _ in range(8))}\n".encode()
+                     for _ in range(30000))
+    data = noise * ((HEAD_BYTES + (1 << 20)) // len(noise) + 1) + HEARTBEAT + noise[:2 << 20]
     assert _seen(data, Prefilter(), reader.CHUNK) == []
     assert len(_seen(data + SIGABRT, Prefilter(), reader.CHUNK)) == 1  # a death more than a window below it
+    near = data[:len(data) - (1 << 21)] + noise[:100 << 10] + SIGABRT  # a death within a window below it
+    assert [c[2][0] for c in _seen(near, Prefilter(), reader.CHUNK)] == ["nccl_heartbeat", "worker_failed"]
+
+
+WORDS = ["the", "model", "answer", "is", "blue", "seven", "quick", "because", "tokens", "reward", "sum", "proof"]
 
 
 @pytest.mark.parametrize("chunk", [64 << 10, 1 << 20])
