@@ -132,16 +132,20 @@ class Prefilter:
         size = max(end, size or end)
         hits: list[tuple[int, bytes]] = []
         partial: list[tuple[int, int, bool]] = []  # the blocks searched for the anchors alone
+        # (a line longer than a buffer is cut at `end`: a literal across the cut is found with the bytes read ahead)
+        stop = end if end == size or buf[end - 1] in b"\r\n" else min(size, end + self.longest)
         lo = 0
-        while lo < end:
+        while lo < stop:
             # ~1 MB blocks of whole lines; the head's last block ends with the line that holds the head's last byte
-            hi = min(end, lo + BLOCK, head_end) if lo < head_end else min(end, lo + BLOCK)
-            nl = buf.find(b"\n", hi - 1, end) if hi < end else -1
-            hi = end if nl == -1 else nl + 1
+            hi = min(stop, lo + BLOCK, head_end) if lo < head_end else min(stop, lo + BLOCK)
+            nl = buf.find(b"\n", hi - 1, stop) if hi < stop else -1
+            hi = stop if nl == -1 else nl + 1
             head = base + lo < HEAD_BYTES
             if not self._templates(buf, lo, hi, head, hits):
-                partial.append((lo, hi, head))
+                partial.append((lo, min(hi, end), head))
             lo = hi
+        if stop > end:
+            hits = [h for h in hits if h[0] < end]
         if partial:
             ahead = hits
             if size > end:

@@ -111,3 +111,23 @@ def test_a_line_across_the_head_boundary_is_read_as_a_head_line(shift):
     got = [_seen(data, pf) for pf in engines]
     assert all(g == got[0] for g in got)
     assert [names[0] for _n, names in got[0]] == ["worker_failed"]
+
+
+MARKER = b"Received 1 death signal, shutting down workers"
+CUT_LINE = bytearray(b"y " * 5000 + MARKER + b" z" * 5000)
+ANCHOR_AT = 10000 + MARKER.index(b"ignal")  # (the anchor in it)
+
+
+@pytest.mark.parametrize("offset", range(14, 27))
+def test_a_marker_across_the_cut_of_an_endless_line_is_found(offset):
+    # a line longer than a buffer is cut where the buffer ends (reader.scan): the engine reads the bytes after the
+    # cut for a literal that straddles it (it begins before the cut: this buffer's; after it: the next one's)
+    end = 10000 + offset
+    assert bool(Prefilter().find(CUT_LINE, end, HEAD_BYTES, len(CUT_LINE), False)) == (ANCHOR_AT < end)
+
+
+@pytest.mark.xfail(strict=True, reason="Hyperscan reports where a match ends: a match across the cut of a line longer "
+                                       "than a buffer (8 MB) is not read ahead")
+def test_hyperscan_misses_a_marker_across_the_cut_of_an_endless_line():
+    hs = _hyperscan()
+    assert hs.find(CUT_LINE, ANCHOR_AT + 2, HEAD_BYTES, len(CUT_LINE), False)
