@@ -91,7 +91,11 @@ class Prefilter:
         # (find) the templates seen, per head flag: their literal hits, or None (no candidate); and the literals as
         # they read in a template (every literal, the anchors and head-only markers) per head flag
         self._known: tuple[dict[bytes, object], dict[bytes, object]] = ({}, {})
+        self._state_of: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # the state literals' hits in them
         self._known_bytes = 0
+        self._state_set = frozenset(self.state_literals)
+        # per buffer (id): where the last `find` found the state lines, for state_before/state_after
+        self._states: dict[int, _States] = {}
         self._template_lits = tuple(tuple(tuple(m for m in lits if not _DIGIT.search(m)) for lits in pair)
                                     for pair in ((self.anchors, self.always), (self.head_find, self.head_always)))
         self._digit_lits = tuple(tuple(m for m in lits if _DIGIT.search(m)) for lits in (self.anchors, self.head_find))
@@ -131,6 +135,7 @@ class Prefilter:
         head_end = min(end, max(0, HEAD_BYTES - base))
         size = max(end, size or end)
         hits: list[tuple[int, bytes]] = []
+        states: list[tuple[int, int, frozenset]] = []  # the state literals in each block's lines
         partial: list[tuple[int, int, bool]] = []  # the blocks searched for the anchors alone
         # (a line longer than a buffer is cut at `end`: a literal across the cut is found with the bytes read ahead)
         stop = end if end == size or buf[end - 1] in b"\r\n" else min(size, end + self.longest)
@@ -141,11 +146,14 @@ class Prefilter:
             nl = buf.find(b"\n", hi - 1, stop) if hi < stop else -1
             hi = stop if nl == -1 else nl + 1
             head = base + lo < HEAD_BYTES
-            if not self._templates(buf, lo, hi, head, hits):
+            if not self._templates(buf, lo, hi, head, hits, states):
                 partial.append((lo, min(hi, end), head))
             lo = hi
         if stop > end:
             hits = [h for h in hits if h[0] < end]
+        if len(self._states) >= 8:
+            self._states.clear()
+        self._states[id(buf)] = _States(end, states)
         if partial:
             ahead = hits
             if size > end:
@@ -157,12 +165,15 @@ class Prefilter:
                         hits += self._find(buf, max(a, plo), min(b, phi), self.head_rest if head else self.rest)
         return hits
 
-    def _templates(self, buf: bytes, lo: int, hi: int, head: bool, hits: list[tuple[int, bytes]]) -> bool:
+    def _templates(self, buf: bytes, lo: int, hi: int, head: bool, hits: list[tuple[int, bytes]],
+                   states: list[tuple[int, int, frozenset]]) -> bool:
         """Add to `hits` the literal hits of the candidate lines of buf[lo:hi] (whole lines), found once per template:
         a log repeats a few dozen line kinds that differ by their digits, so the block's distinct templates (digits
         masked, C speed: translate, split, set) are searched instead of the block, and a template's verdict is kept.
         Returns False when the new templates were too many to search for every literal (lines that differ by words:
-        generated text, hashes): then only the anchors (and the head-only markers) were searched, in them."""
+        generated text, hashes): then only the anchors (and the head-only markers) were searched, in them, and nothing
+        is kept. `states` gets the block's range and the state literals its lines hold (all of them when False), for
+        state_before and state_after."""
         # the literals that name a digit ("reducing to 0") are searched in the block itself: its templates hold a
         # "1" for every digit
         if self._digit_lits[head]:
@@ -174,6 +185,8 @@ class Prefilter:
         new = uniq.difference(known)
         full = True
         pending: dict[bytes, tuple[tuple[int, bytes], ...]] = {}
+        state_of = self._state_of[head]
+        marks = {u: v for u in uniq if (v := state_of.get(u))}  # the templates of state lines: their state literals
         if new:
             order = list(new)
             blob = b"\n".join(order)
@@ -184,18 +197,25 @@ class Prefilter:
             starts = list(itertools.accumulate((len(u) + 1 for u in order[:-1]), initial=0))
             found: dict[int, dict[bytes, int]] = {}
             find = blob.find
-            for lit in (everything if full else anchors):
+            for lit in (everything + self.state_literals if full else anchors):
                 i = find(lit)
                 while i != -1:
                     j = bisect.bisect_right(starts, i) - 1
                     found.setdefault(j, {}).setdefault(lit, i - starts[j])
                     i = find(lit, starts[j] + len(order[j]) + 1)  # (the first hit in each template)
+            state = self._state_set
             for j, u in enumerate(order):
                 got = found.get(j)
-                if got is not None:
-                    pending[u] = tuple(sorted((off, lit) for lit, off in got.items()))
+                lits = () if got is None else tuple(sorted((off, lit) for lit, off in got.items() if lit not in state))
+                sts = tuple(sorted((off, lit) for lit, off in got.items() if lit in state)) if got and full else ()
+                if sts:
+                    marks[u] = sts
+                if lits:
+                    pending[u] = lits
                 elif full:
-                    self._keep(head, u, None)
+                    self._keep(head, u, None, sts)
+        states.append((lo, hi, frozenset(lit for got in marks.values() for _off, lit in got) if full else
+                       self._state_set))
         emit = {u: v for u in uniq if (v := known.get(u))}
         emit.update(pending)
         if not emit:
@@ -206,7 +226,7 @@ class Prefilter:
             if got is not None:
                 if line in pending:
                     del pending[line]  # (the template's verdict, from its first line)
-                    got = emit[line] = self._verdict(buf, pos, line, got, head) or ()
+                    got = emit[line] = self._verdict(buf, pos, line, got, head, full, marks.get(line, ())) or ()
                 if type(got) is _ByDigits:
                     raw = buf[pos:pos + len(line)]
                     for rx in got.rxs:
@@ -220,10 +240,10 @@ class Prefilter:
             pos += len(line) + 1
         return full
 
-    def _verdict(self, buf: bytes, start: int, line: bytes, got: tuple[tuple[int, bytes], ...],
-                 head: bool) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
+    def _verdict(self, buf: bytes, start: int, line: bytes, got: tuple[tuple[int, bytes], ...], head: bool,
+                 keep_it: bool = True, marks: tuple = ()) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
         """What to do with the lines of a template (its first line at buf[start:], its literal hits `got`), kept
-        (`_known`): hand each on (`got`: a candidate, or one whose verdict check does not keep), none (None), or
+        (`_known`, unless not `keep_it`): hand each on (`got`: a candidate, or one whose verdict check does not keep), none (None), or
         those whose digits make a pattern that names one match (`_ByDigits`: DeepSpeed's "OVERFLOW! ... reducing to
         N" on every step is a candidate only when the scale reaches 1)."""
         off, lit = got[0]
@@ -258,19 +278,24 @@ class Prefilter:
                 entry = got
             else:
                 entry = _ByDigits(got, rxs)
-        self._keep(head, line, entry)
+        if keep_it:
+            self._keep(head, line, entry, marks)
         return entry
 
-    def _keep(self, head: bool, template: bytes, got: "tuple[tuple[int, bytes], ...] | _ByDigits | None") -> None:
-        """Note a template's literal hits (None: its lines are no candidates), within a memory bound."""
+    def _keep(self, head: bool, template: bytes, got: "tuple[tuple[int, bytes], ...] | _ByDigits | None",
+              marks: tuple = ()) -> None:
+        """Note a template's literal hits (None: its lines are no candidates) and its state literals' (`marks`), within
+        a memory bound."""
         if len(template) > MAX_LINE:
             return
         self._known_bytes += len(template)
         if self._known_bytes > KNOWN_BYTES:
-            self._known[0].clear()
-            self._known[1].clear()
+            for kept in self._known + self._state_of:
+                kept.clear()
             self._known_bytes = len(template)
         self._known[head][template] = got
+        if marks:
+            self._state_of[head][template] = marks
 
     def _find_candidates(self, buf: bytes, lo: int, hi: int, literals: tuple[bytes, ...], base: int,
                          size: int) -> list[tuple[int, bytes]]:
@@ -358,9 +383,21 @@ class Prefilter:
         """The keys (here: literals) through which a state search would find this line."""
         return {lit for lit in self.state_literals if lit in raw}
 
+    def _state_lits(self, buf: bytes, lo: int, hi: int) -> tuple[bytes, ...]:
+        """The state literals worth searching for in buf[lo:hi]: those `find` saw in the templates of its blocks (a
+        log with no checkpoint save costs no pass over it)."""
+        got = self._states.get(id(buf))
+        if got is None or hi > got.end:
+            return self.state_literals
+        present: set[bytes] = set()
+        for a, b, lits in got.blocks:
+            if a < hi and lo < b:
+                present |= lits
+        return tuple(lit for lit in self.state_literals if lit in present)
+
     def state_before(self, buf: bytes, lo: int, hi: int) -> Iterator[tuple[int, object]]:
         """(offset, key) of the state markers in buf[lo:hi], last first."""
-        at = {lit: buf.rfind(lit, lo, hi) for lit in self.state_literals}
+        at = {lit: buf.rfind(lit, lo, hi) for lit in self._state_lits(buf, lo, hi)}
         while at:
             lit, pos = max(at.items(), key=_second)
             if pos == -1:
@@ -370,7 +407,7 @@ class Prefilter:
 
     def state_after(self, buf: bytes, lo: int, hi: int) -> Iterator[tuple[int, object]]:
         """(offset, key) of the state markers in buf[lo:hi], first first."""
-        at = {lit: buf.find(lit, lo, hi) for lit in self.state_literals}
+        at = {lit: buf.find(lit, lo, hi) for lit in self._state_lits(buf, lo, hi)}
         at = {lit: pos for lit, pos in at.items() if pos != -1}
         while at:
             lit, pos = min(at.items(), key=_second)
@@ -478,6 +515,13 @@ def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Patte
 
 
 _SENSITIVE = object()  # (Prefilter.check) a template whose verdict depends on its digits: not cached
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _States:
+    """(Prefilter.find) The state literals in a buffer's lines: (start, stop, literals) per block of buf[:end]."""
+    end: int
+    blocks: list[tuple[int, int, frozenset]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
