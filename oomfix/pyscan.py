@@ -1,9 +1,10 @@
 """The pure-Python engine of the reader's prefilter, and what both engines share.
 
-`Prefilter` finds the candidate lines of a buffer with `bytes.find` (the anchors everywhere and, in the head, the
-markers of the patterns that count only there; every other literal in a WINDOW above each line that ends a failure and
-at the end of the log) and decides, once per template, whether a line is a candidate and which patterns it can match
-(`check`, from oomfix.prefilter's Plan). `fastscan.HyperscanPrefilter` is the same class with Hyperscan finding the
+`Prefilter` finds the candidate lines of a buffer by searching its templates (its lines with their digits masked) with
+`bytes.find`, once per template, for every literal (`find`, `_templates`; in blocks of lines that differ by words, the
+anchors, and the other literals in a WINDOW above each line that ends a failure and at the end of the log) and decides,
+once per template, whether a line is a candidate and which patterns it can match (`check`, from oomfix.prefilter's
+Plan). `fastscan.HyperscanPrefilter` is the same class with Hyperscan finding the
 lines. `reader.scan` drives either over a log's buffers.
 """
 from __future__ import annotations
@@ -35,11 +36,12 @@ class Prefilter:
     so that ordinary lines that merely contain a marker word ("indexing errors", "see_memory_usage") never reach the
     parser; and, around them, the state lines (`state_before`, `state_after`).
 
-    This class is the pure-Python engine: one bytes.find pass per literal, so past the head it searches the anchors
-    everywhere and the other literals only in a WINDOW above each line that ends a failure and at the end of the log
-    (`find`). `fastscan.HyperscanPrefilter` finds every pattern everywhere in one pass. Both confirm lines the same
-    way, so they give the same candidates wherever the pure-Python engine searches: on every fixture and corpus log,
-    and for a failure's cause above its end.
+    This class is the pure-Python engine: one bytes.find pass per literal over the templates a log's blocks have not
+    shown before (`find`); where those are too many (lines that differ by words), the anchors, and the other literals
+    only in a WINDOW above each line that ends a failure and at the end of the log. `fastscan.HyperscanPrefilter` finds
+    every pattern everywhere in one pass. Both confirm lines the same way, so they give the same candidates wherever
+    the pure-Python engine searches every literal (tests/test_pyscan.py), on every fixture and corpus log, and for a
+    failure's cause above its end.
     """
 
     name = "python"
@@ -64,16 +66,16 @@ class Prefilter:
         self.lazy_pats = frozenset(id(self.patterns[i]) for i in self.plan.lazy)
         # one C-level test: does a line hold a state marker at all (then `state_keys` says which)
         self.state_rx = re.compile(b"|".join(re.escape(m) for m in self.state_literals) or b"(?!)")
-        # Past the head, one bytes.find pass per literal (over a hundred) would cost 25 x grep. The anchors are
-        # searched everywhere; the other literals only in a WINDOW above each line that ends a failure (a death, an
-        # exception, the agent's signal, the summary table) and at the end of the log, where a failure's cause is.
+        # Where a block's templates are too many to search for every literal (a bytes.find pass per literal, over a
+        # hundred, over a block costs 25 x grep), the anchors are searched in them; the other literals only in a
+        # WINDOW above each line that ends a failure (a death, an exception, the agent's signal, the summary table)
+        # and at the end of the log, where a failure's cause is.
         plan = self.plan
         self.window = WINDOW
         self.always = tuple(m for m in self.anchors if m in ANCHORS)
         self.rest = tuple(m for m in self.anchors if m not in ANCHORS)
-        # In the head too (a hundred and fifty passes over 4 MB cost more than the 16 MB after it, issue 16): the
-        # anchors and the markers of the patterns that count only in the head (run parameters) are searched
-        # everywhere, the other literals in the windows.
+        # In the head: the anchors and the markers of the patterns that count only in the head (run parameters), the
+        # other literals in the windows.
         failure = frozenset(i for i, p in enumerate(self.patterns) if i < len(extra) or p.role in _FAILURE_ROLES)
         head_only = {m for i, p in enumerate(self.patterns) if i not in failure and i not in plan.lazy
                      for m in p.markers}
@@ -229,12 +231,16 @@ class Prefilter:
                     got = emit[line] = self._verdict(buf, pos, line, got, head, full, marks.get(line, ())) or ()
                 if type(got) is _ByDigits:
                     raw = buf[pos:pos + len(line)]
+                    forms = self.plan.variants(raw) if got.dirty else (raw,)
+                    matched = False
                     for rx in got.rxs:
-                        if rx.search(raw):
-                            got = got.hits
+                        for form in forms:
+                            if rx.search(form):
+                                matched = True
+                                break
+                        if matched:
                             break
-                    else:
-                        got = ()
+                    got = got.hits if matched else ()
                 for off, lit in got:  # type: ignore[union-attr]
                     hits.append((pos + off, lit))
             pos += len(line) + 1
@@ -242,10 +248,11 @@ class Prefilter:
 
     def _verdict(self, buf: bytes, start: int, line: bytes, got: tuple[tuple[int, bytes], ...], head: bool,
                  keep_it: bool = True, marks: tuple = ()) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
-        """What to do with the lines of a template (its first line at buf[start:], its literal hits `got`), kept
-        (`_known`, unless not `keep_it`): hand each on (`got`: a candidate, or one whose verdict check does not keep), none (None), or
-        those whose digits make a pattern that names one match (`_ByDigits`: DeepSpeed's "OVERFLOW! ... reducing to
-        N" on every step is a candidate only when the scale reaches 1)."""
+        """What to do with the lines of a template (its first line at buf[start:], its literal hits `got`; kept in
+        `_known` with its state literals' hits `marks`, if `keep_it`): hand each on (`got`: a candidate, or one whose
+        verdict check does not keep), none (None), or those whose digits make a pattern that names one match
+        (`_ByDigits`: DeepSpeed's "OVERFLOW! ... reducing to N" on every step is a candidate only when the scale
+        reaches 1)."""
         off, lit = got[0]
         raw = _cut(buf, start, start + len(line), start + off)
         pats = self.check(raw, head, {lit})
@@ -262,14 +269,14 @@ class Prefilter:
             verdict = self._shapes[head].get(line)
         if verdict is not _SENSITIVE:
             entry: "tuple[tuple[int, bytes], ...] | _ByDigits | None" = got if keep else None
-        elif b"\x1b" in raw or b"      " in raw:
-            entry = got  # (its cleaned forms may differ by more than digits: each line is read)
         else:
             # the patterns that name no digit give the template's verdict; a line is read when one that names a digit
-            # matches it
+            # matches it (or a cleaned form of it: colour codes and padding are where the template has them, so the
+            # literals of its cleaned forms are the template's too)
             plan = self.plan
             table = plan.head_lit_pats if head else plan.tail_lit_pats
-            hinted = {i for m in self._line_lits(raw, head) for i in table.get(m, ())}
+            forms = plan.variants(raw)
+            hinted = {i for m in self._line_lits_of[head] if any(m in v for v in forms) for i in table.get(m, ())}
             digit = hinted & plan.digit_sensitive
             fixed = _below_error(tuple(self.patterns[i] for i in plan.ids(raw, head, hinted - digit)) or False, raw)
             rxs = tuple(plan.prx[i] for i in sorted(digit))
@@ -277,7 +284,7 @@ class Prefilter:
                     any(rx is None for rx in rxs):  # type: ignore[union-attr]
                 entry = got
             else:
-                entry = _ByDigits(got, rxs)
+                entry = _ByDigits(got, rxs, len(forms) > 1)
         if keep_it:
             self._keep(head, line, entry, marks)
         return entry
@@ -530,6 +537,7 @@ class _ByDigits:
     matches them; their literal hits."""
     hits: tuple[tuple[int, bytes], ...]
     rxs: tuple
+    dirty: bool  # (its lines hold colour codes or padding: the regexes run on their cleaned forms too)
 
 
 def _second(item: tuple) -> int:

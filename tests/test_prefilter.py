@@ -33,8 +33,8 @@ def test_state_patterns_are_searched_apart_and_the_python_engine_has_few_passes_
     state = {PATTERNS[i].name for i in plan.lazy}
     assert {"phase_save", "phase_eval", "phase_eval_done"} <= state and "phase_training" not in state  # FOLLOW
     assert not set(plan.tail_literals) & set(plan.state_literals)
-    # past the head the pure-Python engine makes one bytes.find pass per anchor and per state literal everywhere
-    # (the rest only in windows): the cost of a multi-GB log
+    # in blocks of lines that differ by words the pure-Python engine makes one bytes.find pass per anchor and per
+    # state literal (the rest only in windows): the cost of a multi-GB log of them
     assert len(pf.always) + len(plan.state_literals) <= 25
     assert set(pf.always) | set(pf.rest) == set(plan.tail_literals)
 

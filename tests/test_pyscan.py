@@ -22,8 +22,8 @@ import line_kinds  # noqa: E402
 FAILURES = [
     b"[rank3]:[E1127 10:00:00.000000 8 ProcessGroupNCCL.cpp:1390] [PG ID 0 PG GUID 0(default_pg) Rank 3] Heartbeat "
     b"monitor timed out! Process will be terminated after dumping debug info.\n",
-    b"E1127 10:00:30.000000 1 torch/distributed/elastic/multiprocessing/api.py:869] failed (exitcode: -6) local_rank: 3 "
-    b"(pid: 14) of binary: /usr/bin/python\n",
+    b"E1127 10:00:30.000000 1 torch/distributed/elastic/multiprocessing/api.py:869] failed (exitcode: -6) "
+    b"local_rank: 3 (pid: 14) of binary: /usr/bin/python\n",
     b"[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of "
     b"79.11 GiB of which 1.20 GiB is free.\n",
     b"node-1:4242:4300 [3] NCCL WARN Call to ibv_modify_qp failed with error Connection timed out\n",
@@ -71,6 +71,21 @@ def test_overflow_lines_are_read_only_when_the_scale_reaches_one():
              f"{i % 8} Skipping step. Attempted loss scale: {2 ** (16 - i % 8)}, reducing to {2 ** (15 - i % 8)}\n"
              for i in range(HEAD_BYTES // 100)]
     data = "".join(steps).encode() * 2 + FAILURES[4] + "".join(steps[:1000]).encode()
+    got = _seen(data, Prefilter())
+    assert [names for _n, names in got] == [("loss_scale_floor",)]
+    if reader.default_prefilter().name == "hyperscan":
+        assert got == _seen(data, reader.default_prefilter())
+
+
+def test_coloured_overflow_lines_are_read_only_when_the_scale_reaches_one():
+    # the same in colour codes (rich, colorlog): the digit-naming pattern is tried on the cleaned line
+    def coloured(line: bytes) -> bytes:
+        return b"\x1b[2m\x1b[32m" + line.rstrip(b"\n") + b"\x1b[0m\n"
+
+    steps = [coloured(f"[2026-11-27 10:00:{i % 60:02d},037] [INFO] [loss_scaler.py:183:update_scale] [deepspeed] "
+                      f"OVERFLOW! Rank {i % 8} Skipping step. Attempted loss scale: {2 ** (16 - i % 8)}, reducing to "
+                      f"{2 ** (15 - i % 8)}\n".encode()) for i in range(HEAD_BYTES // 100)]
+    data = b"".join(steps) * 2 + coloured(FAILURES[4]) + b"".join(steps[:1000])
     got = _seen(data, Prefilter())
     assert [names for _n, names in got] == [("loss_scale_floor",)]
     if reader.default_prefilter().name == "hyperscan":
