@@ -4,8 +4,8 @@
 `bytes.find`, once per template, for every literal (`find`, `_templates`; in blocks of lines that differ by words, the
 anchors, and the other literals in a WINDOW above each line that ends a failure and at the end of the log) and decides,
 once per template, whether a line is a candidate and which patterns it can match (`check`, from oomfix.prefilter's
-Plan). `fastscan.HyperscanPrefilter` is the same class with Hyperscan finding the
-lines. `reader.scan` drives either over a log's buffers.
+Plan). `fastscan.HyperscanPrefilter` is the same class with Hyperscan finding the lines. `reader.scan` drives either
+over a log's buffers.
 """
 from __future__ import annotations
 
@@ -90,13 +90,14 @@ class Prefilter:
         self._digit_stems = tuple(
             tuple(re.sub(rb"[0-9].*", b"", m, flags=re.S) for m in lits if re.search(rb"[0-9]", m))
             for lits in self._line_lits_of)
-        # (find) the templates seen, per head flag: their literal hits, or None (no candidate); and the literals as
-        # they read in a template (every literal, the anchors and head-only markers) per head flag
+        # (find) the templates seen, per head flag: their literal hits, or None (no candidate), and their state
+        # literals' hits; the literals searched in new templates (every one, or the anchors and head-only markers:
+        # those that name no digit) and those searched in the block itself (that name one), per head flag
         self._known: tuple[dict[bytes, object], dict[bytes, object]] = ({}, {})
         self._state_of: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # the state literals' hits in them
         self._known_bytes = 0
         self._state_set = frozenset(self.state_literals)
-        # per buffer (id): where the last `find` found the state lines, for state_before/state_after
+        # per buffer (id): the state literals the last `find` saw in each block, for state_before/state_after
         self._states: dict[int, _States] = {}
         self._template_lits = tuple(tuple(tuple(m for m in lits if not _DIGIT.search(m)) for lits in pair)
                                     for pair in ((self.anchors, self.always), (self.head_find, self.head_always)))
