@@ -7,11 +7,9 @@ directory (`cd`, `$(dirname "$0")`, `${BASH_SOURCE[0]%/*}`), function calls and 
 `Command`: its words after expansion, its environment, redirections, the line it starts on in the script file, and
 the wrappers it sits inside.
 
-Values the text cannot determine stay unknown and are never guessed: `$(date ...)`, `$RANDOM` (unless the script
-seeds it with `RANDOM=n`: then bash's own generator gives fixed values, computed here), positional
-arguments, the environment, a variable that two branches of an `if` set differently. An unknown piece keeps the text
-it was written as (`${TS}`), so a log path with unknown parts is still a pattern; a name the script gave an unknown
-value is shown by that name (`$gpu`, not `$4`).
+This module holds the walk itself (statements, branches, loops, functions, assignments, builtins). Its parts:
+`oomfix.shparse` parses, `oomfix.shvalues` holds the symbolic values and state (what stays unknown, and how it is
+shown), `oomfix.shexpand` expands words, `oomfix.shwrap` finds the command inside wrappers and other script files.
 """
 from __future__ import annotations
 
@@ -20,180 +18,24 @@ import os
 import posixpath
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
+from oomfix.shexpand import Expander, bash_random
 from oomfix.shparse import Lexer, Node, ParseError, Redir, ShellBudget, Simple, Word, WordPart, parse
+from oomfix.shvalues import _NEVER, Command, Ctx, Part, State, Value, _drop_prefix, _join, concat
+from oomfix.shwrap import Wrappers
 
-MAX_VALUE = 1 << 20  # characters of one known value: no real path or command line comes near
+# names other modules import from here (their homes are the modules above)
+__all__ = ["Command", "Part", "Value", "Walker", "bash_random", "walk_script", "_drop_prefix"]
+
 MAX_ITEMS = 4096  # elements of one array (real launchers hold tens)
-MAX_PARTS = 512  # known and unknown pieces of one value
 TIME_BUDGET_S = 10.0  # reading one script (its sourced files and command strings included)
 
-# --- values -----------------------------------------------------------------------------------------------------
 
+class Walker(Expander, Wrappers):
+    """The walk: statements, branches, loops, functions, assignments and builtins, emitting a `Command` for every
+    simple command. Expansion (`Expander`) and wrappers and script files (`Wrappers`) are its mixins."""
 
-@dataclass(frozen=True)
-class Part:
-    text: str  # the text when known; as written when unknown
-    known: bool = True
-    random: bool = False  # computed from $RANDOM / shuf: unknown, and different on every run
-    alias: str | None = None  # inside a named unknown value (`$RDZV` = unknown host + ":29292"): shown as this,
-    first: bool = False  # once, at the region's first part; the parts keep what is known (the port)
-
-
-@dataclass(frozen=True)
-class Value:
-    parts: tuple[Part, ...] = ()
-    alias: str | None = None  # how to show an unknown value: the name the script gave it
-
-    @staticmethod
-    def lit(s: str) -> "Value":
-        if len(s) > MAX_VALUE:
-            return Value((Part("${...}", False),))  # grown past any real value (`A=${A//a/aaaa}` repeated)
-        return Value((Part(s),)) if s else Value()
-
-    @staticmethod
-    def unknown(written: str, random: bool = False) -> "Value":
-        return Value((Part(written, False, random),))
-
-    @property
-    def known(self) -> bool:
-        return all(p.known for p in self.parts)
-
-    @property
-    def random(self) -> bool:
-        return any(p.random for p in self.parts)
-
-    @property
-    def text(self) -> str | None:
-        """The string, when every part is known."""
-        return "".join(p.text for p in self.parts) if self.known else None
-
-    @property
-    def any_known(self) -> bool:
-        """Does any of what is shown come from known text (not only names of unknown values)?"""
-        return any(p.known and p.text and p.alias is None for p in self._flat())
-
-    def show(self) -> str:
-        out = []
-        prev: Part | None = None
-        for p in self._flat():
-            if p.alias is None:
-                out.append(p.text)
-            elif p.first or prev is None or prev.alias != p.alias:
-                out.append(p.alias)  # a named region is shown once, by its name
-            prev = p
-        return "".join(out)
-
-    def pattern(self) -> re.Pattern[str]:
-        """A regex a real path matches when it could be this value (unknown parts match anything)."""
-        out = []
-        for p in self.parts:
-            out.append(re.escape(p.text) if p.known else ".*")
-        return re.compile("".join(out) + r"\Z")
-
-    def __add__(self, other: "Value") -> "Value":
-        return Value(_merge(self._flat() + other._flat()))
-
-    def _flat(self) -> tuple[Part, ...]:
-        """The parts, a named unknown value's parts marked as its region (shown by the name, known text kept)."""
-        if self.alias is not None and not self.known:
-            if not self.parts:
-                return (Part(self.alias, False, False, self.alias, True),)
-            return tuple(Part(p.text, p.known, p.random, self.alias, k == 0) for k, p in enumerate(self.parts))
-        return self.parts
-
-
-def _merge(parts: tuple[Part, ...]) -> tuple[Part, ...]:
-    out: list[Part] = []
-    for p in parts:
-        if not p.text and p.known and p.alias is None:
-            continue
-        if out and out[-1].known and p.known and out[-1].alias is None and p.alias is None:
-            joined = out[-1].text + p.text
-            # a value that grows past any real path or command is not worth carrying: unknown
-            out[-1] = Part(joined) if len(joined) < 1_000_000 else Part("${...}", False)
-        else:
-            out.append(p)
-    if len(out) > MAX_PARTS:
-        return (Part("${...}", False),)  # `a=$a$a` repeated on an unknown value: parts double, none tells anything
-    return tuple(out)
-
-
-def concat(vals: list[Value]) -> Value:
-    v = Value()
-    for x in vals:
-        v = v + x
-    return v
-
-
-# --- the walk ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Command:
-    """One simple command the script would run, as far as the text tells."""
-
-    argv: tuple[Value, ...]
-    env: dict[str, Value]  # exported variables and the command's own VAR=value prefixes
-    prefix_env: dict[str, Value]
-    line: int  # where it starts in the script file (the outermost command, call site or wrapper)
-    end_line: int
-    background: bool
-    redirs: tuple[tuple[str, str, Value], ...]  # (fd, op, target)
-    pipeline: tuple[tuple[Value, ...], ...]  # argv of every command in its pipeline
-    index: int  # its place in that pipeline
-    via: tuple[str, ...]  # wrappers it runs inside, outermost first: nohup, setsid, tmux, srun, ssh ...
-    cwd: str | None  # absolute when known
-    cwd_rel: str | None  # relative to the directory the script was started from, when that is all we know
-    remote: str | None  # the host of an ssh command string
-    loop_vars: tuple[str, ...]  # loop variables in scope (the command may run once per value)
-    loop_runs: int  # how many times the enclosing loops run it, when the text tells (else 0)
-    async_path: tuple[int, ...]  # the `&`-started lists it is inside, outermost first (each has its own id)
-    seq: int
-    branches: tuple[tuple[int, int], ...] = ()  # the if/case branches it is in: two jobs in different branches of
-    # one `if` never both run
-    own_line: int | None = None  # its own line in the script file (a function body's line), None inside a string
-
-
-UNSET = Value()  # a variable the script never set: its value comes from the environment
-
-
-@dataclass
-class State:
-    vars: dict[str, object]  # Value | list[Value] | dict[str, Value]
-    exported: set[str]
-    cwd: str | None
-    cwd_rel: str | None
-    positional: list[Value] | None  # None at top level: the script's own arguments are unknown
-    funcs: dict[str, Node]
-    locals_stack: list[dict[str, object]] = field(default_factory=list)
-    rand_seed: int | None = None  # `RANDOM=n` seeds bash's generator: every $RANDOM after it is fixed
-
-    def copy(self) -> "State":
-        return State(dict(self.vars), set(self.exported), self.cwd, self.cwd_rel,
-                     list(self.positional) if self.positional is not None else None, dict(self.funcs),
-                     [dict(x) for x in self.locals_stack], self.rand_seed)
-
-
-_NEVER = object()
-
-
-def bash_random(seed: int) -> tuple[int, int]:
-    """bash >= 5.1's $RANDOM after `RANDOM=seed` (variables.c brand/intrand32: Park-Miller minimal standard, then the
-    two 16-bit halves xored): (the value, the next seed). Older bash used another generator; 5.1 is in every current
-    distribution."""
-    last = seed & 0xFFFFFFFF or 123459876
-    h, lo = divmod(last, 127773)
-    t = 16807 * lo - 2836 * h
-    nxt = t + 0x7FFFFFFF if t < 0 else t
-    return ((nxt >> 16) ^ (nxt & 65535)) & 32767, nxt
-
-
-def _unknown_ref(raw: str, random: bool = False) -> Value:
-    return Value.unknown(raw, random)
-
-
-class Walker:
     MAX_DEPTH = 12
     MAX_COMMANDS = 20000
 
@@ -206,31 +48,11 @@ class Walker:
         self.deadline = time.monotonic() + budget_s
         self.budget_s = budget_s
 
-    # context for the commands being emitted
-    @dataclass
-    class Ctx:
-        line: int | None = None  # fixed line (inside a call, eval or command string)
-        end_line: int | None = None
-        background: bool = False
-        via: tuple[str, ...] = ()
-        redirs: tuple[tuple[str, str, Value], ...] = ()
-        remote: str | None = None
-        loop_vars: tuple[str, ...] = ()
-        loop_runs: int = 1
-        async_path: tuple[int, ...] = ()
-        branches: tuple[tuple[int, int], ...] = ()  # (if/case id, branch taken): branches exclude each other
-        in_string: bool = False  # parsed from a command string: its lines are not the file's
-        own_line: int | None = None
-        bodies: list[tuple[str, bool]] = field(default_factory=list)
-        capture: list[Value] | None = None  # inside $(...): what the commands print
-        pipeline: tuple[tuple[Value, ...], ...] = ()
-        pipe_index: int = 0
-
     def run(self, src: str) -> list[Command]:
         st = State(vars={"0": Value.lit(self.path), "BASH_SOURCE": [Value.lit(self.path)]}, exported=set(), cwd=None,
                    cwd_rel=".", positional=None, funcs={})
         node, bodies = parse(src)
-        ctx = Walker.Ctx(bodies=bodies)
+        ctx = Ctx(bodies=bodies)
         for item in node.items:
             try:
                 self.exec_node(Node("list", [item]), st, ctx)
@@ -238,331 +60,9 @@ class Walker:
                 continue  # a construct this reader gets wrong costs that statement, never the whole script
         return self.out
 
-    # --- expansion -------------------------------------------------------------------------------------------
-
-    def lookup(self, name: str, st: State) -> object:
-        for scope in reversed(st.locals_stack):
-            if name in scope:
-                return scope[name]
-        return st.vars.get(name, _NEVER)
-
-    def assign(self, name: str, val: object, st: State, local: bool = False) -> None:
-        if name == "RANDOM":
-            text = getattr(val, "text", None)
-            st.rand_seed = int(text) if isinstance(text, str) and text.strip().isdigit() else None
-            return
-        if local and st.locals_stack:
-            st.locals_stack[-1][name] = val
-            return
-        for scope in reversed(st.locals_stack):
-            if name in scope:
-                scope[name] = val
-                return
-        st.vars[name] = val
-
-    def param(self, raw: str, st: State, quoted: bool, ctx: "Walker.Ctx") -> list[Value] | Value:
-        """Expand one $NAME / ${...}; a list means several words ("$@", "${arr[@]}")."""
-        if raw.startswith("${"):
-            body = raw[2:-1]
-        else:
-            body = raw[1:]
-        if body == "RANDOM":
-            if st.rand_seed is not None:
-                value, st.rand_seed = bash_random(st.rand_seed)
-                return Value.lit(str(value))
-            return _unknown_ref(raw, random=True)
-        if body in ("PWD",):
-            return Value.lit(st.cwd) if st.cwd else _unknown_ref(raw)
-        if body in ("@", "*"):
-            if st.positional is None:
-                return _unknown_ref(raw)
-            return list(st.positional) if body == "@" and quoted else concat(_join(st.positional))
-        if body == "#":
-            return Value.lit(str(len(st.positional))) if st.positional is not None else _unknown_ref(raw)
-        if body.isdigit():
-            n = int(body)
-            if n == 0:
-                zero = st.vars.get("0")
-                return zero if isinstance(zero, Value) else Value.lit(self.path)
-            if st.positional is None:
-                return _unknown_ref(raw)
-            return st.positional[n - 1] if n <= len(st.positional) else Value()
-        m = re.match(r"([!#]?)([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])(\[([^\]]*)\])?(.*)$", body, re.S)
-        if not m:
-            return _unknown_ref(raw)
-        flag, name, _, index, rest = m.groups()
-        if name.isdigit() or name in ("@", "*"):
-            if flag == "#" and name in ("@", "*"):
-                return self.param("$#", st, quoted, ctx)
-            base = self.param("$" + name, st, quoted, ctx)
-            if isinstance(base, list):
-                base = concat(_join(base))
-            return self._op(base, rest, raw, st, ctx, name) if rest else base
-        val = self.lookup(name, st)
-        if name == "BASH_SOURCE" and index is None:
-            index = "0"
-        if flag == "!" and index in ("@", "*"):
-            if isinstance(val, dict):
-                keys = [Value.lit(k) for k in val]
-                return keys if quoted and index == "@" else concat(_join(keys))
-            return _unknown_ref(raw)
-        if flag == "#":
-            if index in ("@", "*"):
-                return Value.lit(str(len(val))) if isinstance(val, (list, dict)) else _unknown_ref(raw)
-            v = self._scalar(val, name, raw)
-            return Value.lit(str(len(v.text))) if v.text is not None else _unknown_ref(raw)
-        if index in ("@", "*"):
-            if isinstance(val, list):
-                items = list(val)
-            elif isinstance(val, dict):
-                items = list(val.values())
-            elif isinstance(val, Value):
-                items = [val]
-            else:
-                return _unknown_ref(raw)
-            if any(not v.known for v in items) and isinstance(val, dict):
-                return _unknown_ref(raw)
-            return items if quoted and index == "@" else concat(_join(items))
-        if index is not None:
-            idx = Value.lit(self.expand_key(index, st, ctx))
-            if isinstance(val, list) and idx.text is not None and idx.text.strip().lstrip("-").isdigit():
-                i = int(idx.text)
-                v = val[i] if -len(val) <= i < len(val) else Value()
-            elif isinstance(val, dict) and idx.text is not None:
-                v = val.get(idx.text.strip("\"'"), _unknown_ref(raw))
-            elif val is _NEVER:
-                v = UNSET
-            else:
-                v = _unknown_ref(raw)
-        else:
-            v = self._scalar(val, name, raw)
-        if flag == "!":
-            return _unknown_ref(raw)
-        if rest:
-            return self._op(v, rest, raw, st, ctx, name, unset=val is _NEVER)
-        if val is _NEVER:
-            return _unknown_ref(raw)  # from the environment
-        if not v.known and v.alias is not None:
-            return Value(v.parts, raw)  # a named unknown: shown as written here
-        return v
-
-    def _scalar(self, val: object, name: str, raw: str) -> Value:
-        if isinstance(val, Value):
-            return val
-        if isinstance(val, list):
-            return val[0] if val else Value()
-        if isinstance(val, dict):
-            return val.get("0", Value())
-        return UNSET
-
-    def _op(self, v: Value, rest: str, raw: str, st: State, ctx: "Walker.Ctx", name: str,
-            unset: bool = False) -> Value:
-        m = re.match(r"(:?)([-=+?])(.*)$", rest, re.S)
-        if m:
-            # `${V:-d}` uses d when V is unset or empty, `${V-d}` only when unset. A variable the script never set
-            # counts as unset: the script's own default is what normally applies.
-            colon, op, arg = m.groups()
-            null = unset or (bool(colon) and v.known and v.text == "")
-            if op in ("-", "="):
-                if null:
-                    d = self.expand_str(arg, st, ctx)
-                    if op == "=" and not name.isdigit():
-                        self.assign(name, d, st)
-                    return d
-                return Value(v.parts, raw) if not v.known else v
-            if op == "+":
-                if null:
-                    return Value()
-                return self.expand_str(arg, st, ctx) if v.known else _unknown_ref(raw)
-            return v if not null else _unknown_ref(raw)  # `${V:?message}`
-        if v.text is None:
-            return _unknown_ref(raw, v.random)
-        s = v.text
-        m = re.match(r"(##?|%%?)(.*)$", rest, re.S)
-        if m:
-            op, pat_raw = m.groups()
-            pat = self.expand_str(pat_raw, st, ctx).text
-            if pat is None or len(s) > 65536:
-                return _unknown_ref(raw)  # (the prefix/suffix search is quadratic in the value's length)
-            return Value.lit(_strip(s, op, pat))
-        m = re.match(r"(//?|/#|/%)([^/]*)(?:/(.*))?$", rest, re.S)
-        if m:
-            op, pat_raw, rep_raw = m.groups()
-            pat = self.expand_str(pat_raw, st, ctx).text
-            rep = self.expand_str(rep_raw or "", st, ctx).text
-            if pat is None or rep is None:
-                return _unknown_ref(raw)
-            rx = _glob_rx(pat)
-            if op == "//":
-                if rep and len(s) + len(rep) * sum(1 for _ in zip(range(MAX_VALUE), re.finditer(rx, s))) > MAX_VALUE:
-                    return _unknown_ref(raw)  # the result would outgrow any real value: not built
-                return Value.lit(re.sub(rx, lambda _: rep, s))
-            if op == "/#":
-                return Value.lit(re.sub("^(?:" + rx + ")", lambda _: rep, s, count=1))
-            if op == "/%":
-                return Value.lit(re.sub("(?:" + rx + ")$", lambda _: rep, s, count=1))
-            return Value.lit(re.sub(rx, lambda _: rep, s, count=1))
-        m = re.match(r":\s*(-?\d+)(?::\s*(-?\d+))?$", rest)
-        if m:
-            off = int(m.group(1))
-            ln = int(m.group(2)) if m.group(2) is not None else None
-            sub = s[off:] if ln is None else (s[off:off + ln] if ln >= 0 else s[off:ln])
-            return Value.lit(sub)
-        if rest in ("^^", ",,", "^", ","):
-            return Value.lit(s.upper() if rest == "^^" else s.lower() if rest == ",," else
-                             (s[:1].upper() + s[1:] if rest == "^" else s[:1].lower() + s[1:]))
-        return _unknown_ref(raw)
-
-    def expand_str(self, text: str, st: State, ctx: "Walker.Ctx", quoted: bool = True) -> Value:
-        """Expand a fragment of text as if double-quoted (operator arguments, array indices)."""
-        if "$" not in text and "`" not in text and "\\" not in text and "'" not in text and '"' not in text:
-            return Value.lit(text)
-        try:
-            w = Word(tuple(_dq_parts(text)), text, 0)
-        except Exception:  # noqa: BLE001 - an odd fragment is unknown, not an error
-            return _unknown_ref(text)
-        return concat(_join(self.expand_word(w, st, ctx, split=False)))
-
-    def expand_key(self, text: str, st: State, ctx: "Walker.Ctx") -> str:
-        """An array index or associative key, quotes removed."""
-        try:
-            return self.word_value(Word(Lexer(text)._word().parts, text, 0), st, ctx).show()
-        except Exception:  # noqa: BLE001
-            return text
-
-    def expand_word(self, w: Word, st: State, ctx: "Walker.Ctx", split: bool = True) -> list[Value]:
-        """A word to the words it becomes: parameters, command substitution, arithmetic, splitting of unquoted
-        expansions. No globbing: a pattern is kept as written."""
-        fields: list[list[Part]] = [[]]
-        has_quoted_empty = False
-        started = False
-
-        def add(v: Value, splittable: bool) -> None:
-            nonlocal started
-            started = True
-            if not splittable or not split:
-                fields[-1].extend(v._flat())
-                return
-            if v.alias is not None and not any(p.known and re.search(r"\s", p.text) for p in v.parts):
-                fields[-1].extend(v._flat())
-                return
-            for p in v.parts:  # an unquoted expansion is split into words: the value's own parts count
-                if not p.known:
-                    fields[-1].append(p)
-                    continue
-                pieces = re.split(r"[ \t\n]+", p.text)
-                for k, piece in enumerate(pieces):
-                    if k > 0:
-                        fields.append([])
-                    if piece:
-                        fields[-1].append(Part(piece))
-
-        for part in w.parts:
-            kind = part[0]
-            if kind == "lit":
-                if part[2] and part[1] == "":
-                    has_quoted_empty = True
-                fields[-1].append(Part(part[1]))
-                started = True
-                if part[2]:
-                    has_quoted_empty = True
-            elif kind == "array":
-                fields[-1].append(Part(part[2]))
-            elif kind == "param":
-                res = self.param(part[1], st, part[2], ctx)
-                if isinstance(res, list):
-                    if not res:
-                        continue
-                    for k, v in enumerate(res):
-                        if k > 0:
-                            fields.append([])
-                        fields[-1].extend(v._flat())
-                    has_quoted_empty = True
-                else:
-                    if part[2]:
-                        has_quoted_empty = True
-                    add(res, not part[2])
-            elif kind == "cmd":
-                add(self.cmdsub(part[1], part[2], st, ctx), not part[3])
-                if part[3]:
-                    has_quoted_empty = True
-            elif kind == "arith":
-                add(self.arith(part[1], part[2], st, ctx), not part[3])
-        out = [Value(_merge(tuple(f))) for f in fields]
-        out = [v for v in out if v.parts or has_quoted_empty]
-        return out
-
-    def word_value(self, w: Word, st: State, ctx: "Walker.Ctx") -> Value:
-        return concat(_join(self.expand_word(w, st, ctx, split=False)))
-
-    def arith(self, src: str, raw: str, st: State, ctx: "Walker.Ctx") -> Value:
-        random = False
-        unknown = False
-
-        def var(m: re.Match[str]) -> str:
-            nonlocal random, unknown
-            name = m.group(1) or m.group(2)
-            if name == "RANDOM":
-                if st.rand_seed is not None:
-                    value, st.rand_seed = bash_random(st.rand_seed)
-                    return str(value)
-                random = True
-                return "1"
-            v = self.lookup(name, st)
-            val = self._scalar(v, name, "") if v is not _NEVER else Value.lit("0")
-            if val.text is None or not re.fullmatch(r"\s*-?\d+\s*", val.text or ""):
-                unknown = True
-                return "0"
-            return val.text.strip()
-
-        expr = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|\b([A-Za-z_][A-Za-z0-9_]*)\b", var, src)
-        if random:
-            return _unknown_ref(raw, random=True)
-        if unknown or not re.fullmatch(r"[\d\s+\-*/%()<>|&^~!=]*", expr) or len(expr) > 200 or "**" in expr or \
-                any(int(n) > 64 for n in re.findall(r"<<\s*(\d+)", expr)) or re.search(r"<<\s*[^\d\s]", expr):
-            return _unknown_ref(raw)  # also: nothing that could make a huge number
-        try:
-            py = re.sub(r"(?<![/])/(?![/])", "//", expr).replace("&&", " and ").replace("||", " or ")
-            return Value.lit(str(int(eval(py, {"__builtins__": {}}, {}))))  # noqa: S307 - digits and operators only
-        except Exception:  # noqa: BLE001
-            return _unknown_ref(raw)
-
-    def cmdsub(self, src: str, raw: str, st: State, ctx: "Walker.Ctx") -> Value:
-        """What `$(...)` prints, when its commands are ones whose output the text determines (dirname, pwd, echo,
-        basename, realpath, cd && pwd); anything else is unknown, and `shuf`/`$RANDOM` make it random."""
-        if self.depth > self.MAX_DEPTH:
-            return _unknown_ref(raw)
-        m = _COUNT_FIELDS.fullmatch(src.strip())
-        if m:
-            # `$(echo $CUDA_VISIBLE_DEVICES | awk -F, '{print NF}')`, `... | tr ',' '\n' | wc -l`: the GPU count
-            v = self.expand_str(m.group(1).strip('"'), st, ctx)
-            if v.text is None:
-                return _unknown_ref(raw)
-            return Value.lit(str(len(v.text.strip().split(",")) if v.text.strip() else 0))
-        sub = st.copy()
-        captured: list[Value] = []
-        inner = Walker.Ctx(line=ctx.line, end_line=ctx.end_line, capture=captured, bodies=[])
-        self.depth += 1
-        n_before = len(self.out)
-        try:
-            node, bodies = parse(src)
-            inner.bodies = bodies
-            self.exec_node(node, sub, inner)
-        except (ParseError, RecursionError, IndexError):
-            captured.append(_unknown_ref(raw))
-        finally:
-            self.depth -= 1
-        del self.out[n_before:]  # what runs inside $(...) to compute a value is not a job
-        if not captured:
-            return Value()
-        v = concat(captured)
-        if not v.known:
-            return _unknown_ref(raw, v.random)
-        return Value.lit((v.text or "").rstrip("\n"))
-
     # --- execution -------------------------------------------------------------------------------------------
 
-    def exec_node(self, node: Node | Simple, st: State, ctx: "Walker.Ctx") -> None:
+    def exec_node(self, node: Node | Simple, st: State, ctx: Ctx) -> None:
         if len(self.out) > self.MAX_COMMANDS or self.depth > self.MAX_DEPTH:
             return
         if time.monotonic() > self.deadline:
@@ -658,7 +158,7 @@ class Walker:
             if not always:
                 _merge_states(st, [before])
 
-    def _cond_value(self, cond: Node | Simple, st: State, ctx: "Walker.Ctx") -> bool | None:
+    def _cond_value(self, cond: Node | Simple, st: State, ctx: Ctx) -> bool | None:
         """The exit status of an `if` condition when the text decides it: `true`/`false`/`:`, and `[ ]`, `[[ ]]`,
         `test` comparing known values (`mode=infer; if [ "$mode" = debug ]`, `[[ $1 != slurm ]]` under
         `source x.sh slurm`); None when it depends on anything else."""
@@ -693,13 +193,13 @@ class Walker:
         res = _test(vals, [w.plain for w in words], pattern=head == "[[", quoted=[_quoted(w) for w in words])
         return None if res is None else res != neg
 
-    def _case_match(self, s: str, pat: Word, st: State, ctx: "Walker.Ctx") -> bool:
+    def _case_match(self, s: str, pat: Word, st: State, ctx: Ctx) -> bool:
         p = self.word_value(pat, st, ctx).text
         if p is None:
             return False
         return fnmatch.fnmatchcase(s, p.strip("\"'"))
 
-    def _branches(self, clauses: list[tuple[Node | None, Node]], st: State, ctx: "Walker.Ctx",
+    def _branches(self, clauses: list[tuple[Node | None, Node]], st: State, ctx: Ctx,
                   has_else: bool) -> None:
         """Every branch may run: walk each on a copy; afterwards a variable keeps a value only if every path
         agrees on it."""
@@ -720,7 +220,7 @@ class Walker:
             base.funcs
         st.locals_stack = base.locals_stack
 
-    def _redirs(self, redirs: list[Redir], st: State, ctx: "Walker.Ctx") -> list[tuple[str, str, Value]]:
+    def _redirs(self, redirs: list[Redir], st: State, ctx: Ctx) -> list[tuple[str, str, Value]]:
         out = []
         for r in redirs:
             if r.target is None:
@@ -728,7 +228,7 @@ class Walker:
             out.append((r.fd, r.op, self.word_value(r.target, st, ctx)))
         return out
 
-    def _assign_word(self, w: Word, st: State, ctx: "Walker.Ctx", name_it: bool = True) -> tuple[str, object] | None:
+    def _assign_word(self, w: Word, st: State, ctx: Ctx, name_it: bool = True) -> tuple[str, object] | None:
         """`NAME=value`, `NAME+=value`, `NAME[k]=v`, `NAME=(a b)`: the name and its new value. An unknown value is
         shown by the name from then on (`name_it`), except in a command's own `VAR=value` prefix, where what was
         written says more."""
@@ -793,7 +293,7 @@ class Walker:
                 value = old + value
         return name, value
 
-    def exec_simple(self, cmd: Simple, st: State, ctx: "Walker.Ctx") -> None:
+    def exec_simple(self, cmd: Simple, st: State, ctx: Ctx) -> None:
         line = ctx.line if ctx.line is not None else cmd.line
         end_line = ctx.end_line if ctx.end_line is not None else cmd.end_line
         here = replace(ctx, line=line, end_line=end_line, own_line=None if ctx.in_string else cmd.line)
@@ -819,7 +319,7 @@ class Walker:
             return
         self.dispatch(argv, prefix, st, replace(here, redirs=redirs), heredoc)
 
-    def _declare(self, words: list[Word], st: State, ctx: "Walker.Ctx") -> None:
+    def _declare(self, words: list[Word], st: State, ctx: Ctx) -> None:
         base = words[0].plain
         opts: set[str] = set()
         for w in words[1:]:
@@ -857,7 +357,7 @@ class Walker:
         env.update(prefix)
         return env
 
-    def emit(self, argv: list[Value], prefix: dict[str, Value], st: State, ctx: "Walker.Ctx") -> None:
+    def emit(self, argv: list[Value], prefix: dict[str, Value], st: State, ctx: Ctx) -> None:
         self.seq += 1
         self.out.append(Command(
             argv=tuple(argv), env=self._env(st, prefix), prefix_env=dict(prefix), line=ctx.line or 0,
@@ -866,7 +366,7 @@ class Walker:
             cwd_rel=st.cwd_rel, remote=ctx.remote, loop_vars=ctx.loop_vars, loop_runs=ctx.loop_runs,
             async_path=ctx.async_path, own_line=ctx.own_line, branches=ctx.branches, seq=self.seq))
 
-    def run_string(self, src: Value | str, st: State, ctx: "Walker.Ctx", heredoc_bodies: bool = False) -> None:
+    def run_string(self, src: Value | str, st: State, ctx: Ctx, heredoc_bodies: bool = False) -> None:
         """Run a command string (eval, bash -c, a tmux or ssh command) at the line of the command that holds it."""
         text = src if isinstance(src, str) else src.show()
         if self.depth > self.MAX_DEPTH:
@@ -880,7 +380,7 @@ class Walker:
         finally:
             self.depth -= 1
 
-    def dispatch(self, argv: list[Value], prefix: dict[str, Value], st: State, ctx: "Walker.Ctx",
+    def dispatch(self, argv: list[Value], prefix: dict[str, Value], st: State, ctx: Ctx,
                  heredoc: int | None = None) -> None:
         """Builtins that change the walk's state, functions, and wrappers whose real command is inside."""
         name = argv[0].text
@@ -981,374 +481,11 @@ class Walker:
             return
         self._wrappers(base, argv, prefix, st, ctx, heredoc)
 
-    def _wrappers(self, base: str, argv: list[Value], prefix: dict[str, Value], st: State, ctx: "Walker.Ctx",
-                  heredoc: int | None) -> None:
-        """The command inside a wrapper runs too: nohup/setsid/env/timeout/... pass their argv on; tmux, ssh and
-        `sbatch --wrap` take a command string."""
-        args = argv[1:]
-        inner: list[Value] | None = None
-        texts = [a.text for a in args]
-        if base in ("nohup", "exec", "command", "builtin", "time", "unbuffer", "caffeinate", "nice", "ionice",
-                    "stdbuf", "setsid", "sudo", "numactl", "taskset", "chrt", "timeout", "env", "systemd-run",
-                    "srun", "salloc", "dtach", "xvfb-run", "catchsegv", "flock"):
-            i = 0
-            takes_value = _WRAPPER_VALUE_OPTS.get(base, set())
-            while i < len(args):
-                t = texts[i]
-                if t is None:
-                    i += 1  # "$@" and friends: extra options of unknown content
-                    continue
-                if base == "env" and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", t):
-                    prefix = _with_env(prefix, t)
-                    i += 1
-                    continue
-                if t.startswith("-"):
-                    i += 1
-                    if t in takes_value or (base in ("srun", "salloc") and t.startswith("--") and "=" not in t and
-                                            t not in _SRUN_FLAGS):
-                        i += 1
-                    continue
-                break
-            if base == "timeout" and i < len(args):
-                i += 1  # the duration
-            if base == "taskset" and i < len(args) and "-c" not in texts[:i]:
-                i += 1  # the mask
-            if base == "dtach":
-                i += 1
-            if base == "flock" and i < len(args):
-                i += 1
-            inner = list(args[i:])
-            if base == "sudo" and inner:
-                pass
-        elif base in ("conda", "mamba", "micromamba", "uv", "poetry", "pipenv", "pixi") and texts[:1] == ["run"]:
-            i = 1
-            while i < len(args) and (texts[i] or "").startswith("-"):
-                i += 2 if texts[i] in ("-n", "--name", "-p", "--prefix", "-e", "--environment") else 1
-            inner = list(args[i:])
-        elif base in ("docker", "podman", "nvidia-docker") and texts[:1] in (["run"], ["exec"]):
-            # `docker run [OPTIONS] IMAGE CMD...`, `docker exec [OPTIONS] CONTAINER CMD...`: the command runs in the
-            # container; `-e K=V` sets its environment; `-d` detaches it from the terminal (a SIGHUP does not reach it)
-            i, detached = 1, False
-            while i < len(args):
-                t = texts[i]
-                if t is None:
-                    i += 1
-                    continue
-                if not t.startswith("-") or t == "-":
-                    break
-                name, eq, val = t.partition("=")
-                if t.startswith("--"):
-                    detached = detached or name == "--detach"
-                    takes = not eq and name in _DOCKER_VALUE_OPTS
-                    value = texts[i + 1] if takes and i + 1 < len(texts) else (val if eq else None)
-                    if name == "--env" and value and "=" in value:
-                        prefix = _with_env(prefix, value)
-                    i += 2 if takes else 1
-                    continue
-                letters = t[1:]
-                j = next((k for k, c in enumerate(letters) if c in _DOCKER_SHORT_VALUE), None)
-                detached = detached or "d" in letters[:j]
-                if j is None:
-                    i += 1
-                    continue
-                value = letters[j + 1:] or (texts[i + 1] if i + 1 < len(texts) else None)
-                if letters[j] == "e" and value and "=" in value:
-                    prefix = _with_env(prefix, value)
-                i += 1 if letters[j + 1:] else 2
-            inner = list(args[i + 1:])  # after the image (or the container)
-            if inner:
-                via = ctx.via + (base,) + (("container-detached",) if detached and texts[0] == "run" else ())
-                self.dispatch(inner, prefix, st, replace(ctx, via=via))
-            return
-        elif base in ("apptainer", "singularity") and texts[:1] == ["exec"]:
-            i = 1
-            while i < len(args) and (texts[i] or "x").startswith("-"):
-                t = texts[i] or ""
-                i += 2 if "=" not in t and t in _APPTAINER_VALUE_OPTS else 1
-            inner = list(args[i + 1:])  # after the image
-            if inner:
-                self.dispatch(inner, prefix, st, replace(ctx, via=ctx.via + (base,)))
-            return
-        elif base == "screen":
-            i = 0
-            while i < len(args) and (texts[i] or "").startswith("-"):
-                i += 2 if texts[i] in ("-S", "-c", "-L", "-Logfile", "-t", "-p", "-X", "-dmS", "-DmS") or \
-                    (texts[i] or "").endswith("S") else 1
-            inner = list(args[i:])
-            if len(inner) == 1:
-                self.run_string(inner[0], st.copy(), replace(ctx, via=ctx.via + ("screen",), redirs=(),
-                                                            background=False))
-                return
-        elif base == "tmux":
-            sub = texts[0] if texts else None
-            if sub in ("new", "new-session", "new-window", "neww", "split-window", "splitw", "respawn-pane",
-                       "send-keys", "send"):
-                i = 1
-                rest: list[Value] = []
-                while i < len(args):
-                    t = texts[i]
-                    if t is not None and t.startswith("-") and t != "-":
-                        i += 2 if t in ("-s", "-n", "-c", "-t", "-x", "-y", "-e", "-F", "-l") else 1
-                        continue
-                    rest.append(args[i])
-                    i += 1
-                if sub in ("send-keys", "send"):
-                    rest = [a for a in rest if a.text not in ("Enter", "C-m", "KPEnter")]
-                if rest:
-                    self.run_string(concat(_join(rest)), st.copy(),
-                                    replace(ctx, via=ctx.via + ("tmux",), redirs=(), background=False))
-            return
-        elif base == "ssh":
-            i = 0
-            while i < len(args) and (texts[i] or "x").startswith("-"):
-                i += 2 if (texts[i] or "")[-1:] in "pilLoFJRDbcemOQSWwEB" and len(texts[i] or "") == 2 else 1
-            host = args[i].show() if i < len(args) else None
-            rest = list(args[i + 1:])
-            remote = State(vars={"0": Value.unknown("$0")}, exported=set(), cwd=None, cwd_rel=None, positional=None,
-                           funcs={})
-            rctx = replace(ctx, via=ctx.via + ("ssh",), remote=host)
-            shell_only = len(rest) <= 2 and bool(rest) and rest[0].text in ("bash", "sh", "zsh") and \
-                all(a.text in ("-s", "-l", "-x", "-e", "-ex") for a in rest[1:])
-            if rest and not (shell_only and heredoc is not None):
-                self.run_string(concat(_join(rest)), remote, rctx)
-            elif heredoc is not None:
-                self._heredoc_script(heredoc, remote, rctx, "ssh")
-            return
-        elif base == "sbatch":
-            if heredoc is not None and not any(t is None or not t.startswith("-") for t in texts):
-                # `sbatch <<EOF ... EOF`: the here-doc is the batch script (its #SBATCH lines are comments)
-                self._heredoc_script(heredoc, st.copy(), ctx, "sbatch")
-                return
-            for j, t in enumerate(texts):
-                if t and t.startswith("--wrap"):
-                    s = t.partition("=")[2] if "=" in t else (args[j + 1].show() if j + 1 < len(args) else "")
-                    self.run_string(s, st.copy(), replace(ctx, via=ctx.via + ("sbatch",)))
-                    return
-            # `sbatch [OPTIONS] script.slurm ARGS`: the batch script of the tree runs under the scheduler
-            i = 0
-            while i < len(args) and (texts[i] or "-").startswith("-"):
-                t = texts[i] or ""
-                i += 2 if (t in _SBATCH_VALUE_OPTS or (t.startswith("--") and "=" not in t and
-                                                       t not in _SBATCH_FLAGS)) else 1
-            if i < len(args):
-                self._run_script(args[i], list(args[i + 1:]), prefix, st, ctx, "sbatch",
-                                 (".sh", ".bash", ".slurm", ".sbatch", ".job", ".sub"))
-            return
-        if inner:
-            if base == "systemd-run":
-                base = "systemd-run"
-            self.dispatch(inner, prefix, st, replace(ctx, via=ctx.via + (base,)))
-
-    def _heredoc_script(self, idx: int, st: State, ctx: "Walker.Ctx", via: str) -> None:
-        if idx >= len(ctx.bodies):
-            return
-        body, expand = ctx.bodies[idx]
-        if expand:
-            body = self.expand_str(body, st, ctx).show()
-        self.run_string(body, st, replace(ctx, via=ctx.via + (via + " <<",)))
-
-    def _capture(self, base: str, args: list[Value], st: State, ctx: "Walker.Ctx") -> bool:
-        """Inside $(...): commands whose output the text determines."""
-        cap = ctx.capture
-        assert cap is not None
-        texts = [a.text for a in args]
-        if base == "pwd":
-            cap.append(Value.lit(st.cwd + "\n") if st.cwd else Value.unknown("$(pwd)"))
-            return True
-        if base == "echo":
-            words = [a for a in args if not (a.text or "").startswith("-n")]
-            cap.append(concat(_join(words)) + Value.lit("\n"))
-            return True
-        if base in ("dirname", "basename", "realpath", "readlink"):
-            paths = [a for a, t in zip(args, texts) if not (t or "").startswith("-")]
-            if not paths or paths[0].text is None:
-                cap.append(Value.unknown(f"$({base} ...)"))
-                return True
-            p = paths[0].text
-            if base == "dirname":
-                r = posixpath.dirname(p.rstrip("/")) or "."
-            elif base == "basename":
-                r = posixpath.basename(p.rstrip("/"))
-                if len(paths) > 1 and paths[1].text and r.endswith(paths[1].text):
-                    r = r[: -len(paths[1].text)]
-            else:
-                r = self._abs(p, st)
-                if r is None:
-                    cap.append(Value.unknown(f"$({base} {p})"))
-                    return True
-            cap.append(Value.lit(r + "\n"))
-            return True
-        # `$(which torchrun)`, `$(command -v deepspeed)`, `$(type -P accelerate)`: the path of that program, which
-        # the text cannot tell; its name is what runs, and what a launcher is recognised by
-        if base in ("which", "command", "type") and (base == "which" or (texts[:1] in (["-v"], ["-P"], ["-p"]))):
-            names = [t for t in texts if t is not None and not t.startswith("-")]
-            if len(names) == 1 and len(names) == len([a for a in args if not (a.text or "").startswith("-")]) \
-                    and re.fullmatch(r"[\w.+-]+", names[0]):
-                cap.append(Value.lit(names[0] + "\n"))
-                return True
-        if base == "seq" and 1 <= len(args) <= 3 and all(t is not None and re.fullmatch(r"-?\d+", t) for t in texts):
-            nums = [int(t) for t in texts]  # type: ignore[arg-type]
-            first, step, last = (1, 1, nums[0]) if len(nums) == 1 else \
-                ((nums[0], 1, nums[1]) if len(nums) == 2 else (nums[0], nums[1], nums[2]))
-            seq = range(first, last + (1 if step > 0 else -1), step) if step else range(0)
-            cap.append(Value.lit("".join(f"{n}\n" for n in seq[:4096])))  # a range slice stays lazy
-            return True
-        if base in ("cd", "pushd", "popd", "export", "local", "set", "true", ":"):
-            return False
-        if base in ("shuf",) or (base.startswith("python") and any("random" in (t or "") for t in texts)):
-            cap.append(Value.unknown("$(" + base + " ...)", random=True))
-            return True
-        cap.append(Value.unknown("$(" + base + " ...)"))
-        return True
-
-    def _abs(self, p: str, st: State) -> str | None:
-        if p.startswith("/"):
-            return posixpath.normpath(p)
-        if st.cwd:
-            return posixpath.normpath(posixpath.join(st.cwd, p))
-        return None
-
-    def _cd(self, target: Value | None, st: State) -> None:
-        if target is None or target.text is None or target.text in ("-", "~") or target.text.startswith("~"):
-            st.cwd, st.cwd_rel = None, None
-            return
-        t = target.text
-        if t.startswith("/"):
-            st.cwd, st.cwd_rel = posixpath.normpath(t), None
-        elif st.cwd:
-            st.cwd = posixpath.normpath(posixpath.join(st.cwd, t))
-        elif st.cwd_rel is not None:
-            st.cwd_rel = posixpath.normpath(posixpath.join(st.cwd_rel, t))
-        else:
-            st.cwd, st.cwd_rel = None, None
-
-    def _script_file(self, target: Value, st: State,
-                     exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> tuple[str, str] | None:
-        """Another script of the tree a command runs or sources: (real path, text); never one that is already
-        running in this walk (a launcher that re-runs itself would otherwise never end)."""
-        p = target.text
-        if p is None or p.startswith("~"):
-            return None
-        cands = [p] if p.startswith("/") else []
-        if not cands:
-            if st.cwd:
-                cands.append(posixpath.join(st.cwd, p))
-            d = os.path.dirname(self.path)
-            for _ in range(6):  # started from the script's directory or one of its ancestors
-                cands.append(posixpath.join(d, p))
-                if os.path.dirname(d) == d:
-                    break
-                d = os.path.dirname(d)
-        for c in cands:
-            real = os.path.realpath(c)
-            if os.path.isfile(real) and real not in self.sources_seen and real != self.path and \
-                    real.endswith(exts) and os.path.getsize(real) < 1_000_000:
-                try:
-                    return real, open(real, encoding="utf-8", errors="replace").read()
-                except OSError:
-                    return None
-        return None
-
-    def _source(self, target: Value, args: list[Value], st: State, ctx: "Walker.Ctx") -> None:
-        found = self._script_file(target, st)
-        if found is None:
-            return
-        saved = st.positional
-        if args:
-            st.positional = list(args)
-        self.sources_seen.add(found[0])
-        try:
-            self.run_string(found[1], st, ctx)
-        finally:
-            self.sources_seen.discard(found[0])
-            st.positional = saved
-
-    def _run_script(self, target: Value, args: list[Value], prefix: dict[str, Value], st: State,
-                    ctx: "Walker.Ctx", shell: str, exts: tuple[str, ...] = (".sh", ".bash", ".env")) -> bool:
-        """`bash other.sh ARGS`: the other script runs in a child shell (exported variables, its own $0 and
-        arguments, the caller's directory); its jobs are the caller's, at the calling line."""
-        found = self._script_file(target, st, exts)
-        if found is None:
-            return False
-        real, text = found
-        child = st.copy()
-        child.vars = {k: v for k, v in st.vars.items() if k in st.exported}
-        child.vars.update(prefix)
-        child.vars["0"] = Value.lit(real)
-        child.vars["BASH_SOURCE"] = [Value.lit(real)]
-        child.positional = list(args)
-        child.funcs = {}
-        self.sources_seen.add(real)
-        try:
-            self.run_string(text, child, replace(ctx, via=ctx.via + (shell,)))
-        finally:
-            self.sources_seen.discard(real)
-        return True
-
-
-_WRAPPER_VALUE_OPTS = {
-    "nice": {"-n", "--adjustment"}, "ionice": {"-c", "-n", "-p", "--class", "--classdata"},
-    "timeout": {"-s", "--signal", "-k", "--kill-after"}, "sudo": {"-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U"},
-    "numactl": {"-C", "-N", "-m", "-p", "-i", "--physcpubind", "--cpunodebind", "--membind", "--preferred",
-                "--interleave"}, "taskset": set(), "chrt": {"-p"},
-    "env": {"-u", "--unset", "-C", "--chdir", "-S", "--split-string"},
-    "systemd-run": {"-u", "--unit", "-p", "--property", "--description", "--slice", "-E", "--setenv", "-M",
-                    "--machine", "--uid", "--gid", "--working-directory", "-H", "--host"},
-    "srun": {"-N", "-n", "-p", "-c", "-t", "-w", "-J", "-A", "-G", "-o", "-e", "-q", "-x", "-C", "-d", "-D", "-K",
-             "-L", "-m", "-r", "-T", "-W", "--jobid"},
-    "salloc": {"-N", "-n", "-p", "-c", "-t", "-w", "-J", "-A", "-G", "-q", "-x", "-C"},
-    "stdbuf": {"-i", "-o", "-e"}, "flock": {"-w", "-E"},
-}
-# docker/podman run and exec options that take a value (docker/cli command/container/opts.go); the rest are flags
-_DOCKER_VALUE_OPTS = {
-    "--env", "--env-file", "--volume", "--mount", "--workdir", "--user", "--name", "--gpus", "--network", "--net",
-    "--ipc", "--shm-size", "--entrypoint", "--runtime", "--ulimit", "--cpus", "--cpuset-cpus", "--device",
-    "--cap-add", "--cap-drop", "--security-opt", "--hostname", "--label", "--add-host", "--publish", "--memory",
-    "--memory-swap", "--platform", "--pid", "--restart", "--log-driver", "--log-opt", "--cgroupns", "--tmpfs",
-    "--volumes-from", "--label-file", "--stop-signal", "--stop-timeout", "--pull", "--dns", "--expose", "--link",
-    "--attach", "--cidfile", "--group-add", "--health-cmd", "--uts", "--userns", "--detach-keys", "--mac-address",
-    "--ip", "--cpu-shares", "--blkio-weight", "--oom-score-adj", "--pids-limit", "--storage-opt", "--sysctl",
-}
-_DOCKER_SHORT_VALUE = "evwupmhlac"  # -e K=V, -v a:b, -w DIR, -u USER, -p PORTS, -m MEM, -h HOST, -l LABEL, -a, -c
-_APPTAINER_VALUE_OPTS = {"-B", "--bind", "--env", "--env-file", "-H", "--home", "--pwd", "-W", "--workdir",
-                         "-o", "--overlay", "--security", "--network", "--mount", "--app"}
-# sbatch options that take a separate value (slurm's sbatch --help); long options without `=` take one too,
-# except these flags
-_SBATCH_VALUE_OPTS = {"-A", "-p", "-J", "-o", "-e", "-N", "-n", "-t", "-c", "-w", "-x", "-C", "-q", "-G", "-D", "-a",
-                      "-d", "-M", "-L", "-F", "-i", "-m", "-b"}
-_SBATCH_FLAGS = {"--exclusive", "--requeue", "--no-requeue", "--parsable", "--wait", "--test-only", "--hold",
-                 "--overcommit", "--contiguous", "--spread-job", "--use-min-nodes", "--oversubscribe", "--quiet",
-                 "--verbose", "--ignore-pbs", "--reboot", "--no-kill"}
-_SRUN_FLAGS = {"--exclusive", "--overcommit", "--pty", "--label", "--unbuffered", "--kill-on-bad-exit", "--overlap",
-               "--no-kill", "--quiet", "--verbose", "--exact", "--whole", "--container-remap-root",
-               "--container-mount-home", "--no-container-mount-home", "--container-writable", "--oversubscribe"}
-
-
-def _with_env(prefix: dict[str, Value], assignment: str) -> dict[str, Value]:
-    """The environment a wrapper's `NAME=VALUE` (env's operand, docker's -e) adds to the command it runs."""
-    k, _, v = assignment.partition("=")
-    return {**prefix, k: Value.lit(v)}
-
-
-def _join(vals: list[Value]) -> list[Value]:
-    out: list[Value] = []
-    for k, v in enumerate(vals):
-        if k:
-            out.append(Value.lit(" "))
-        out.append(v)
-    return out
-
 
 def _named_ref(v: Value) -> bool:
     """An unknown value that is one reference to a named variable (`$gpu`, `${TS}`): already shown by its name."""
     return len(v.parts) == 1 and not v.parts[0].known and \
         re.fullmatch(r"\$(\{[A-Za-z_][A-Za-z0-9_]*([^A-Za-z0-9_].*)?\}|[A-Za-z_][A-Za-z0-9_]*)", v.parts[0].text) is not None
-
-
-# `echo "$X" | awk -F, '{print NF}'` and `echo "$X" | tr ',' '\n' | wc -l`: how many comma-separated fields
-_COUNT_FIELDS = re.compile(r"""echo\s+(?:-n\s+)?("?\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"?|[\w,]+)\s*\|\s*"""
-                           r"""(?:awk\s+-F\s*['"]?,['"]?\s+['"]\{\s*print\s+NF\s*\}['"]|"""
-                           r"""tr\s+['"]?,['"]?\s+['"]\\n['"]\s*\|\s*wc\s+-l)""")
 
 
 def _quoted(w: Word) -> bool:
@@ -1408,44 +545,6 @@ def _merge_states(base: State, others: list[State]) -> None:
             base.cwd, base.cwd_rel = None, None
 
 
-def _strip(s: str, op: str, pat: str) -> str:
-    rx = _glob_rx(pat)
-    if op in ("#", "##"):
-        cands = [i for i in range(len(s) + 1) if re.fullmatch(rx, s[:i], re.S)]
-        if not cands:
-            return s
-        return s[(min(cands) if op == "#" else max(cands)):]
-    cands = [i for i in range(len(s) + 1) if re.fullmatch(rx, s[i:], re.S)]
-    if not cands:
-        return s
-    return s[:(max(cands) if op == "%" else min(cands))]
-
-
-def _glob_rx(pat: str) -> str:
-    out = []
-    i = 0
-    while i < len(pat):
-        c = pat[i]
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            j = pat.find("]", i + 1)
-            if j > 0:
-                out.append("[" + pat[i + 1:j].replace("!", "^", 1) + "]")
-                i = j
-            else:
-                out.append(re.escape(c))
-        elif c == "\\" and i + 1 < len(pat):
-            out.append(re.escape(pat[i + 1]))
-            i += 1
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
 def _strip_prefix(w: Word, n: int) -> tuple[WordPart, ...]:
     """The parts of a word after its first n raw characters (the `NAME=` of an assignment): lexed again from the
     source text, so quotes inside `m["key"]=` cannot shift the cut."""
@@ -1466,33 +565,6 @@ def _words_of(body: str) -> list[Word]:
     return out  # type: ignore[return-value]
 
 
-def _dq_parts(text: str) -> list[WordPart]:
-    lex = Lexer(text)
-    parts: list[WordPart] = []
-    lex.s = text + '"'
-    lex._dquoted(parts)
-    return parts
-
-
-def _drop_prefix(v: Value, n: int) -> Value:
-    """`NAME=value` passed to export/declare as an expanded word: the value after the first n characters."""
-    parts = list(v.parts)
-    out: list[Part] = []
-    skip = n
-    for p in parts:
-        if skip <= 0:
-            out.append(p)
-        elif p.known and len(p.text) > skip:
-            out.append(Part(p.text[skip:], alias=p.alias, first=p.first))
-            skip = 0
-        elif p.known:
-            skip -= len(p.text)
-        else:
-            out.append(p)
-            skip = 0
-    return Value(_merge(tuple(out)))
-
-
 def _shell_c(args: list[Value]) -> Value | None:
     """The command string of `bash -c STR` / `sh -xeuc STR`."""
     for i, a in enumerate(args):
@@ -1510,4 +582,3 @@ def walk_script(path: str, text: str, budget_s: float | None = None) -> list[Com
     """The commands a script would run. Raises ShellBudget for a script past the reader's budgets (nesting depth,
     time: TIME_BUDGET_S unless given)."""
     return Walker(path, TIME_BUDGET_S if budget_s is None else budget_s).run(text)
-
