@@ -130,16 +130,26 @@ class Prefilter:
 
     def find(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
              last: bool = True) -> list[tuple[int, bytes]]:
-        """(offset, literal) of the literal hits of the candidate lines in buf[:end]: every literal (the head's in the
-        head), found once per template (`_templates`); in a block of mostly new templates (lines that differ by more
-        than their digits), the anchors and the head-only markers, and every other literal in the windows above the
-        lines that end a failure and at the end of the log (`last`: the buffer ends the log). buf[end:size] is read
-        ahead for such lines, whose windows reach back before `end`."""
+        """(offset, literal) of the literal hits of the candidate lines in buf[:end] (`find_blocks`, joined)."""
+        return [h for block in self.find_blocks(buf, end, base, size, last) for h in block]
+
+    def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
+                    last: bool = True) -> Iterator[list[tuple[int, bytes]]]:
+        """The literal hits of the candidate lines in buf[:end], in line-aligned blocks of about BLOCK bytes, in
+        order: every literal (the head's in the head), found once per template (`_templates`); in a block of mostly
+        new templates (lines that differ by more than their digits), the anchors and the head-only markers, and every
+        other literal in the windows above the lines that end a failure and at the end of the log (`last`: the buffer
+        ends the log); such a block and those after it are handed over together, with their window hits.
+        buf[end:size] is read ahead for the lines whose windows reach back before `end`. (Block by block, the hits
+        held at once stay bounded: a million short error lines in one buffer.)"""
         head_end = min(end, max(0, HEAD_BYTES - base))
         size = max(end, size or end)
-        hits: list[tuple[int, bytes]] = []
-        states: list[tuple[int, int, frozenset]] = []  # the state literals in each block's lines
-        partial: list[tuple[int, int, bool]] = []  # the blocks searched for the anchors alone
+        states = _States(0, [])  # the state literals in each block's lines, as far as searched (state_before)
+        if len(self._states) >= 8:
+            self._states.clear()
+        self._states[id(buf)] = states
+        held: list[tuple[int, bytes]] = []  # the hits from the first block searched for the anchors alone on
+        partial: list[tuple[int, int, bool]] = []  # those blocks
         # (a line longer than a buffer is cut at `end`: a literal across the cut is found with the bytes read ahead)
         stop = end if end == size or buf[end - 1] in b"\r\n" else min(size, end + self.longest)
         lo = 0
@@ -149,24 +159,27 @@ class Prefilter:
             nl = buf.find(b"\n", hi - 1, stop) if hi < stop else -1
             hi = stop if nl == -1 else nl + 1
             head = base + lo < HEAD_BYTES
-            if not self._templates(buf, lo, hi, head, hits, states):
+            hits: list[tuple[int, bytes]] = []
+            if not self._templates(buf, lo, hi, head, hits, states.blocks):
                 partial.append((lo, min(hi, end), head))
+            if hi > end:
+                hits = [h for h in hits if h[0] < end]
+            states.end = min(hi, end)
             lo = hi
-        if stop > end:
-            hits = [h for h in hits if h[0] < end]
-        if len(self._states) >= 8:
-            self._states.clear()
-        self._states[id(buf)] = _States(end, states)
+            if partial:
+                held += hits
+            elif hits:
+                yield hits
         if partial:
-            ahead = hits
+            ahead = held
             if size > end:
                 lits = self.head_always if base + end < HEAD_BYTES else self.always
-                ahead = hits + self._find_candidates(buf, end, size, lits, base, size)
+                ahead = held + self._find_candidates(buf, end, size, lits, base, size)
             for a, b in self._windows(buf, ahead, 0, end, size, last):
                 for plo, phi, head in partial:
                     if plo < b and a < phi:
-                        hits += self._find(buf, max(a, plo), min(b, phi), self.head_rest if head else self.rest)
-        return hits
+                        held += self._find(buf, max(a, plo), min(b, phi), self.head_rest if head else self.rest)
+            yield held
 
     def _templates(self, buf: bytes, lo: int, hi: int, head: bool, hits: list[tuple[int, bytes]],
                    states: list[tuple[int, int, frozenset]]) -> bool:
@@ -324,11 +337,6 @@ class Prefilter:
                     out.append((i, m))
                 i = find(m, stop + 1, hi) if stop < hi else -1
         return out
-
-    def find_blocks(self, buf: bytes, end: int, base: int = 0, size: int | None = None,
-                    last: bool = True) -> Iterator[list]:
-        """`find`'s hits in line-aligned blocks of buf[:end], in order (a line never spans two blocks)."""
-        yield self.find(buf, end, base, size, last)
 
     def _windows(self, buf: bytes, ahead: list[tuple[int, bytes]], lo: int, end: int, size: int,
                  last: bool) -> list[tuple[int, int]]:
@@ -525,9 +533,10 @@ def _below_error(pats: "tuple[Pattern, ...] | bool", raw: bytes) -> "tuple[Patte
 _SENSITIVE = object()  # (Prefilter.check) a template whose verdict depends on its digits: not cached
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class _States:
-    """(Prefilter.find) The state literals in a buffer's lines: (start, stop, literals) per block of buf[:end]."""
+    """(Prefilter.find_blocks) The state literals in a buffer's lines: (start, stop, literals) per block of buf[:end]
+    searched so far (the reader asks between blocks)."""
     end: int
     blocks: list[tuple[int, int, frozenset]]
 

@@ -146,3 +146,13 @@ def test_a_marker_across_the_cut_of_an_endless_line_is_found(offset):
 def test_hyperscan_misses_a_marker_across_the_cut_of_an_endless_line():
     hs = _hyperscan()
     assert hs.find(CUT_LINE, ANCHOR_AT + 2, HEAD_BYTES, len(CUT_LINE), False)
+
+
+def test_hits_are_handed_over_block_by_block():
+    # a million short error lines in one buffer: the hits held at once stay those of one block (about 1 MB)
+    buf = bytearray(b"RuntimeError: boom\n" * 200000)  # 3.8 MB
+    blocks = list(Prefilter().find_blocks(buf, len(buf), HEAD_BYTES, len(buf), True))
+    assert len(blocks) >= 3
+    assert max(len(b) for b in blocks) <= pyscan.BLOCK // 19 + 1
+    assert sum(len(b) for b in blocks) == 200000
+    assert [h for b in blocks for h in b] == sorted(h for b in blocks for h in b)
