@@ -2,25 +2,34 @@
 
 A job is a command that ends in torchrun: directly, as `python -m torch.distributed.run|launch`, through
 `llamafactory-cli train`, `accelerate launch`, `deepspeed`, or a Python wrapper (a script whose source starts one of
-those, a CLI that re-execs itself under torchrun such as `swift sft`). For each job we keep what the pre-relaunch
-checks and the launcher fixes need: its environment, whether it runs in the background, what protects it from
-SIGHUP, its config, master port, GPUs, process count and log file, and the line it starts on.
+those, a CLI that re-execs itself under torchrun such as `swift sft`). Each job is an oomfix/job.py Job, with what
+the pre-relaunch checks and the launcher fixes need; oomfix/pywrapper.py reads the Python wrappers, and
+oomfix/jobpaths.py says where a job's files and logs are (both re-exported here, as before).
 """
 from __future__ import annotations
 
-import ast
-import functools
 import os
 import posixpath
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oomfix.errors import InputError
+from oomfix.job import Hazard, Job, Launcher
+from oomfix.jobpaths import (NOT_LOGS, clear_caches, git_root, job_bases, job_path, job_paths, log_matches,
+                             run_dirs_for)
+from oomfix.pywrapper import WrapperInfo, wrapper_info
 from oomfix.shell import Command, Value, walk_script
 from oomfix.shparse import ShellBudget
+
+__all__ = [
+    "MAX_LAUNCHER_BYTES", "TORCHRUN_KINDS", "Job", "Hazard", "Launcher", "job_from", "parse_launcher", "same_host",
+    "one_multinode_job", "concurrent", "looks_like_launcher", "read_launchers",
+    # re-exported: importers of oomfix.launcher keep working
+    "WrapperInfo", "wrapper_info", "NOT_LOGS", "clear_caches", "git_root", "run_dirs_for", "job_bases", "job_paths",
+    "job_path", "log_matches",
+]
 
 MAX_LAUNCHER_BYTES = 4 << 20  # the largest real launcher seen is tens of KB
 
@@ -32,8 +41,6 @@ _CONFIG_EXT = (".yaml", ".yml", ".json")
 # CLIs that start torchrun themselves (ms-swift re-execs under torchrun when NPROC_PER_NODE is set; axolotl and
 # torchtune's `tune run` wrap accelerate / torchrun)
 _WRAPPER_CLIS = {"swift": ("sft", "pt", "rlhf", "train"), "axolotl": ("train",), "tune": ("run",)}
-_CALLS_LAUNCHER = re.compile(r"""["'](?:torchrun|llamafactory-cli|deepspeed)["']|torch\.distributed\.(?:run|launch)|"""
-                             r"""["']accelerate["']\s*,\s*["']launch|accelerate launch|torchrun |submitit""")
 _LAUNCHER_VALUE_OPTS = {
     "--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank", "--node-rank", "--master_addr",
     "--master-addr", "--master_port", "--master-port", "--rdzv_endpoint", "--rdzv-endpoint", "--rdzv_backend",
@@ -46,96 +53,6 @@ _LAUNCHER_VALUE_OPTS = {
     "--exclude", "-e", "--num_gpus", "--num_nodes", "--master_port", "--launcher", "--launcher_args", "--module",
     "--local-ranks-filter", "--logs-specs", "--ssh_port", "--bind_cores_to_rank", "--bind_core_list",
 }
-
-
-@dataclass(frozen=True)
-class Job:
-    file: str
-    line: int
-    end_line: int
-    text: str
-    kind: str
-    tokens: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    background: bool = False
-    nohup: bool = False
-    protected_by: str | None = None  # setsid, tmux, a scheduler ...
-    signals_to_handle: str | None = None
-    config: str | None = None
-    master_port: int | None = None
-    master_port_explicit: bool = False
-    picks_free_port: bool = False
-    port: str = "default"  # int as text | default | random | free | unknown
-    cuda_visible_devices: str | None = None
-    nproc: int | None = None
-    nnodes: int | None = None
-    node_rank: str | None = None
-    rendezvous: str | None = None  # master address:port of a multi-node job, as written
-    log: str | None = None
-    log_pattern: re.Pattern[str] | None = None
-    log_parts: tuple[tuple[str, bool], ...] = ()  # (text, known): the log path, unknown parts as written
-    wrapper: str | None = None
-    group: int = 0  # jobs between the same two `wait`s
-    async_path: tuple[int, ...] = ()  # the `&`-started lists it runs in (see concurrent())
-    own_line: int | None = None  # the command's own line when it is not `line` (inside a function body)
-    order: int = 0
-    remote: str | None = None  # the ssh host it runs on
-    cwd: str | None = None  # the directory it runs in, when the script says (absolute)
-    cwd_rel: str | None = None  # ... relative to the directory the script was started from
-    waited: bool = False  # the script `wait`s for it: it stays in the terminal's foreground process group
-    loop_vars: tuple[str, ...] = ()
-    loop_runs: int = 1
-    gpus_known: bool = True  # False: the GPU set lives in a file this reading cannot see
-    branches: tuple[tuple[int, int], ...] = ()  # the if/case branches it is in
-    reads_master_port: bool = False  # the port can be set with MASTER_PORT in its environment
-
-    @property
-    def world_size(self) -> int | None:
-        if self.nproc is not None:
-            return self.nproc * (self.nnodes or 1)
-        gpus = self.gpus
-        if gpus and self.cuda_visible_devices and "$" not in self.cuda_visible_devices:
-            return len(gpus)
-        return None
-
-    @property
-    def gpus(self) -> tuple[str, ...]:
-        if not self.cuda_visible_devices or "$" in self.cuda_visible_devices:
-            return ()
-        return tuple(d.strip() for d in self.cuda_visible_devices.split(",") if d.strip())
-
-    @property
-    def hup_safe(self) -> bool:
-        if self.protected_by:
-            return True
-        return self.signals_to_handle is not None and "SIGHUP" not in self.signals_to_handle.upper()
-
-    @property
-    def port_json(self) -> int | str | None:
-        if self.port.isdigit():
-            return int(self.port)
-        return self.port if self.port in ("random", "free") else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "launcher": self.kind, "background": self.background,
-                "nohup": self.nohup, "protected_by": self.protected_by, "config": self.config,
-                "master_port": self.port_json, "gpus": self.cuda_visible_devices, "nproc": self.nproc,
-                "log": self.log}
-
-
-@dataclass(frozen=True)
-class Hazard:
-    line: int
-    what: str  # the command as written
-
-
-@dataclass(frozen=True)
-class Launcher:
-    path: str
-    text: str
-    jobs: tuple[Job, ...]
-    kills: tuple[Hazard, ...] = ()
-    sbatch: bool = False
 
 
 # --- reading one command ----------------------------------------------------------------------------------------
@@ -263,258 +180,6 @@ def _resolve_file(p: str, cmd: Command, script_dir: str) -> str | None:
         if os.path.isfile(c):
             return c
     return None
-
-
-def run_dirs_for(script_dir: str) -> list[str]:
-    """Where a script may be run from when it does not `cd`: the current directory, the repository root, the
-    script's directory and its ancestors up to that root."""
-    d = os.path.abspath(script_dir)
-    root = git_root(d)
-    out = ([root] if root else []) + [os.getcwd()]
-    up = d
-    for _ in range(8):  # the ancestors, nearest first (outside git: a few levels, where `bash a/b/x.sh` is run from)
-        if up == root or os.path.dirname(up) == up:
-            break
-        up = os.path.dirname(up)
-        out.append(up)
-    out.append(d)
-    seen: list[str] = []
-    for x in out:
-        if x not in seen:
-            seen.append(x)
-    return seen
-
-
-def clear_caches() -> None:
-    for f in (_isdir, git_root, _bases):
-        f.cache_clear()
-
-
-@functools.lru_cache(maxsize=4096)
-def _isdir(p: str) -> bool:
-    return os.path.isdir(p)
-
-
-@functools.lru_cache(maxsize=4096)
-def git_root(d: str) -> str | None:
-    cur = d
-    while True:
-        if os.path.exists(os.path.join(cur, ".git")):
-            return cur
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            return None
-        cur = parent
-
-
-# --- Python wrappers: the torchrun command they build --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WrapperInfo:
-    path: str
-    nproc: int | None = None
-    port: str = "default"
-    reads_master_port: bool = False
-    nproc_from_visible: bool = False
-    submits: bool = False  # submitit / sbatch: runs under the scheduler
-
-
-def wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
-    """Read a Python script (never run it): the launcher command it builds, with `os.environ.get("X", d)` taken
-    from the job's environment, and `len(os.environ["CUDA_VISIBLE_DEVICES"].split(","))` as the GPU count."""
-    try:
-        return _wrapper_info(path, env)
-    except (RecursionError, MemoryError):
-        return None  # a pathologically nested script: not a wrapper this reader can follow
-
-
-def _wrapper_info(path: str, env: dict[str, Value]) -> WrapperInfo | None:
-    try:
-        if os.path.getsize(path) > 2_000_000:
-            return None
-        src = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    if not _CALLS_LAUNCHER.search(src):
-        return None
-    try:
-        tree: ast.Module | None = ast.parse(src)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        tree = None
-    src = _code_only(src, tree)  # a docstring or comment that shows a torchrun example is not a command
-    if not _CALLS_LAUNCHER.search(src):
-        return None
-    info: dict[str, Any] = {"path": path, "submits": "submitit" in src or "sbatch" in src}
-    names: dict[str, ast.expr] = {}
-    lists: list[list[ast.expr]] = []
-    funcs: dict[str, str] = {}
-    env_sets: dict[str, ast.expr] = {}  # env["K"] = v / os.environ["K"] = v: the environment the launcher gets
-    if tree is not None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef):
-                funcs[node.name] = ast.unparse(node)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                names.setdefault(node.targets[0].id, node.value)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                    isinstance(node.targets[0], ast.Subscript) and isinstance(node.targets[0].slice, ast.Constant) \
-                    and isinstance(node.targets[0].slice.value, str) and \
-                    _is_environ(node.targets[0].value, names):
-                env_sets.setdefault(node.targets[0].slice.value, node.value)
-            if isinstance(node, ast.List) and node.elts and _is_launch_list(node.elts):
-                lists.append(node.elts)
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-
-    def ev(e: ast.expr, depth: int = 0) -> object:
-        if depth > 8:
-            return None
-        if isinstance(e, ast.Constant):
-            return e.value
-        if isinstance(e, ast.Name):
-            return ev(names[e.id], depth + 1) if e.id in names else None
-        if isinstance(e, ast.Call):
-            f = ast.unparse(e.func)
-            if f in ("str", "int") and e.args:
-                v = ev(e.args[0], depth + 1)
-                try:
-                    return None if v is None else (str(v) if f == "str" else int(v))  # type: ignore[call-overload]
-                except (TypeError, ValueError):
-                    return None
-            if e.args and isinstance(e.func, ast.Attribute) and e.func.attr == "split" and \
-                    isinstance(ev(e.func.value, depth + 1), str):
-                sep = ev(e.args[0], depth + 1)
-                return str(ev(e.func.value, depth + 1)).split(sep if isinstance(sep, str) else None)
-            if e.args and (f in ("os.environ.get", "os.getenv") or (
-                    isinstance(e.func, ast.Attribute) and e.func.attr == "get" and _is_environ(e.func.value, names))):
-                key = ev(e.args[0], depth + 1)
-                if isinstance(key, str):
-                    if key == "MASTER_PORT":
-                        info["reads_master_port"] = True
-                    val = env.get(key)
-                    if val is not None:
-                        return val.text
-                    return ev(e.args[1], depth + 1) if len(e.args) > 1 else None
-            if f == "len" and e.args:
-                inner = ast.unparse(e.args[0])
-                inner += "".join(" " + ast.unparse(names[n.id]) for n in ast.walk(e.args[0])
-                                 if isinstance(n, ast.Name) and n.id in names)
-                if "CUDA_VISIBLE_DEVICES" in inner and "split" in inner:
-                    info["nproc_from_visible"] = True
-                    if visible is not None and visible.text:
-                        return len([x for x in visible.text.split(",") if x.strip()])
-                    if visible is not None:
-                        return None
-                v = ev(e.args[0], depth + 1)  # unset in the job's environment: the wrapper's own default
-                return len(v) if isinstance(v, (list, str)) else None
-        if isinstance(e, ast.Subscript) and _is_environ(e.value, names):
-            key = ev(e.slice, depth + 1)
-            if isinstance(key, str) and key in env_sets:
-                return ev(env_sets[key], depth + 1)
-            if isinstance(key, str) and env.get(key) is not None:
-                return env[key].text
-        if isinstance(e, ast.JoinedStr):
-            out = []
-            for v in e.values:
-                x = ev(v.value if isinstance(v, ast.FormattedValue) else v, depth + 1)
-                if x is None:
-                    return None
-                out.append(str(x))
-            return "".join(out)
-        return None
-
-    for elts in lists:
-        vals = [ev(x) for x in elts]
-        if vals and vals[0] == "llamafactory-cli":
-            # LLaMA-Factory's launcher (src/llamafactory/launcher.py launch()): torchrun with NPROC_PER_NODE
-            # processes (default: the device count) on MASTER_PORT, else a free port it finds itself
-            wenv = {k: ev(v) for k, v in env_sets.items()}
-            n = wenv.get("NPROC_PER_NODE")
-            n = n if n is not None else (env["NPROC_PER_NODE"].text if env.get("NPROC_PER_NODE") else None)
-            if isinstance(n, (int, str)) and str(n).strip().isdigit():
-                info["nproc"] = int(str(n).strip())
-            info["reads_master_port"] = "MASTER_PORT" not in env_sets
-            mp = wenv.get("MASTER_PORT")
-            info["port"] = (str(mp) if str(mp).isdigit() else "unknown") if "MASTER_PORT" in env_sets else "free"
-            continue
-        for i, v in enumerate(vals):
-            nxt = vals[i + 1] if i + 1 < len(vals) else None
-            if not isinstance(v, str):
-                continue
-            key, eq, val = v.partition("=")
-            arg = val if eq else nxt
-            if key in ("--nproc_per_node", "--nproc-per-node", "--num_processes", "--num_gpus"):
-                try:
-                    info["nproc"] = int(str(arg)) if arg is not None else None
-                except ValueError:
-                    pass
-            if key in ("--master_port", "--master-port", "--main_process_port"):
-                info["port"] = str(arg) if arg is not None and str(arg).isdigit() else "unknown"
-                src_e = elts[i + 1] if not eq and i + 1 < len(elts) else elts[i]
-                if "MASTER_PORT" in ast.unparse(src_e):
-                    info["reads_master_port"] = True
-                if info["port"] == "unknown":
-                    info["port"] = _computed_port(src_e, funcs)
-    if not lists:
-        m = re.search(r"""--nproc[_-]per[_-]node["']?\s*[,= ]\s*["']?(\d+)""", src)
-        if m:
-            info["nproc"] = int(m.group(1))
-        m = re.search(r"""--master[_-]port["']?\s*[,= ]\s*["']?(\d+)""", src)
-        if m:
-            info["port"] = m.group(1)
-    return WrapperInfo(**info)
-
-
-def _is_environ(e: ast.expr, names: dict[str, ast.expr]) -> bool:
-    """`os.environ`, or a name bound to a copy of it (`env = dict(os.environ)`, `os.environ.copy()`)."""
-    if ast.unparse(e) == "os.environ":
-        return True
-    if isinstance(e, ast.Name) and e.id in names:
-        v = ast.unparse(names[e.id]).replace(" ", "")
-        return v in ("dict(os.environ)", "os.environ.copy()", "{**os.environ}", "copy.copy(os.environ)",
-                     "copy.deepcopy(os.environ)")
-    return False
-
-
-def _code_only(src: str, tree: ast.Module | None) -> str:
-    """The source without comments and docstrings (a string that is a statement of its own): text that shows a
-    command, not code that runs one."""
-    import io
-    import tokenize
-
-    doc_lines: set[int] = set()
-    if tree is not None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and \
-                    isinstance(node.value.value, str):
-                doc_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    lines = src.splitlines(keepends=True)
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-            if tok.type == tokenize.COMMENT:
-                r, c = tok.start
-                ln = lines[r - 1]
-                lines[r - 1] = ln[:c] + " " * (len(ln.rstrip("\r\n")) - c) + ln[len(ln.rstrip("\r\n")):]
-    except (tokenize.TokenError, IndentationError, SyntaxError, IndexError):
-        lines = [re.sub(r"^\s*#.*", "", ln) for ln in lines]
-    return "".join("\n" if k + 1 in doc_lines else ln for k, ln in enumerate(lines))
-
-
-def _computed_port(e: ast.expr, funcs: dict[str, str]) -> str:
-    """A port the wrapper computes: a socket bound to port 0 hands out a free one ("free"); `random` picks one
-    ("random"); anything else the text cannot tell."""
-    text = ast.unparse(e)
-    for call in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\(", text):
-        text += "\n" + funcs.get(call, "")
-    if re.search(r"\.bind\(\s*\(\s*['\"][^'\"]*['\"]\s*,\s*0\s*\)", text):
-        return "free"
-    if "random" in text:
-        return "random"
-    return "unknown"
-
-
-def _is_launch_list(elts: list[ast.expr]) -> bool:
-    heads = [e.value for e in elts[:4] if isinstance(e, ast.Constant) and isinstance(e.value, str)]
-    return bool(heads) and (heads[0] in ("torchrun", "deepspeed", "accelerate", "llamafactory-cli") or
-                            "torch.distributed.run" in heads or "torch.distributed.launch" in heads)
 
 
 # --- a command to a job -------------------------------------------------------------------------------------------
@@ -959,109 +624,3 @@ def read_launchers(paths: list[str]) -> list[Launcher]:
             raise InputError(f"{p}: is a directory; name the launcher scripts")
         out.append(parse_launcher(p))  # a FIFO, a device, an oversized or over-budget script: a one-line error
     return out
-
-
-NOT_LOGS = ("/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty")
-
-
-def job_bases(job: Job) -> list[str]:
-    """Directories a job's relative paths may be relative to, most likely first: the directory the script `cd`s
-    to; else the directory it is started from (the current directory, the repository root, the script's
-    directory or an ancestor), then the script's own directory."""
-    return list(_bases(os.path.abspath(job.file), job.cwd, job.cwd_rel, job.remote, os.getcwd()))
-
-
-@functools.lru_cache(maxsize=4096)
-def _bases(file: str, cwd: str | None, cwd_rel: str | None, remote: str | None, here: str) -> tuple[str, ...]:
-    script_dir = os.path.dirname(file)
-    if remote:
-        return ()
-    if cwd:
-        return (cwd,)
-    out = []
-    if cwd_rel is not None:
-        out = [os.path.normpath(os.path.join(b, cwd_rel)) for b in run_dirs_for(script_dir)]
-    if script_dir not in out:
-        out.append(script_dir)
-    return tuple(out)
-
-
-def job_paths(job: Job, ref: str) -> list[str]:
-    """Every existing file a job's relative path can mean, most likely first (more than one: ambiguous)."""
-    if os.path.isabs(ref):
-        return [ref] if os.path.isfile(ref) else []
-    out: list[str] = []
-    for b in job_bases(job):
-        c = os.path.normpath(os.path.join(b, ref))
-        if os.path.isfile(c) and all(not os.path.samefile(c, x) for x in out):
-            out.append(c)
-    return out
-
-
-def job_path(job: Job, ref: str) -> str | None:
-    """A file a job names (its config), resolved against the directories it may run in; the first that exists."""
-    found = job_paths(job, ref)
-    return found[0] if found else None
-
-
-def _log_regex(job: Job, base: str | None) -> re.Pattern[str]:
-    return _log_regex_for(job.log_parts, base)
-
-
-@functools.lru_cache(maxsize=16384)
-def _log_regex_for(log_parts: tuple[tuple[str, bool], ...], base: str | None) -> re.Pattern[str]:
-    out = []
-    for k, (text, known) in enumerate(log_parts):
-        if not known:
-            out.append("[^/]*" if k else ".*")
-            continue
-        if k == 0 and base is not None and not text.startswith("/"):
-            trail = "/" if text.endswith("/") else ""
-            text = os.path.normpath(os.path.join(base, text)) + trail
-        elif k == 0 and text.startswith("/"):
-            text = os.path.normpath(text) + ("/" if text.endswith("/") and text != "/" else "")
-        out.append(re.escape(text))
-    return re.compile("".join(out) + r"\Z")
-
-
-def log_matches(job: Job, log_path: str) -> bool:
-    """Does a real log file come from this job? Its log path as a pattern (`train_gpu0123_${TS}.log` matches any
-    timestamp), resolved against the directories the job may run in; the file name alone when none resolves."""
-    if not job.log or job.log in NOT_LOGS or not any(known and text.strip("/.") for text, known in job.log_parts):
-        return False
-    name_rx, literal = _name_rx(job.log_parts)
-    if not name_rx.match(os.path.basename(log_path)) and not os.path.islink(log_path):
-        return False  # cheap first: a full-path match implies a file-name match
-    real = os.path.realpath(log_path)
-    absl = os.path.abspath(log_path)
-    first_known = job.log_parts[0][1]
-    if first_known and job.log_parts[0][0].startswith("/"):
-        rx = _log_regex(job, None)
-        return rx.match(real) is not None or rx.match(absl) is not None
-    if first_known:
-        log_dir = job.log_parts[0][0].rpartition("/")[0] if "/" in job.log_parts[0][0] else "."
-        dir_here = False
-        for b in job_bases(job):
-            rx = _log_regex(job, b)
-            if rx.match(real) or rx.match(absl):
-                return True
-            dir_here = dir_here or _isdir(os.path.join(b, log_dir))
-        if dir_here and log_dir != ".":
-            return False  # the job's log directory is here, and this file is not in it
-    return literal >= 4 and name_rx.match(os.path.basename(log_path)) is not None
-
-
-@functools.lru_cache(maxsize=16384)
-def _name_rx(log_parts: tuple[tuple[str, bool], ...]) -> tuple[re.Pattern[str], int]:
-    """The file-name part of a log path as a pattern (unknown parts as wildcards), and how many literal characters
-    it has (a name that is all wildcards matches nothing by itself)."""
-    tail: list[str] = []
-    literal = 0
-    for text, known in reversed(log_parts):
-        if known and "/" in text:
-            tail.append(re.escape(text.rsplit("/", 1)[1]))
-            literal += len(text.rsplit("/", 1)[1])
-            break
-        tail.append(re.escape(text) if known else "[^/]*")
-        literal += len(text) if known else 0
-    return re.compile("".join(reversed(tail)) + r"\Z"), literal
