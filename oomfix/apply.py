@@ -713,7 +713,7 @@ def plan_align(root: str = ".") -> Plan:
     micro-batch/accumulation split moves to the group's lower-memory split: the smallest micro batch of the
     group, accumulation raised to keep each config's global batch exactly. Configs whose global batches differ, or
     whose batch cannot be split evenly, are left alone with a note (choosing a global batch changes training)."""
-    from oomfix.check import _world, discover, sibling_groups
+    from oomfix.checktree import _world, discover, sibling_groups
     from oomfix.model import RootCause
 
     tree = discover([root])
