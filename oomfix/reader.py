@@ -79,6 +79,60 @@ def _first(item: tuple) -> int:
     return item[0]
 
 
+class _Stretch:
+    """(scan) A stretch of settled candidates (`_SETTLED`: run parameters, phase starts, clean finishes) with no other
+    candidate between them. Such lines matter through their first and last lines (classify: the first launch command,
+    the last micro batch, the last phase before a failure), not through their number: a log that prints "Process
+    rank: N, world size: M" or an HF block on every few lines would otherwise cost a full parse per line (issue 16).
+    The first line of each pattern set is handed on; the last one is held here until the stretch ends (another
+    candidate, the buffer's end) and then handed on in its place. A hit through a key (a literal, a pattern) of such a
+    line, seen before in the stretch, is not even cut out: the last one per key is noted (`late`), and only it is read
+    when the stretch ends."""
+
+    __slots__ = ("seen", "keys", "late", "settled")
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, ...]] = set()  # the pattern sets handed on in this stretch
+        self.keys: set[object] = set()  # the keys of their lines
+        self.late: dict[object, int] = {}  # key -> the position of its last hit, not read yet
+        self.settled: dict[tuple[int, ...], tuple[int, int, bytes, object]] = {}  # the last line of each pattern set
+
+    def hold(self, lits: set, line: tuple[int, int, bytes, object]) -> bool:
+        """A settled candidate (start, stop, raw, patterns) found through `lits`: True when it is held (its pattern
+        set was handed on before in the stretch), False when it is the first of its set (hand it on)."""
+        ident = tuple(map(id, line[3]))  # type: ignore[call-overload]
+        self.keys.update(lits)
+        if ident in self.seen:
+            self.settled[ident] = line
+            return True
+        self.seen.add(ident)
+        return False
+
+    def end(self) -> None:
+        """Another kind of candidate: a new stretch begins after it."""
+        self.seen.clear()
+        self.keys.clear()
+
+    def pending(self) -> bool:
+        return bool(self.settled or self.late)
+
+    def take(self, read: Callable[[object, int], tuple[int, int, bytes, object] | None]) -> list[tuple]:
+        """The held lines, in order, and those of the noted hits (`read` turns a key and position into its line, or
+        None); nothing is held after."""
+        settled = self.settled
+        for key, pos in self.late.items():
+            line = read(key, pos)
+            if line is None:
+                continue
+            ident = tuple(map(id, line[3]))  # type: ignore[call-overload]
+            if ident not in settled or settled[ident][0] < line[0]:
+                settled[ident] = line
+        self.late.clear()
+        out = sorted(settled.values(), key=_first)
+        settled.clear()
+        return out
+
+
 _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
 # candidates whose repeats carry nothing but their first and last lines (reader.scan); a PHASE candidate is a
 # FOLLOW trigger (the others are state lines): with it go its FOLLOW lines
@@ -379,35 +433,24 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
             last_stop = yield from run_of(start, stop, raw, pats)
         return last_stop
 
-    # Run parameters, phase starts and clean finishes (`_SETTLED`) matter through their first and last lines
-    # (classify: the first launch command, the last micro batch, the last phase before a failure), not through their
-    # number: a log that prints "Process rank: N, world size: M" or an HF block on every few lines would otherwise
-    # cost a full parse per line (issue 16). In a stretch of such lines with no other candidate, the first line of
-    # each pattern set is handed on, and the last one, held here until the stretch ends (another candidate, the
-    # buffer's end) and then handed on in its place.
-    settled: dict[tuple[int, ...], tuple[int, int, bytes, object]] = {}
-    # a hit through a key (a literal, a pattern) of one such pattern, seen before in the stretch, is not even cut
-    # out: the last one per key is noted here, and only it is read when the stretch ends
-    seen: set[tuple[int, ...]] = set()  # the pattern sets handed on in this stretch
-    seen_keys: set[object] = set()  # the keys of their lines
-    late: dict[object, int] = {}
+    # settled lines (run parameters, phase starts, clean finishes): first and last per stretch (_Stretch)
+    stretch = _Stretch()
+    # (bound once: the loop below tests them at every hit)
+    seen_keys, late = stretch.keys, stretch.late
     quiet_head, quiet_tail = prefilter.settled_keys(_SETTLED)
     muted = prefilter.muted
 
+    def read_late(key: object, pos: int) -> tuple[int, int, bytes, object] | None:
+        """The settled line a noted hit is in (start, stop, raw, patterns), or None."""
+        start, stop = _bounds(buf, pos, end)
+        raw = _cut(buf, start, stop, pos)
+        pats = prefilter.check(raw, base + start < HEAD_BYTES, {key})
+        if pats is False or not all(p.role in _SETTLED for p in pats):
+            return None
+        return start, stop, raw, pats
+
     def flush(last_stop: int) -> Generator[Candidate, None, int]:
-        for key, pos in late.items():
-            start, stop = _bounds(buf, pos, end)
-            raw = _cut(buf, start, stop, pos)
-            pats = prefilter.check(raw, base + start < HEAD_BYTES, {key})
-            if pats is False or not all(p.role in _SETTLED for p in pats):
-                continue
-            ident = tuple(map(id, pats))
-            if ident not in settled or settled[ident][0] < start:
-                settled[ident] = (start, stop, raw, pats)
-        late.clear()
-        held_back = sorted(settled.values(), key=_first)
-        settled.clear()
-        for start, stop, raw, pats in held_back:
+        for start, stop, raw, pats in stretch.take(read_late):
             if start >= last_stop:  # (else a trigger's FOLLOW lines above took it in)
                 last_stop = yield from emit(last_stop, start, stop, raw, pats)
         return last_stop
@@ -497,19 +540,14 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                         continue  # a marker word in an ordinary line (a state line alone is found by hand_on)
                     reset = False
                     if all(p.role in _SETTLED for p in pats):
-                        ident = tuple(map(id, pats))
-                        seen_keys.update(lits)
-                        if ident in seen:
-                            settled[ident] = (start, stop, raw, pats)  # the last so far
-                            continue
-                        seen.add(ident)
+                        if stretch.hold(lits, (start, stop, raw, pats)):
+                            continue  # (the last so far of its pattern set)
                     else:
-                        seen.clear()
-                        seen_keys.clear()
+                        stretch.end()
                         reset = True
                     if quiet_hits:
                         quiet_upto(start)
-                    if settled or late:
+                    if stretch.pending():
                         last_stop = yield from flush(last_stop)
                         if start < last_stop:
                             continue  # a FOLLOW line of a trigger just handed on
@@ -525,7 +563,7 @@ def scan(stream: BinaryIO, name: str, prefilter: Prefilter | None = None,
                 # handed over from the engine one by one)
                 muted.clear()
                 muted.update(k for k in seen_keys if k in quiet_head and k in quiet_tail)
-            if settled or late:
+            if stretch.pending():
                 last_stop = yield from flush(last_stop)  # (they point into this buffer)
             yield from hand_on(last_stop, end, at_end=True)
             for hook in before_refill or ():
