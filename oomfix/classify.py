@@ -482,8 +482,14 @@ _TEARDOWN_FRAME = re.compile(r"multiprocessing/(?:synchronize|util|resource_trac
                              r"_python_exit|__exit__)$")
 
 
+# DeepSpeed's launcher kills its workers from `sigkill_handler` (deepspeed/launcher/launch.py, runner.py), on a signal
+# from outside or after a worker failed: an exception raised there (a NameError of its own in some versions, the
+# CalledProcessError of older ones) follows the stop it handles, it never is the cause
+_STOP_HANDLER_FRAME = re.compile(r"launcher/\w+\.py:\d+ in sigkill_handler$")
+
+
 def _teardown(ev: Event) -> bool:
-    return bool(ev.frame and _TEARDOWN_FRAME.search(ev.frame))
+    return bool(ev.frame and (_TEARDOWN_FRAME.search(ev.frame) or _STOP_HANDLER_FRAME.search(ev.frame)))
 
 
 def _is_victim(d: _Death, st: _FileState) -> bool:
@@ -504,7 +510,7 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
                 ev.role in (P.CAUSE, P.WEAK, P.EXCEPTION, P.AGENT_SIGNAL, P.CLOSING):
             continue  # the run finished after it: it did not stop the run
         if ev.role == P.EXCEPTION and _teardown(ev):
-            continue  # exit-time teardown (a multiprocessing finalizer, atexit, __del__): noise, never the cause
+            continue  # exit-time teardown (a multiprocessing finalizer, atexit, __del__), a launcher's stop: not a cause
         if ev.role == P.CAUSE and ev.cls:
             exc = msg = None
             m = P.PATTERNS_BY_NAME["exception"].regex.search(ev.text.split("]: ", 1)[-1].lstrip()) \

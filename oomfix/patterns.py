@@ -72,6 +72,10 @@ PATTERNS: tuple[Pattern, ...] = (
     # deepspeed/launcher/launch.py sigkill_handler
     _p("deepspeed_exit", [b"exits with return code"],
        r"(?:--local_rank=(?P<lr>\d+).*)?exits with return code = (?P<code>-?\d+)", DEATH),
+    # the same handler when the launcher itself got SIGINT/SIGTERM (sig_names = {2: "SIGINT", 15: "SIGTERM"}): printed
+    # only when no worker had failed first, "Main process received SIGTERM, exiting" (forks in PaddleNLP, OpenFL ...)
+    _p("deepspeed_launcher_signal", [b"Main process received"],
+       r"Main process received (?P<sig>SIG[A-Z]+), exiting", AGENT_SIGNAL),
     # SLURM srun (src/srun/srun_job.c, step_launch.c): "srun: error: node01: task 3: Exited with exit code 1",
     # "srun: error: node01: task 3: Killed", "... task 0: Segmentation fault (core dumped)"
     _p("srun_task_exit", [b"srun: error:"],

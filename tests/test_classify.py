@@ -30,6 +30,24 @@ CASES = [
     ("SIGTERM sent by torchrun is never the class",
      "W1127 10:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 5 closing signal "
      "SIGTERM\n" + AGENT_FAIL.format(code=1, lr=2), "unknown", "low"),
+    # CONSTRUCTED from deepspeed/launcher/launch.py and runner.py (sigkill_handler), as a Megatron-DeepSpeed log shows
+    ("DeepSpeed's launcher stopped by a signal, its own handler raising on the way out",
+     "[2022-10-31 11:03:50,563] [INFO] [launch.py:286:sigkill_handler] Killing subprocess 22474\n"
+     "Traceback (most recent call last):\n  File \"pretrain_gpt.py\", line 300, in <module>\n    main()\n"
+     "KeyboardInterrupt\n"
+     "Traceback (most recent call last):\n"
+     "  File \"/opt/conda/lib/python3.8/site-packages/deepspeed/launcher/runner.py\", line 519, in main\n"
+     "    result.wait()\n"
+     "  File \"/opt/conda/lib/python3.8/site-packages/deepspeed/launcher/runner.py\", line 511, in sigkill_handler\n"
+     "    result_kill = subprocess.Popen(kill_cmd, env=env)\n"
+     "NameError: free variable 'kill_cmd' referenced before assignment in enclosing scope\n"
+     "[2022-10-31 11:03:54,132] [INFO] [launch.py:295:sigkill_handler] Main process received SIGTERM, exiting\n",
+     "sigterm", "high"),
+    ("DeepSpeed's launcher after a worker failed: the worker's error, not the handler's",
+     "[rank3]: ValueError: labels must be a list\n"
+     "[2026-11-27 10:00:00,000] [INFO] [launch.py:319:sigkill_handler] Killing subprocess 4242\n"
+     "[2026-11-27 10:00:00,100] [ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 'train.py', '--local_rank=3'] "
+     "exits with return code = 1\n", "python_exception", "high"),
     ("a SIGINT from the keyboard is a stop from outside",
      "W1127 10:00:00.000000 1 torch/distributed/elastic/agent/server/api.py:753] Received 2 death signal, shutting "
      "down workers\n", "sigterm", "high"),
