@@ -38,8 +38,13 @@ _CONSEQUENCE_MSG = re.compile(
     r"Broken pipe|terminated with signal|Socket Timeout|Connection refused|communicator was aborted|"
     # c10d TCPStore (Utils.hpp recvBytes, TCPStore.cpp): the store's host (rank 0) went away
     r"failed to recv, got 0 bytes|Connection was likely closed|Did the remote server shutdown or crash", re.I)
-# a DataLoader worker that died without saying why: /dev/shm or the OOM killer; guessing either could be harmful
-_UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited unexpectedly")
+# a worker process that died without saying why: /dev/shm or the OOM killer; guessing either could be harmful. torch's
+# DataLoader ("DataLoader worker (pid 42) exited unexpectedly"), HF datasets' map with num_proc (utils/py_utils.py
+# iflatmap_unordered: "One of the subprocesses has abruptly died during map operation."), concurrent.futures
+# (BrokenProcessPool: "A process in the process pool was terminated abruptly")
+_UNEXPLAINED_MSG = re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) exited unexpectedly|"
+                              r"One of the subprocesses has abruptly died|"
+                              r"A process in the process pool was terminated abruptly")
 
 # message -> class, for exception lines whose wording the line patterns did not claim
 _EXC_MESSAGE_CLASSES = (
@@ -488,6 +493,15 @@ _TEARDOWN_FRAME = re.compile(r"multiprocessing/(?:synchronize|util|resource_trac
 _STOP_HANDLER_FRAME = re.compile(r"launcher/\w+\.py:\d+ in sigkill_handler$")
 
 
+def _dead_worker(msg: str) -> str:
+    """Who died, in an `_UNEXPLAINED_MSG` message."""
+    if "DataLoader" in msg:
+        return "a DataLoader worker exited unexpectedly"
+    if "subprocesses" in msg:
+        return "a worker of datasets' map died"
+    return "a worker process of a pool died"
+
+
 def _teardown(ev: Event) -> bool:
     return bool(ev.frame and (_TEARDOWN_FRAME.search(ev.frame) or _STOP_HANDLER_FRAME.search(ev.frame)))
 
@@ -529,9 +543,9 @@ def _causes(st: _FileState) -> tuple[list[_Cause], list[_Cause]]:
             cls = exception_class(exc, msg)
             if cls == "unknown":
                 causes.append(_Cause(cls, "low", ev, exception=exc, message=msg,
-                                     reason="a DataLoader worker exited unexpectedly without a signal name: usually "
-                                            "/dev/shm is too small or the host OOM killer struck; check `df -h "
-                                            "/dev/shm` and `dmesg -T | grep -i 'killed process'`"))
+                                     reason=f"{_dead_worker(msg)} without a signal name: usually /dev/shm is too "
+                                            "small or the host OOM killer struck; check `df -h /dev/shm` and `dmesg "
+                                            "-T | grep -i 'killed process'`"))
             elif cls is not None:
                 conf = "high" if cls != "python_exception" else "medium"
                 causes.append(_Cause(cls, conf, ev, exception=exc, message=msg))

@@ -444,10 +444,17 @@ PATTERNS: tuple[Pattern, ...] = (
     # submitit (core/submission.py process_job): "Starting with JobEnvironment(job_id=..., ...)" at each (re)launch; a
     # requeued job appends to the same log file
     _p("run_start_submitit", [b"Starting with JobEnvironment("], r"Starting with JobEnvironment\(", RUN_START),
+    # DeepSpeed's launcher (deepspeed/launcher/launch.py main) at each launch, once per node: "[launch.py:138:main]
+    # WORLD INFO DICT: {'localhost': [0, 1]}"; `deepspeed ... >> train.log` appends launch after launch
+    _p("run_start_deepspeed", [b"WORLD INFO DICT: "], r"launch\.py:\d+:main\] WORLD INFO DICT: ", RUN_START),
     # clean finishes: HF Trainer (trainer.py) "Training completed. Do not forget to share your model on
     # huggingface.co/models =)"; Lightning (trainer/trainer.py, 1.8+) "`Trainer.fit` stopped: `max_epochs=3` reached.";
     # Megatron-LM (training.py) "[after training is done] datetime: ..."
     # verl (trainer/ppo/ray_trainer.py fit) "Final validation metrics: {...}" after the last step
+    # DeepSpeed's launcher (launch.py main) as each worker exits 0: "[launch.py:350:main] Process 29248 exits
+    # successfully." (a worker that exits otherwise makes it kill the rest at once, sigkill_handler)
+    _p("deepspeed_worker_done", [b"exits successfully."], r"launch\.py:\d+:main\] Process \d+ exits successfully\.",
+       FINISHED),
     _p("train_completed", [b"Training completed. Do not forget", b"`Trainer.fit` stopped:", b"after training is done",
                            b"Final validation metrics:"],
        r"Training completed\. Do not forget to share|`Trainer\.fit` stopped: |\[after training is done\]|"

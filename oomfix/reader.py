@@ -135,8 +135,9 @@ class _Stretch:
 
 _FOLLOW_RX = re.compile(b"|".join(re.escape(trig) for trig, _n in FOLLOW))  # one C-level test per candidate
 # candidates whose repeats carry nothing but their first and last lines (reader.scan); a PHASE candidate is a
-# FOLLOW trigger (the others are state lines): with it go its FOLLOW lines
-_SETTLED = frozenset({_P.RUN, _P.FINISHED, _P.PHASE})
+# FOLLOW trigger (the others are state lines): with it go its FOLLOW lines. A launch's start (RUN_START) counts as the
+# last one before a failure (classify: the attempt)
+_SETTLED = frozenset({_P.RUN, _P.FINISHED, _P.PHASE, _P.RUN_START})
 
 
 def _line_at(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:

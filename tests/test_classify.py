@@ -43,11 +43,32 @@ CASES = [
      "NameError: free variable 'kill_cmd' referenced before assignment in enclosing scope\n"
      "[2022-10-31 11:03:54,132] [INFO] [launch.py:295:sigkill_handler] Main process received SIGTERM, exiting\n",
      "sigterm", "high"),
+    ("`deepspeed ... >> train.log`: a failed launch, then one that finished (each starts with WORLD INFO DICT)",
+     "[2022-11-22 05:16:18,289] [INFO] [launch.py:142:main] WORLD INFO DICT: {'worker-0': [0, 1]}\n"
+     "[1669076180.993959] [host:69690:0]          ib_md.c:348  UCX  ERROR ibv_reg_mr(address=0x7f8fdd800000, "
+     "length=39845888, access=0xf) failed: Cannot allocate memory\n"
+     "[2022-11-22 05:19:27,742] [ERROR] [launch.py:324:sigkill_handler] ['python', '-u', 'main.py', '--local_rank=1'] "
+     "exits with return code = 2\n"
+     "[2022-11-22 05:33:18,289] [INFO] [launch.py:142:main] WORLD INFO DICT: {'worker-0': [0, 1]}\n"
+     "iter 5474 | LR [0.0001]| val_acc 97.97000122070312\n"
+     "[2022-11-22 11:27:14,442] [INFO] [launch.py:350:main] Process 29248 exits successfully.\n"
+     "[2022-11-22 11:27:15,001] [INFO] [launch.py:350:main] Process 29249 exits successfully.\n", "none", "high"),
     ("DeepSpeed's launcher after a worker failed: the worker's error, not the handler's",
      "[rank3]: ValueError: labels must be a list\n"
      "[2026-11-27 10:00:00,000] [INFO] [launch.py:319:sigkill_handler] Killing subprocess 4242\n"
      "[2026-11-27 10:00:00,100] [ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 'train.py', '--local_rank=3'] "
      "exits with return code = 1\n", "python_exception", "high"),
+    # CONSTRUCTED from HF datasets (utils/py_utils.py iflatmap_unordered) and slurmstepd's task/cgroup plugin
+    ("datasets' map worker killed by the cgroup OOM killer, as SLURM reports it",
+     "Running tokenizer on dataset (num_proc=16):  40%|####      | 400/1000\n"
+     "RuntimeError: One of the subprocesses has abruptly died during map operation.To debug the error, disable "
+     "multiprocessing.\n"
+     "slurmstepd: error: Detected 1 oom_kill event in StepId=85905.batch. Some of the step tasks have been OOM "
+     "Killed.\n", "host_oom", "high"),
+    ("datasets' map worker died, nothing says why",
+     "Running tokenizer on dataset (num_proc=16):  40%|####      | 400/1000\n"
+     "RuntimeError: One of the subprocesses has abruptly died during map operation.To debug the error, disable "
+     "multiprocessing.\n", "unknown", "low"),
     ("a SIGINT from the keyboard is a stop from outside",
      "W1127 10:00:00.000000 1 torch/distributed/elastic/agent/server/api.py:753] Received 2 death signal, shutting "
      "down workers\n", "sigterm", "high"),
