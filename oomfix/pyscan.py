@@ -94,7 +94,7 @@ class Prefilter:
         # literals' hits; the literals searched in new templates (every one, or the anchors and head-only markers:
         # those that name no digit) and those searched in the block itself (that name one), per head flag
         self._known: tuple[dict[bytes, object], dict[bytes, object]] = ({}, {})
-        self._state_of: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})  # the state literals' hits in them
+        self._state_of: tuple[dict[bytes, frozenset], dict[bytes, frozenset]] = ({}, {})  # the state literals in them
         self._known_bytes = 0
         self._state_set = frozenset(self.state_literals)
         # per buffer (id): the state literals the last `find` saw in each block, for state_before/state_after
@@ -223,15 +223,14 @@ class Prefilter:
             for j, u in enumerate(order):
                 got = found.get(j)
                 lits = () if got is None else tuple(sorted((off, lit) for lit, off in got.items() if lit not in state))
-                sts = tuple(sorted((off, lit) for lit, off in got.items() if lit in state)) if got and full else ()
+                sts = frozenset(lit for lit in got if lit in state) if got and full else frozenset()
                 if sts:
                     marks[u] = sts
                 if lits:
                     pending[u] = lits
                 elif full:
                     self._keep(head, u, None, sts)
-        states.append((lo, hi, frozenset(lit for got in marks.values() for _off, lit in got) if full else
-                       self._state_set))
+        states.append((lo, hi, frozenset().union(*marks.values()) if full else self._state_set))
         emit = {u: v for u in uniq if (v := known.get(u))}
         emit.update(pending)
         if not emit:
@@ -242,7 +241,7 @@ class Prefilter:
             if got is not None:
                 if line in pending:
                     del pending[line]  # (the template's verdict, from its first line)
-                    got = emit[line] = self._verdict(buf, pos, line, got, head, full, marks.get(line, ())) or ()
+                    got = emit[line] = self._verdict(buf, pos, line, got, head, full, marks.get(line)) or ()
                 if type(got) is _ByDigits:
                     raw = buf[pos:pos + len(line)]
                     forms = self.plan.variants(raw) if got.dirty else (raw,)
@@ -261,9 +260,10 @@ class Prefilter:
         return full
 
     def _verdict(self, buf: bytes, start: int, line: bytes, got: tuple[tuple[int, bytes], ...], head: bool,
-                 keep_it: bool = True, marks: tuple = ()) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
+                 keep_it: bool = True,
+                 marks: frozenset | None = None) -> "tuple[tuple[int, bytes], ...] | _ByDigits | None":
         """What to do with the lines of a template (its first line at buf[start:], its literal hits `got`; kept in
-        `_known` with its state literals' hits `marks`, if `keep_it`): hand each on (`got`: a candidate, or one whose
+        `_known` with its state literals `marks`, if `keep_it`): hand each on (`got`: a candidate, or one whose
         verdict check does not keep), none (None), or those whose digits make a pattern that names one match
         (`_ByDigits`: DeepSpeed's "OVERFLOW! ... reducing to N" on every step is a candidate only when the scale
         reaches 1)."""
@@ -304,8 +304,8 @@ class Prefilter:
         return entry
 
     def _keep(self, head: bool, template: bytes, got: "tuple[tuple[int, bytes], ...] | _ByDigits | None",
-              marks: tuple = ()) -> None:
-        """Note a template's literal hits (None: its lines are no candidates) and its state literals' (`marks`), within
+              marks: frozenset | None = None) -> None:
+        """Note a template's literal hits (None: its lines are no candidates) and its state literals (`marks`), within
         a memory bound."""
         if len(template) > MAX_LINE:
             return
